@@ -1,0 +1,58 @@
+//! The `embedrt` command line.
+
+mod bench;
+mod embed;
+mod eval;
+mod input;
+mod open;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "embedrt",
+    version,
+    about = "Fast sentence embeddings on GPU and CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed JSON lines ({"text": ...}) into JSON lines ({"index", "embedding"}).
+    Embed(embed::EmbedArgs),
+    /// STS evaluation: Spearman x 100 of cosine similarity against gold scores.
+    Eval(eval::EvalArgs),
+    /// Throughput: sentences/s and tokens/s over a file of sentences.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Embed(a) => embed::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the whole cause chain joined by ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
