@@ -123,7 +123,10 @@ impl ModelConfig {
             }),
             relative_attention_num_buckets: raw.relative_attention_num_buckets.unwrap_or(32),
         };
-        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden_size, config.num_attention_heads
