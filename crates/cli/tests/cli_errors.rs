@@ -304,3 +304,29 @@ fn bad_sts_file_names_the_line() {
         &["line 2", "not-a-number"],
     );
 }
+
+/// A model id is found in the Hugging Face cache layout
+/// (`$HF_HOME/hub/models--org--name/{refs/main,snapshots/REV/...}`) with no network.
+#[test]
+fn model_id_resolves_from_the_hub_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("hub/models--embedrt-test--tiny-bert");
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    copy_dir(
+        &fixture("tiny-bert-mean-norm"),
+        &repo.join("snapshots").join(rev),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    let home = tmp.path().to_str().unwrap();
+    let envs = [("HF_HUB_OFFLINE", "1"), ("HF_HOME", home)];
+    let (code, by_id, stderr) = embedrt(
+        &["embed", "--model", "embedrt-test/tiny-bert"],
+        ONE_LINE,
+        &envs,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let dir = fixture("tiny-bert-mean-norm");
+    let (_, by_dir, _) = embedrt(&["embed", "--model", dir.to_str().unwrap()], ONE_LINE, &[]);
+    assert_eq!(by_id, by_dir);
+}
