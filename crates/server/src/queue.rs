@@ -92,24 +92,26 @@ pub struct Ticket {
 
 impl Ticket {
     pub async fn wait(mut self) -> JobResult {
-        match self.rx.take() {
-            Some(rx) => rx
-                .await
-                .unwrap_or_else(|_| Err("the model was unloaded before the batch ran".into())),
+        // While this awaits, `self` still holds the receiver: dropping the
+        // future cancels the job.
+        let result = match self.rx.as_mut() {
+            Some(rx) => rx.await.unwrap_or_else(|_| Err(UNLOADED.into())),
             None => Err("ticket already used".into()),
-        }
+        };
+        self.rx = None;
+        result
     }
 
     /// For callers outside an async runtime (tests, tools).
     pub fn wait_blocking(mut self) -> JobResult {
         match self.rx.take() {
-            Some(rx) => rx
-                .blocking_recv()
-                .unwrap_or_else(|_| Err("the model was unloaded before the batch ran".into())),
+            Some(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(UNLOADED.into())),
             None => Err("ticket already used".into()),
         }
     }
 }
+
+const UNLOADED: &str = "the model was unloaded before the batch ran";
 
 impl Drop for Ticket {
     fn drop(&mut self) {
