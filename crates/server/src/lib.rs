@@ -176,16 +176,13 @@ async fn around_request(State(state): State<Arc<AppState>>, req: Request, next: 
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.is_client_error() || status.is_server_error() {
-        if !is_json {
-            let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
-            let headers = resp.headers().clone();
-            resp =
-                ApiError::new(status, "bad_request", format!("{reason}: {route}")).into_response();
-            for name in [header::ALLOW, header::RETRY_AFTER] {
-                if let Some(v) = headers.get(&name) {
-                    resp.headers_mut().insert(name, v.clone());
-                }
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+        let headers = resp.headers().clone();
+        resp = ApiError::new(status, "bad_request", format!("{reason}: {route}")).into_response();
+        for name in [header::ALLOW, header::RETRY_AFTER] {
+            if let Some(v) = headers.get(&name) {
+                resp.headers_mut().insert(name, v.clone());
             }
         }
     }

@@ -12,7 +12,8 @@ use embedrt_server::queue::{batcher, BatchLimits, Queue};
 use embedrt_server::Metrics;
 
 fn fixture() -> (SentenceModel, Arc<dyn Backend>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-mean-norm");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-mean-norm");
     let model = SentenceModel::load(dir.to_str().unwrap()).unwrap();
     let weights = model.load_weights().unwrap();
     let engine =
@@ -22,10 +23,14 @@ fn fixture() -> (SentenceModel, Arc<dyn Backend>) {
 
 /// Sequences of different lengths, from real text.
 fn sequences(model: &SentenceModel, n: usize) -> Vec<Vec<u32>> {
-    let words = ["alpha", "beta", "the", "model", "runs", "fast", "on", "cpu", "and", "gpu"];
+    let words = [
+        "alpha", "beta", "the", "model", "runs", "fast", "on", "cpu", "and", "gpu",
+    ];
     (0..n)
         .map(|i| {
-            let text: Vec<&str> = (0..(i % 7) + 1).map(|j| words[(i + j) % words.len()]).collect();
+            let text: Vec<&str> = (0..(i % 7) + 1)
+                .map(|j| words[(i + j) % words.len()])
+                .collect();
             model.tokenizer.encode(&text.join(" ")).unwrap().ids
         })
         .collect()
@@ -42,7 +47,11 @@ fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>]) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.len(), w.len(), "row {i}");
-        let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(diff < 1e-5, "row {i} differs by {diff}");
     }
 }
@@ -55,7 +64,11 @@ fn limits(max_tokens: usize, max_sequences: usize) -> BatchLimits {
     }
 }
 
-fn spawn_batcher(queue: &Arc<Queue>, backend: &Arc<dyn Backend>, metrics: &Arc<Metrics>) -> std::thread::JoinHandle<()> {
+fn spawn_batcher(
+    queue: &Arc<Queue>,
+    backend: &Arc<dyn Backend>,
+    metrics: &Arc<Metrics>,
+) -> std::thread::JoinHandle<()> {
     let (q, b, m) = (queue.clone(), backend.clone(), metrics.clone());
     std::thread::spawn(move || batcher(q, b, m))
 }
@@ -135,7 +148,10 @@ fn work_of_a_dropped_request_never_reaches_the_engine() {
     let ids: Vec<Vec<u32>> = batch.iter().map(|i| i.ids().to_vec()).collect();
     assert_eq!(ids, kept);
     embedrt_server::queue::run_batch(backend.as_ref(), batch, &metrics);
-    assert_close(&ticket_kept.wait_blocking().unwrap(), &alone(backend.as_ref(), &kept));
+    assert_close(
+        &ticket_kept.wait_blocking().unwrap(),
+        &alone(backend.as_ref(), &kept),
+    );
     let text = metrics.render(None, None);
     assert!(text.contains("embedrt_dropped_inputs_total 6"), "{text}");
     assert!(text.contains("embedrt_queue_depth 0"), "{text}");
@@ -180,7 +196,10 @@ fn an_engine_failure_fails_its_batch_only() {
     let worker = spawn_batcher(&queue, &backend, &metrics);
     let err = t_bad.wait_blocking().unwrap_err();
     assert!(err.contains("vocabulary"), "{err}");
-    assert_close(&t_good.wait_blocking().unwrap(), &alone(backend.as_ref(), &good));
+    assert_close(
+        &t_good.wait_blocking().unwrap(),
+        &alone(backend.as_ref(), &good),
+    );
     queue.close();
     worker.join().unwrap();
 }
