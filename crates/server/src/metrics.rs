@@ -221,6 +221,13 @@ impl Metrics {
             out.push_str("# TYPE embedrt_model_version gauge\n");
             let _ = writeln!(out, "embedrt_model_version {counter}");
         }
+        if let Some(seconds) = process_cpu_seconds() {
+            out.push_str(
+                "# HELP process_cpu_seconds_total CPU time of this process (user + system).\n",
+            );
+            out.push_str("# TYPE process_cpu_seconds_total counter\n");
+            let _ = writeln!(out, "process_cpu_seconds_total {seconds}");
+        }
         if let Some(bytes) = gpu_memory {
             out.push_str("# HELP embedrt_gpu_memory_used_bytes Device memory the engines hold.\n");
             out.push_str("# TYPE embedrt_gpu_memory_used_bytes gauge\n");
@@ -228,6 +235,18 @@ impl Metrics {
         }
         out
     }
+}
+
+/// User + system CPU seconds from /proc/self/stat (Linux; fields 14 and 15,
+/// counted in USER_HZ, which is 100 on every Linux platform we run on).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn escape(s: &str) -> String {

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""HTTP load client for `embedrt serve` (standard library only).
+
+Closed loop: C concurrent clients (threads, spread over P processes so the
+client is not the bottleneck) each send one request, wait for the answer,
+send the next, for a fixed duration. Sentences come from an STS CSV (both
+sides of each pair) or JSON lines ({"text": ...}), cycled in file order.
+Prints one JSON line: requests/s, sentences/s, p50/p90/p99 latency, errors.
+
+  load_client.py --url http://127.0.0.1:8080 --input stsb-en-dev.csv \
+      --concurrency 64 --duration 20 [--batch 1] [--route embed|openai]
+"""
+import argparse
+import csv
+import http.client
+import json
+import multiprocessing
+import sys
+import threading
+import time
+import urllib.parse
+
+
+def read_sentences(path):
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return [s for row in csv.reader(f) for s in row[:2]]
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def body_for(route, texts):
+    if route == "openai":
+        return "/v1/embeddings", json.dumps({"input": texts, "model": "bench"})
+    return "/embed", json.dumps({"inputs": texts})
+
+
+def worker(args):
+    """One process: `threads` closed-loop clients until `stop_at`; returns latencies and errors."""
+    url, sentences, threads, batch, route, start_at, stop_at, offset = args
+    u = urllib.parse.urlparse(url)
+    latencies, errors, sent = [], [], [0]
+    lock = threading.Lock()
+
+    def client(k):
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        i = (offset + k) * 7919
+        mine, bad = [], []
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while True:
+            t0 = time.time()
+            if t0 >= stop_at:
+                break
+            texts = [sentences[(i + j) % len(sentences)] for j in range(batch)]
+            i += batch
+            path, body = body_for(route, texts)
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    bad.append(resp.status)
+                else:
+                    mine.append(time.time() - t0)
+            except (OSError, http.client.HTTPException) as e:
+                bad.append(type(e).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors.extend(bad)
+
+    pool = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return latencies, errors
+
+
+def scrape(url):
+    """Server-side counters from /metrics: CPU seconds, engine calls, sequences in them."""
+    import urllib.request
+    want = {"process_cpu_seconds_total": "cpu_s", "embedrt_batch_size_count": "batches",
+            "embedrt_batch_size_sum": "sequences", "embedrt_inference_duration_seconds_sum": "engine_s"}
+    out = {}
+    try:
+        text = urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10).read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in want:
+            out[want[name]] = float(value)
+    return out
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values))) - 1))
+    return sorted_values[k]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8080")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
+    ap.add_argument("--batch", type=int, default=1, help="sentences per request")
+    ap.add_argument("--route", choices=["embed", "openai"], default="embed")
+    ap.add_argument("--processes", type=int, default=0, help="client processes (default: min(4, concurrency))")
+    a = ap.parse_args()
+    sentences = read_sentences(a.input)
+    if not sentences:
+        sys.exit(f"{a.input}: no sentences")
+    procs = a.processes or min(4, a.concurrency)
+    procs = max(1, min(procs, a.concurrency))
+    shares = [a.concurrency // procs + (1 if p < a.concurrency % procs else 0) for p in range(procs)]
+    if a.warmup > 0:
+        t = time.time() + 0.5
+        with multiprocessing.Pool(procs) as pool:
+            pool.map(worker, [(a.url, sentences, n, a.batch, a.route, t, t + a.warmup, p * 100)
+                              for p, n in enumerate(shares)])
+    start_at = time.time() + 1.0  # every process started before the clock runs
+    stop_at = start_at + a.duration
+    jobs = [(a.url, sentences, n, a.batch, a.route, start_at, stop_at, p * 100) for p, n in enumerate(shares)]
+    with multiprocessing.Pool(procs) as pool:
+        pending = pool.map_async(worker, jobs)
+        time.sleep(max(0.0, start_at - time.time()))
+        before = scrape(a.url)
+        time.sleep(max(0.0, stop_at - time.time()))
+        after = scrape(a.url)
+        results = pending.get()
+    server = {k: after[k] - before[k] for k in after if k in before}
+    latencies = sorted(x for lat, _ in results for x in lat)
+    errors = [e for _, err in results for e in err]
+    n = len(latencies)
+    print(json.dumps({
+        "concurrency": a.concurrency,
+        "batch": a.batch,
+        "route": a.route,
+        "seconds": a.duration,
+        "requests": n,
+        "errors": len(errors),
+        "error_kinds": sorted(set(map(str, errors))),
+        "requests_per_s": n / a.duration,
+        "sentences_per_s": n * a.batch / a.duration,
+        "p50_ms": percentile(latencies, 50) and 1000 * percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90) and 1000 * percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99) and 1000 * percentile(latencies, 99),
+        # What the server did in the same window: how busy its cores were,
+        # its CPU per sentence (robust to other load on the machine), and
+        # how large the batches it formed were.
+        "server_cores_busy": server.get("cpu_s", 0) / a.duration if server else None,
+        "server_cpu_ms_per_sentence": 1000 * server["cpu_s"] / (n * a.batch) if server and n else None,
+        "engine_busy": server.get("engine_s", 0) / a.duration if server else None,
+        "mean_batch": server["sequences"] / server["batches"] if server.get("batches") else None,
+    }))
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
