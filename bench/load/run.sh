@@ -4,14 +4,22 @@
 #
 #   bench/load/run.sh MODEL [DEVICE]
 #
-# Environment: BIN (default target/release/embedrt), INPUT (an STS CSV or
-# JSON lines; default ../shared/data/stsb/stsb-en-dev.csv), CONCURRENCIES
-# ("1 4 16 64"), DURATION (seconds per concurrency, 20), BATCH (sentences per
-# request, 1), ROUTE (embed|openai), ENGINE_BATCH (engine-alone batch size,
-# 64), REPEAT (engine-alone passes, 3), ROUNDS (engine-alone + HTTP sweeps,
-# alternated so both see the same background load; 1), SERVE_ARGS / BENCH_ARGS (extra flags,
-# e.g. precision), PORT (18080), OUT (results file, JSON lines; default
-# stdout only).
+# Environment:
+#   BIN           the binary (target/release/embedrt)
+#   INPUT         an STS CSV or JSON lines (../shared/data/stsb/stsb-en-dev.csv)
+#   CONCURRENCIES closed-loop clients per step ("1 4 16 64")
+#   DURATION      measured seconds per step (20)
+#   BATCH         sentences per request (1)
+#   ROUTE         embed | openai (embed)
+#   PROCESSES     client processes (0: min(4, concurrency); raise it on a GPU
+#                 machine so the client keeps up)
+#   ENGINE_BATCH  engine-alone batch size (64)
+#   REPEAT        engine-alone passes (3)
+#   ROUNDS        engine-alone + HTTP sweeps, alternated so both see the same
+#                 background load (1)
+#   SERVE_ARGS, BENCH_ARGS  extra flags (e.g. precision)
+#   PORT          (18080)
+#   OUT           results file, JSON lines (stdout only)
 #
 # Prints one JSON line for the engine alone ("kind": "engine") and one per
 # concurrency ("kind": "http"); the server's log goes to $OUT.server.log or
@@ -69,7 +77,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     engine_alone
     for c in $CONCURRENCIES; do
         line=$($PY bench/load/load_client.py --url "http://127.0.0.1:$PORT" --input "$INPUT" \
-            --concurrency "$c" --duration "$DURATION" --batch "$BATCH" --route "$ROUTE" || true)
+            --concurrency "$c" --duration "$DURATION" --batch "$BATCH" --route "$ROUTE" --processes "${PROCESSES:-0}" || true)
         emit "$($PY -c 'import json,sys; d=json.loads(sys.argv[1]); i=json.loads(sys.argv[2]); d.update(kind="http", round=int(sys.argv[3]), device=i["device"], precision=i["precision"], max_batch_tokens=i["max_batch_tokens"]); print(json.dumps(d))' "$line" "$info" "$round")"
     done
 done

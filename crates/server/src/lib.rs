@@ -247,7 +247,10 @@ pub fn run(options: Options, initial: Target, loader: Loader) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(options, initial, loader))
+    let result = runtime.block_on(serve(options, initial, loader));
+    // A model still loading on the blocking pool must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(options: Options, initial: Target, loader: Loader) -> Result<()> {
