@@ -74,10 +74,10 @@ def test_embed_matches_the_cli(tiny, embedrt_bin, fixtures_dir):
     assert resp.status == 200, resp.body
     assert resp.version
     got = resp.json()
-    assert max_abs_diff(got, want) < 1e-5
+    assert max_abs_diff(got, want) < 1e-6
     one = tiny.post("/embed", {"inputs": texts[3]})
     assert one.status == 200
-    assert max_abs_diff(one.json(), [want[3]]) < 1e-5
+    assert max_abs_diff(one.json(), [want[3]]) < 1e-6
 
 
 def test_embed_without_normalization_matches_the_cli(embedrt_bin, fixtures_dir):
@@ -101,7 +101,7 @@ def test_openai_embeddings(tiny, embedrt_bin, fixtures_dir):
     assert body["object"] == "list" and body["model"] == "text-embedding-3-small"
     assert [d["index"] for d in body["data"]] == list(range(len(texts)))
     assert all(d["object"] == "embedding" for d in body["data"])
-    assert max_abs_diff([d["embedding"] for d in body["data"]], want) < 1e-5
+    assert max_abs_diff([d["embedding"] for d in body["data"]], want) < 1e-6
     ids = tiny.post("/tokenize", {"inputs": texts}).json()
     n_tokens = sum(len(seq) for seq in ids)
     assert body["usage"] == {"prompt_tokens": n_tokens, "total_tokens": n_tokens}
@@ -109,13 +109,13 @@ def test_openai_embeddings(tiny, embedrt_bin, fixtures_dir):
     b64 = tiny.post("/v1/embeddings", {"input": texts[0], "model": "m", "encoding_format": "base64"}).json()
     raw = base64.b64decode(b64["data"][0]["embedding"])
     floats = list(struct.unpack(f"<{len(raw) // 4}f", raw))
-    assert max_abs_diff([floats], [want[0]]) < 1e-5
+    assert max_abs_diff([floats], [want[0]]) < 1e-6
 
     short = tiny.post("/v1/embeddings", {"input": [texts[0]], "model": "m", "dimensions": 8}).json()
     row = short["data"][0]["embedding"]
     assert len(row) == 8
     norm = sum(x * x for x in want[0][:8]) ** 0.5
-    assert max_abs_diff([row], [[x / norm for x in want[0][:8]]]) < 1e-5
+    assert max_abs_diff([row], [[x / norm for x in want[0][:8]]]) < 1e-6
 
     assert_error(tiny.post("/v1/embeddings", {"input": "x", "model": "m", "dimensions": 33}), 422, "validation")
     assert_error(tiny.post("/v1/embeddings", {"input": "x", "encoding_format": "int8"}), 422)
@@ -282,7 +282,9 @@ def test_64_concurrent_clients_get_the_cli_embeddings(embedrt_bin, minilm_dir, s
                 worst = max(worst, max_abs_diff([vec], [want[i]]))
                 checked += 1
         assert checked >= 64 * 4
-        assert worst < 1e-5, worst
+        # Equal up to 1-ulp differences: gemm rounds a row slightly
+        # differently depending on how many rows share its batch.
+        assert worst < 1e-6, worst
         assert s.metric("embedrt_queue_depth") == 0
         # Concurrency really batched: fewer engine calls than requests.
         assert s.metric("embedrt_batch_size_count") < 64 * 4
@@ -308,7 +310,7 @@ def test_reload_under_load_never_mixes_versions(embedrt_bin, fixtures_dir, tmp_p
                     failures.append((resp.status, resp.body))
                     continue
                 fp = resp.version.split("-", 1)[1]
-                if fp not in want or max_abs_diff(resp.json(), want[fp]) > 1e-5:
+                if fp not in want or max_abs_diff(resp.json(), want[fp]) > 1e-6:
                     failures.append(("mixed or wrong", resp.version))
                 seen[fp] = seen.get(fp, 0) + 1
             return n
