@@ -1,30 +1,23 @@
 //! `embedrt serve`: the HTTP embedding server (crates/server) on a model
 //! opened the way `embed` opens one.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use embedrt_core::Embedder;
 use embedrt_server::{fingerprint_file, BatchSettings, LoadedModel, Options, Target};
 
 use crate::open::{open, ModelArgs};
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["model", "plan"])))]
 pub struct ServeArgs {
-    /// A sentence-transformers model directory or a Hugging Face model id.
-    #[arg(long)]
-    model: Option<String>,
-    /// A compiled plan file.
-    #[arg(long)]
-    plan: Option<String>,
-    /// Where to run: auto (GPU if usable, else CPU), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Override the model's pooling: mean, cls, max, mean_sqrt_len.
-    #[arg(long)]
-    pooling: Option<String>,
+    /// What to serve first (--model, and --plan where the build has plans),
+    /// and where; a reload keeps the device and overrides.
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (printed on standard error).
@@ -53,34 +46,46 @@ pub struct ServeArgs {
     api_key: Option<String>,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
-    let initial = match (&args.model, &args.plan) {
-        (Some(m), None) => Target::Model(m.clone()),
-        (None, Some(p)) => Target::Plan(p.clone()),
-        _ => bail!("give exactly one of --model and --plan"),
+/// What the command line asks to serve first.
+fn initial_target(args: &ModelArgs) -> Target {
+    Target::Model(args.model.clone())
+}
+
+/// The command line's model options, pointed at a reload target.
+fn args_for(base: &ModelArgs, target: &Target) -> Result<ModelArgs> {
+    match target {
+        Target::Model(model) => Ok(ModelArgs {
+            model: model.clone(),
+            ..base.clone()
+        }),
+        Target::Plan(plan) => bail!("{plan}: this build cannot open plan files"),
+    }
+}
+
+/// A short hash of what was loaded: the weights file, or the plan file.
+fn fingerprint(target: &Target, embedder: &Embedder) -> Result<String> {
+    let path = match target {
+        Target::Model(_) => embedder.model.weights_path(),
+        Target::Plan(plan) => PathBuf::from(plan),
     };
-    let device = args.device.clone();
-    let pooling = args.pooling.clone();
+    fingerprint_file(&path).with_context(|| format!("fingerprinting {}", path.display()))
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let initial = initial_target(&args.model);
+    let base = args.model.clone();
     let loader = Arc::new(move |target: &Target| -> Result<LoadedModel> {
-        match target {
-            Target::Model(model) => {
-                let embedder = open(&ModelArgs {
-                    model: model.clone(),
-                    device: device.clone(),
-                    pooling: pooling.clone(),
-                })?;
-                let weights = embedder.model.weights_path();
-                let fingerprint = fingerprint_file(&weights)
-                    .with_context(|| format!("fingerprinting {}", weights.display()))?;
-                Ok(LoadedModel {
-                    embedder,
-                    name: model.clone(),
-                    fingerprint,
-                    memory_in_use: None,
-                })
-            }
-            Target::Plan(plan) => bail!("{plan}: this build cannot serve plan files yet"),
-        }
+        let embedder = open(&args_for(&base, target)?)?;
+        let fingerprint = fingerprint(target, &embedder)?;
+        let name = match target {
+            Target::Model(m) | Target::Plan(m) => m.clone(),
+        };
+        Ok(LoadedModel {
+            embedder,
+            name,
+            fingerprint,
+            memory_in_use: None,
+        })
     });
     let options = Options {
         host: args.host,

@@ -243,8 +243,13 @@ fn reload_on_sighup(state: Arc<AppState>) {
 /// Runs the server until SIGTERM (then finishes in-flight requests and
 /// returns `Ok`) or until the first model fails to load (then `Err`).
 pub fn run(options: Options, initial: Target, loader: Loader) -> Result<()> {
+    // Tokenization runs on the blocking pool: bound it near the core count
+    // so a burst of requests queues there instead of spawning hundreds of
+    // threads that fight the engine for the cores.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(2 * cores + 2)
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(serve(options, initial, loader));
