@@ -323,7 +323,13 @@ pub async fn reload(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     } else {
         Some(parse_json::<Target>(&body)?)
     };
-    let (previous, slot) = crate::reload(&state, target).await.map_err(|e| {
+    // A task of its own: a client that hangs up mid-load does not abort
+    // the reload it asked for.
+    let task = tokio::spawn(async move { crate::reload(&state, target).await });
+    let outcome = task
+        .await
+        .map_err(|e| ApiError::backend(format!("the reload task failed: {e}")))?;
+    let (previous, slot) = outcome.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "reload_failed",
