@@ -4,6 +4,7 @@ import base64
 import concurrent.futures
 import csv
 import hashlib
+import http.client
 import json
 import shutil
 import signal
@@ -373,6 +374,10 @@ def test_reload_rereads_from_disk_and_sighup(embedrt_bin, fixtures_dir, tmp_path
 def test_sigterm_finishes_in_flight_work_and_exits_0(embedrt_bin, fixtures_dir):
     s = Server(embedrt_bin, "--model", fixtures_dir / TINY, "--device", "cpu", "--max-wait-us", 1_500_000)
     try:
+        # An idle keep-alive connection must not hold up the exit.
+        idle = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        idle.request("GET", "/health")
+        assert idle.getresponse().read()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(s.post, "/embed", {"inputs": ["in flight at shutdown"]})
             deadline = time.monotonic() + 10
@@ -382,6 +387,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(embedrt_bin, fixtures_dir):
             resp = pending.result(timeout=30)
             assert resp.status == 200 and len(resp.json()[0]) == 32
         assert s.proc.wait(30) == 0
+        idle.close()
         with pytest.raises(OSError):
             s.get("/health", timeout=2)
     finally:
