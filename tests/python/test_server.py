@@ -76,6 +76,8 @@ def test_embed_matches_the_cli(tiny, embedrt_bin, fixtures_dir):
     assert resp.version
     got = resp.json()
     assert max_abs_diff(got, want) < 1e-6
+    root = tiny.post("/", {"inputs": texts[:2], "normalize": True})  # TEI's root route
+    assert root.status == 200 and max_abs_diff(root.json(), want[:2]) < 1e-6
     one = tiny.post("/embed", {"inputs": texts[3]})
     assert one.status == 200
     assert max_abs_diff(one.json(), [want[3]]) < 1e-6

@@ -115,6 +115,9 @@ async fn reload(
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        // TEI serves its model's main route at `/` too (huggingface_hub's
+        // InferenceClient posts there).
+        .route("/", post(routes::embed))
         .route("/embed", post(routes::embed))
         .route("/v1/embeddings", post(routes::openai_embeddings))
         .route("/embeddings", post(routes::openai_embeddings))
