@@ -155,6 +155,30 @@ def test_metrics(tiny):
     assert tiny.metric("embedrt_batch_tokens_sum") > 0
 
 
+def test_official_openai_and_huggingface_clients_work_unchanged(embedrt_bin, fixtures_dir):
+    """The clients users come with: openai's SDK (base64 by default) and
+    huggingface_hub's InferenceClient (TEI's protocol), API key included."""
+    import openai
+    from huggingface_hub import InferenceClient
+
+    texts = expected(fixtures_dir, TINY)["texts"][:5]
+    want = cli_embed(embedrt_bin, fixtures_dir / TINY, texts)
+    with Server(embedrt_bin, "--model", fixtures_dir / TINY, "--device", "cpu", "--api-key", "k-123") as s:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="k-123", max_retries=0)
+        resp = client.embeddings.create(model="text-embedding-3-small", input=texts)
+        assert max_abs_diff([d.embedding for d in resp.data], want) < 1e-6
+        assert resp.usage.prompt_tokens == sum(len(t) for t in expected(fixtures_dir, TINY)["token_ids"][:5])
+        short = client.embeddings.create(model="m", input=texts[0], encoding_format="float", dimensions=16)
+        assert len(short.data[0].embedding) == 16
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="wrong",
+                          max_retries=0).embeddings.create(model="m", input="x")
+        tei = InferenceClient(base_url=f"http://127.0.0.1:{s.port}", token="k-123")
+        got = tei.feature_extraction(texts)
+        assert got.shape == (5, 32)
+        assert max_abs_diff(got.tolist(), want) < 1e-6
+
+
 # ---- errors -------------------------------------------------------------
 
 
