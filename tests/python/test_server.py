@@ -196,8 +196,9 @@ def test_input_errors(tiny, fixtures_dir):
     assert_error(tiny.post("/embed", {"inputs": [long_text], "truncate": False}), 413, "payload_too_large")
     cut = tiny.post("/embed", {"inputs": [long_text], "truncate": True})
     assert cut.status == 200 and len(cut.json()[0]) == 32
-    assert_error(tiny.get("/no/such/route"), 404)
-    assert_error(tiny.get("/embed"), 405)
+    assert_error(tiny.get("/no/such/route"), 404, "not_found")
+    assert_error(tiny.get("/embed"), 405, "method_not_allowed")
+    assert_error(tiny.post("/admin/reload", b"x" * 200_000), 413, "payload_too_large")
     # The server is unharmed.
     assert tiny.post("/embed", {"inputs": ["still fine"]}).status == 200
 

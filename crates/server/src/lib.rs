@@ -182,7 +182,14 @@ async fn around_request(State(state): State<Arc<AppState>>, req: Request, next: 
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
         let headers = resp.headers().clone();
-        resp = ApiError::new(status, "bad_request", format!("{reason}: {route}")).into_response();
+        let error_type = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            s if s.is_server_error() => "server",
+            _ => "bad_request",
+        };
+        resp = ApiError::new(status, error_type, format!("{reason}: {route}")).into_response();
         for name in [header::ALLOW, header::RETRY_AFTER] {
             if let Some(v) = headers.get(&name) {
                 resp.headers_mut().insert(name, v.clone());
