@@ -5,6 +5,7 @@ mod embed;
 mod eval;
 mod input;
 mod open;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Throughput: sentences/s and tokens/s over a file of sentences.
     Bench(bench::BenchArgs),
+    /// HTTP embedding server: TEI- and OpenAI-compatible routes, dynamic batching, reload.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
