@@ -1,8 +1,10 @@
 //! The `embedrt` command line.
 
 mod bench;
+mod build;
 mod embed;
 mod eval;
+mod info;
 mod input;
 mod open;
 
@@ -29,6 +31,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Throughput: sentences/s and tokens/s over a file of sentences.
     Bench(bench::BenchArgs),
+    /// Build a GPU plan file: weights in the target precision, profile, GEMM algorithms.
+    Build(build::BuildArgs),
+    /// Show what a plan file holds.
+    Info(info::InfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Info(a) => info::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,218 @@
+// embedrt encoder kernels. Header-free: NVRTC compiles this at run time
+// with no include path. Compile-time defines (set by the host):
+//   EMBEDRT_FP16  1 = activations and weights stored as fp16, 0 = fp32
+//   HIDDEN        hidden size
+//   HEAD_DIM      size of one attention head
+// All arithmetic (LayerNorm, softmax, pooling, dot products) is fp32.
+
+#if EMBEDRT_FP16
+typedef unsigned short st_t;
+__device__ __forceinline__ float ld(st_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+}
+__device__ __forceinline__ st_t cv(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#else
+typedef float st_t;
+__device__ __forceinline__ float ld(st_t v) { return v; }
+__device__ __forceinline__ st_t cv(float f) { return f; }
+#endif
+
+#define WARP 32
+// Values each lane holds for one row of HIDDEN.
+#define PER_LANE ((HIDDEN + WARP - 1) / WARP)
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// LayerNorm of one row held in registers (biased variance, as PyTorch).
+__device__ __forceinline__ void ln_store(float (&x)[PER_LANE], const st_t* gamma,
+                                         const st_t* beta, st_t* out, float eps) {
+    const int lane = threadIdx.x % WARP;
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < PER_LANE; ++k) {
+        int c = lane + k * WARP;
+        if (c < HIDDEN) s += x[k];
+    }
+    const float mean = warp_sum(s) / HIDDEN;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < PER_LANE; ++k) {
+        int c = lane + k * WARP;
+        if (c < HIDDEN) { float d = x[k] - mean; v += d * d; }
+    }
+    const float inv = rsqrtf(warp_sum(v) / HIDDEN + eps);
+#pragma unroll
+    for (int k = 0; k < PER_LANE; ++k) {
+        int c = lane + k * WARP;
+        if (c < HIDDEN) out[c] = cv((x[k] - mean) * inv * ld(gamma[c]) + ld(beta[c]));
+    }
+}
+
+// Word + position (+ BERT token type 0) embedding, then LayerNorm.
+// One warp per token.
+extern "C" __global__ void embed_layernorm(const unsigned* __restrict__ ids,
+                                           const unsigned* __restrict__ pos, int tokens,
+                                           const st_t* __restrict__ word,
+                                           const st_t* __restrict__ position,
+                                           const st_t* __restrict__ type0,
+                                           const st_t* __restrict__ gamma,
+                                           const st_t* __restrict__ beta, st_t* __restrict__ out,
+                                           float eps) {
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (row >= tokens) return;
+    const int lane = threadIdx.x % WARP;
+    const st_t* w = word + (size_t)ids[row] * HIDDEN;
+    const st_t* p = position + (size_t)pos[row] * HIDDEN;
+    float x[PER_LANE];
+#pragma unroll
+    for (int k = 0; k < PER_LANE; ++k) {
+        int c = lane + k * WARP;
+        x[k] = 0.f;
+        if (c < HIDDEN) {
+            x[k] = ld(w[c]) + ld(p[c]);
+            if (type0) x[k] += ld(type0[c]);
+        }
+    }
+    ln_store(x, gamma, beta, out + (size_t)row * HIDDEN, eps);
+}
+
+// out = LayerNorm(x) row by row; x already holds GEMM + bias + residual.
+// One warp per row. out may equal x.
+extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __restrict__ gamma,
+                                     const st_t* __restrict__ beta, st_t* out, float eps) {
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (row >= rows) return;
+    const int lane = threadIdx.x % WARP;
+    const st_t* in = x + (size_t)row * HIDDEN;
+    float v[PER_LANE];
+#pragma unroll
+    for (int k = 0; k < PER_LANE; ++k) {
+        int c = lane + k * WARP;
+        v[k] = c < HIDDEN ? ld(in[c]) : 0.f;
+    }
+    ln_store(v, gamma, beta, out + (size_t)row * HIDDEN, eps);
+}
+
+// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in place (the bias was added by
+// the GEMM epilogue; cuBLASLt's own GELU is the tanh approximation).
+extern "C" __global__ void gelu(st_t* x, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float v = ld(x[i]);
+        x[i] = cv(0.5f * v * (1.f + erff(v * 0.70710678118654752f)));
+    }
+}
+
+// Fused attention over packed, unpadded sequences. qkv is [tokens, 3*HIDDEN]
+// (Q | K | V), ctx is [tokens, HIDDEN]. Grid: (query tiles, heads, sequences);
+// one thread per query row, keys streamed through shared memory in tiles with
+// an online softmax, so no [seq, seq] matrix exists anywhere. MPNet's
+// relative position bias is looked up per (query, key) from the bucket table
+// (bucket_of[key - query + max_len - 1]) and the [buckets, heads] bias.
+#define Q_TILE 32
+#define K_TILE 32
+extern "C" __global__ void __launch_bounds__(Q_TILE)
+attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+          float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+          int max_len, st_t* __restrict__ ctx) {
+    const int seq = blockIdx.z, head = blockIdx.y;
+    const int start = offsets[seq];
+    const int len = offsets[seq + 1] - start;
+    const int q0 = blockIdx.x * Q_TILE;
+    if (q0 >= len) return;
+    const int tid = threadIdx.x;
+    const int qi = q0 + tid;
+    const bool active = qi < len;
+    const int stride = 3 * HIDDEN;
+
+    __shared__ float ks[K_TILE][HEAD_DIM + 1];
+    __shared__ float vs[K_TILE][HEAD_DIM + 1];
+
+    float q[HEAD_DIM], acc[HEAD_DIM];
+    const st_t* qrow = qkv + (size_t)(start + (active ? qi : 0)) * stride + head * HEAD_DIM;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) {
+        q[d] = ld(qrow[d]) * scale;
+        acc[d] = 0.f;
+    }
+    float m = -1e30f, l = 0.f;
+    for (int k0 = 0; k0 < len; k0 += K_TILE) {
+        const int nk = min(K_TILE, len - k0);
+        __syncthreads();
+        for (int idx = tid; idx < nk * HEAD_DIM; idx += Q_TILE) {
+            const int j = idx / HEAD_DIM, d = idx % HEAD_DIM;
+            const st_t* krow = qkv + (size_t)(start + k0 + j) * stride + HIDDEN + head * HEAD_DIM;
+            ks[j][d] = ld(krow[d]);
+            vs[j][d] = ld(krow[HIDDEN + d]);
+        }
+        __syncthreads();
+        if (!active) continue;
+        float s[K_TILE];
+        float tile_max = -1e30f;
+#pragma unroll
+        for (int j = 0; j < K_TILE; ++j) {
+            float dot = -1e30f;
+            if (j < nk) {
+                dot = 0.f;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) dot += q[d] * ks[j][d];
+                if (rel_bias) dot += ld(rel_bias[bucket_of[k0 + j - qi + max_len - 1] * heads + head]);
+            }
+            s[j] = dot;
+            tile_max = fmaxf(tile_max, dot);
+        }
+        const float m_new = fmaxf(m, tile_max);
+        const float corr = __expf(m - m_new);
+        l *= corr;
+#pragma unroll
+        for (int d = 0; d < HEAD_DIM; ++d) acc[d] *= corr;
+#pragma unroll
+        for (int j = 0; j < K_TILE; ++j) {
+            if (j < nk) {
+                const float p = __expf(s[j] - m_new);
+                l += p;
+#pragma unroll
+                for (int d = 0; d < HEAD_DIM; ++d) acc[d] += p * vs[j][d];
+            }
+        }
+        m = m_new;
+    }
+    if (!active) return;
+    const float inv = 1.f / l;
+    st_t* out = ctx + (size_t)(start + qi) * HIDDEN + head * HEAD_DIM;
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM; ++d) out[d] = cv(acc[d] * inv);
+}
+
+// Sentence pooling over each sequence's tokens, fp32 out [sequences, HIDDEN].
+// mode: 0 mean, 1 cls, 2 max, 3 mean / sqrt(len). One block per sequence.
+extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __restrict__ offsets,
+                                int mode, float* __restrict__ out) {
+    const int seq = blockIdx.x;
+    const int start = offsets[seq], len = offsets[seq + 1] - start;
+    for (int c = threadIdx.x; c < HIDDEN; c += blockDim.x) {
+        const st_t* col = hidden + (size_t)start * HIDDEN + c;
+        float r;
+        if (mode == 1) {
+            r = ld(col[0]);
+        } else if (mode == 2) {
+            r = -3.4e38f;
+            for (int i = 0; i < len; ++i) r = fmaxf(r, ld(col[(size_t)i * HIDDEN]));
+        } else {
+            r = 0.f;
+            for (int i = 0; i < len; ++i) r += ld(col[(size_t)i * HIDDEN]);
+            r = mode == 0 ? r / (float)len : r / sqrtf((float)len);
+        }
+        out[(size_t)seq * HIDDEN + c] = r;
+    }
+}
