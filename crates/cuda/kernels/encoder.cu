@@ -216,3 +216,180 @@ extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __re
         out[(size_t)seq * HIDDEN + c] = r;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Tensor-core fused attention (fp16, sm_80+): FlashAttention-2 style. Each
+// warp owns 16 query rows; a block of up to 4 warps shares K and V tiles of
+// 64 keys in shared memory. S = Q K^T and O += P V run on mma.m16n8k16 with
+// fp32 accumulation; softmax is online in fp32. MPNet's relative position
+// bias is added per (query, key) from the bucket table inside the kernel.
+// Grid: (query tiles of 16*warps, heads, sequences).
+#if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0)
+#define ATT_KT 64
+#define KPAD (HEAD_DIM + 8)
+#define VPAD (ATT_KT + 8)
+#define MAX_BUCKETS 64
+
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    return (unsigned)cv(lo) | ((unsigned)cv(hi) << 16);
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+             int max_len, int num_buckets, st_t* __restrict__ ctx) {
+    const int seq = blockIdx.z, head = blockIdx.y;
+    const int start = offsets[seq];
+    const int len = offsets[seq + 1] - start;
+    const int warps = blockDim.x / WARP;
+    const int q0 = blockIdx.x * 16 * warps;
+    if (q0 >= len) return;
+    const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
+    const int g = lane >> 2, tig = lane & 3;
+    const int stride = 3 * HIDDEN;
+
+    __shared__ __align__(16) unsigned short ks[ATT_KT][KPAD];
+    __shared__ __align__(16) unsigned short vt[HEAD_DIM][VPAD];
+    __shared__ float bias_s[MAX_BUCKETS];
+    if (rel_bias) {
+        for (int b = tid; b < num_buckets; b += blockDim.x) bias_s[b] = ld(rel_bias[b * heads + head]);
+    }
+
+    const int qw = q0 + warp * 16;
+    const int r0 = qw + g, r1 = qw + g + 8;
+    unsigned qa[HEAD_DIM / 16][4];
+    {
+        const unsigned* q_0 =
+            (const unsigned*)(qkv + (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM);
+        const unsigned* q_1 =
+            (const unsigned*)(qkv + (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM);
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+            qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
+            qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
+            qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
+            qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
+        }
+    }
+    float o[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;
+
+    for (int k0 = 0; k0 < len; k0 += ATT_KT) {
+        __syncthreads();
+        for (int c = tid; c < ATT_KT * HEAD_DIM / 8; c += blockDim.x) {
+            const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
+            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = make_uint4(0u, 0u, 0u, 0u);
+            if (k0 + j < len) {
+                const st_t* base = qkv + (size_t)(start + k0 + j) * stride + HIDDEN + head * HEAD_DIM + d8;
+                kv = *(const uint4*)base;
+                vv = *(const uint4*)(base + HIDDEN);
+            }
+            *(uint4*)&ks[j][d8] = kv;
+            const unsigned short* vh = (const unsigned short*)&vv;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) vt[d8 + i][j] = vh[i];
+        }
+        __syncthreads();
+        if (qw >= len) continue;
+        const int nb = min(8, (len - k0 + 7) / 8);
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            if (j < nb) {
+#pragma unroll
+                for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+                    const unsigned b0 = *(const unsigned*)&ks[j * 8 + g][kk * 16 + tig * 2];
+                    const unsigned b1 = *(const unsigned*)&ks[j * 8 + g][kk * 16 + 8 + tig * 2];
+                    mma16816(s[j], qa[kk], b0, b1);
+                }
+            }
+        }
+        float mx0 = -1e30f, mx1 = -1e30f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + j * 8 + tig * 2 + (e & 1);
+                const int row = e < 2 ? r0 : r1;
+                float v = s[j][e] * scale;
+                if (key >= len) {
+                    v = -1e30f;
+                } else if (rel_bias && row < len) {
+                    v += bias_s[bucket_of[key - row + max_len - 1]];
+                }
+                s[j][e] = v;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float c0 = __expf(m0 - mn0), c1 = __expf(m1 - mn1);
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            o[nd][0] *= c0;
+            o[nd][1] *= c0;
+            o[nd][2] *= c1;
+            o[nd][3] *= c1;
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            s[j][0] = __expf(s[j][0] - mn0);
+            s[j][1] = __expf(s[j][1] - mn0);
+            s[j][2] = __expf(s[j][2] - mn1);
+            s[j][3] = __expf(s[j][3] - mn1);
+            l0 += s[j][0] + s[j][1];
+            l1 += s[j][2] + s[j][3];
+        }
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            if (2 * t < nb) {
+                const unsigned pa[4] = {pack2(s[2 * t][0], s[2 * t][1]), pack2(s[2 * t][2], s[2 * t][3]),
+                                        pack2(s[2 * t + 1][0], s[2 * t + 1][1]),
+                                        pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
+#pragma unroll
+                for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+                    const unsigned b0 = *(const unsigned*)&vt[nd * 8 + g][t * 16 + tig * 2];
+                    const unsigned b1 = *(const unsigned*)&vt[nd * 8 + g][t * 16 + 8 + tig * 2];
+                    mma16816(o[nd], pa, b0, b1);
+                }
+            }
+        }
+    }
+    if (qw >= len) return;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
+        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
+    }
+}
+#endif

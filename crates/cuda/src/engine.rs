@@ -45,6 +45,8 @@ struct Functions {
     layernorm: cu::CUfunction,
     gelu: cu::CUfunction,
     attention: cu::CUfunction,
+    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
+    attention_tc: Option<cu::CUfunction>,
     pool: cu::CUfunction,
 }
 
@@ -80,6 +82,10 @@ struct Gpu {
     pinned_out: *mut f32,
     pinned_out_len: usize,
     gemms: Option<Gemms>,
+    /// Captured encoder graphs by (padded tokens, padded sequences).
+    graphs: std::collections::HashMap<(usize, usize), cu::CUgraphExec>,
+    use_graphs: bool,
+    use_tc_attention: bool,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -144,6 +150,7 @@ impl CudaEngine {
                 layernorm: std::ptr::null_mut(),
                 gelu: std::ptr::null_mut(),
                 attention: std::ptr::null_mut(),
+                attention_tc: None,
                 pool: std::ptr::null_mut(),
             },
             allocations: Vec::new(),
@@ -169,6 +176,9 @@ impl CudaEngine {
             pinned_out: std::ptr::null_mut(),
             pinned_out_len: 0,
             gemms: None,
+            graphs: std::collections::HashMap::new(),
+            use_graphs: std::env::var("EMBEDRT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            use_tc_attention: std::env::var("EMBEDRT_ATTENTION").map_or(true, |v| v != "scalar"),
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
         gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking)
@@ -275,6 +285,15 @@ impl CudaEngine {
             layernorm: func(gpu.module, "layernorm")?,
             gelu: func(gpu.module, "gelu")?,
             attention: func(gpu.module, "attention")?,
+            attention_tc: if cc.0 >= 8
+                && h.precision == Precision::Fp16
+                && config.head_dim() % 16 == 0
+                && config.relative_attention_num_buckets <= 64
+            {
+                func(gpu.module, "attention_tc").ok()
+            } else {
+                None
+            },
             pool: func(gpu.module, "pool")?,
         };
         gpu.gemms = Some(Gemms::new(
@@ -292,7 +311,7 @@ impl CudaEngine {
             workspace_bytes,
             kernels_from_cache: cubin.from_cache,
         };
-        Ok(CudaEngine {
+        let engine = CudaEngine {
             config,
             precision: h.precision,
             pooling: h.pooling,
@@ -300,7 +319,24 @@ impl CudaEngine {
             device,
             report,
             gpu: Mutex::new(gpu),
-        })
+        };
+        engine.capture_small_graphs()?;
+        Ok(engine)
+    }
+
+    /// Single short sentences are the latency case: their graphs are
+    /// captured at load so the first request costs one launch too.
+    fn capture_small_graphs(&self) -> Result<()> {
+        let mut g = self.lock()?;
+        if !g.use_graphs {
+            return Ok(());
+        }
+        for tp in [16, 32, 64, 128] {
+            if tp <= self.max.seq {
+                self.graph_for(&mut g, tp, 1)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn report(&self) -> &LoadReport {
@@ -389,42 +425,133 @@ impl CudaEngine {
         Ok(out)
     }
 
-    fn forward(&self, g: &mut Gpu, batch: &TokenBatch) -> Result<Vec<f32>> {
-        let c = &self.config;
+    /// Token count and sequence count a batch runs at: padded up to a graph
+    /// bucket for small batches (one graph launch), exact otherwise.
+    fn run_shape(&self, g: &Gpu, t: usize, n: usize) -> (usize, usize, bool) {
+        if !g.use_graphs || t > GRAPH_MAX_TOKENS {
+            return (t, n, false);
+        }
+        let tp = if t <= 256 { t.next_multiple_of(16) } else { t.next_multiple_of(64) };
+        let np = n.next_power_of_two();
+        if tp > self.max.tokens() || np > self.max.batch {
+            return (t, n, false);
+        }
+        (tp, np, true)
+    }
+
+    /// ids | positions | offsets into pinned memory, padded to (tp, np):
+    /// padding tokens are id 0 at position 0, padding sequences are empty.
+    fn stage(&self, g: &mut Gpu, batch: &TokenBatch, tp: usize, np: usize) -> usize {
         let (n, t) = (batch.len(), batch.total_tokens());
-        let h = c.hidden_size;
+        let staged = 2 * tp + np + 1;
+        // SAFETY: pinned_in holds pinned_in_len >= staged u32s (tp, np within MAX).
+        let stage = unsafe { std::slice::from_raw_parts_mut(g.pinned_in, staged) };
+        stage[..t].copy_from_slice(&batch.ids);
+        stage[t..tp].fill(0);
+        for s in 0..n {
+            let (a, b) = (batch.offsets[s], batch.offsets[s + 1]);
+            for (i, p) in stage[tp + a..tp + b].iter_mut().enumerate() {
+                *p = self.config.position_id(i) as u32;
+            }
+        }
+        stage[tp + t..2 * tp].fill(0);
+        for (o, &v) in stage[2 * tp..2 * tp + n + 1].iter_mut().zip(&batch.offsets) {
+            *o = v as u32;
+        }
+        stage[2 * tp + n + 1..].fill(t as u32);
+        staged
+    }
+
+    fn forward(&self, g: &mut Gpu, batch: &TokenBatch) -> Result<Vec<f32>> {
+        let (n, t) = (batch.len(), batch.total_tokens());
+        let h = self.config.hidden_size;
         if n > self.max.batch || t > self.max.tokens() {
             return Err(Error::Input(format!(
                 "batch of {n} sequences / {t} tokens exceeds the plan's MAX profile {}x{}",
                 self.max.batch, self.max.seq
             )));
         }
-        // Stage ids | positions | offsets in pinned memory, one upload.
-        let staged = 2 * t + n + 1;
-        // SAFETY: pinned_in holds pinned_in_len >= staged u32s.
-        let stage = unsafe { std::slice::from_raw_parts_mut(g.pinned_in, staged) };
-        stage[..t].copy_from_slice(&batch.ids);
-        for s in 0..n {
-            let (a, b) = (batch.offsets[s], batch.offsets[s + 1]);
-            for (i, p) in stage[t + a..t + b].iter_mut().enumerate() {
-                *p = c.position_id(i) as u32;
-            }
+        let (tp, np, graph) = self.run_shape(g, t, n);
+        let staged = self.stage(g, batch, tp, np);
+        let stream = g.stream;
+        // SAFETY: pinned staging and device buffers sized for MAX; the copy
+        // is ordered before the compute on the same stream.
+        unsafe {
+            let src = std::slice::from_raw_parts(g.pinned_in, staged);
+            cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
         }
-        for (o, &v) in stage[2 * t..].iter_mut().zip(&batch.offsets) {
-            *o = v as u32;
+        if graph {
+            let exec = self.graph_for(g, tp, np)?;
+            // SAFETY: exec was captured from this engine's stream and buffers.
+            unsafe { cr::graph::launch(exec, stream) }.map_err(drv("graph launch"))?;
+        } else {
+            self.enqueue(g, tp, np, batch.max_seq_len(), None)?;
+        }
+        // SAFETY: pinned_out holds max.batch * h floats >= n * h.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(g.pinned_out, n * h);
+            cr::memcpy_dtoh_async(out, g.b.pooled, stream).map_err(drv("copy out"))?;
+            cr::stream::synchronize(stream).map_err(drv("batch"))?;
+            Ok(out.to_vec())
+        }
+    }
+
+    /// The graph for (tp, np), captured on first use.
+    fn graph_for(&self, g: &mut Gpu, tp: usize, np: usize) -> Result<cu::CUgraphExec> {
+        if let Some(&e) = g.graphs.get(&(tp, np)) {
+            return Ok(e);
         }
         let stream = g.stream;
-        let (ids, pos, offs) = (g.b.tokens, g.b.tokens + 4 * t as u64, g.b.tokens + 8 * t as u64);
+        let max_len = tp.min(self.max.seq);
+        // SAFETY: capture on our own stream; ended on every path.
+        unsafe {
+            cr::stream::begin_capture(stream, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(drv("graph capture"))?;
+            let enq = self.enqueue(g, tp, np, max_len, None);
+            let graph = cr::stream::end_capture(stream);
+            enq?;
+            let graph = graph.map_err(drv("graph capture"))?;
+            let exec = cr::graph::instantiate(graph, cu::CUgraphInstantiate_flags(0));
+            let _ = cr::graph::destroy(graph);
+            let exec = exec.map_err(drv("graph instantiate"))?;
+            g.graphs.insert((tp, np), exec);
+            Ok(exec)
+        }
+    }
+
+    /// Launches the whole encoder for `tp` tokens in `np` sequences (the
+    /// staged buffer already on the device). With `timer`, records an event
+    /// after each stage.
+    fn enqueue(
+        &self,
+        g: &mut Gpu,
+        tp: usize,
+        np: usize,
+        max_len_batch: usize,
+        mut timer: Option<&mut Vec<(&'static str, cu::CUevent)>>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let h = c.hidden_size;
+        let stream = g.stream;
+        let mut mark = |name: &'static str| -> Result<()> {
+            if let Some(tm) = timer.as_deref_mut() {
+                let e = cr::event::create(cu::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("event"))?;
+                // SAFETY: fresh event, live stream.
+                unsafe { cr::event::record(e, stream) }.map_err(drv("event"))?;
+                tm.push((name, e));
+            }
+            Ok(())
+        };
+        let (ids, pos, offs) = (g.b.tokens, g.b.tokens + 4 * tp as u64, g.b.tokens + 8 * tp as u64);
         let eps = c.layer_norm_eps;
-        let (tokens_i, n_i) = (t as i32, n as i32);
-        let row_blocks = t.div_ceil(4) as u32;
+        let tokens_i = tp as i32;
+        let row_blocks = tp.div_ceil(4) as u32;
+        mark("start")?;
         // SAFETY: every pointer below is a device buffer sized for the MAX
-        // profile (checked above) or a weight inside the uploaded blob; the
+        // profile (tp, np within it) or a weight inside the uploaded blob; the
         // kernels' arguments match their signatures in encoder.cu.
         unsafe {
-            cr::memcpy_htod_async(g.b.tokens, &*stage, stream).map_err(drv("copy in"))?;
-            let (wd, po, t0, (ga, be), out) =
-                (g.word, g.position, g.type0, g.emb_norm, g.b.hidden);
+            let (wd, po, t0, (ga, be), out) = (g.word, g.position, g.type0, g.emb_norm, g.b.hidden);
             cr::launch_kernel(
                 g.f.embed,
                 (row_blocks, 1, 1),
@@ -434,35 +561,42 @@ impl CudaEngine {
                 kargs![ids, pos, tokens_i, wd, po, t0, ga, be, out, eps],
             )
             .map_err(drv("embedding kernel"))?;
+            mark("embedding+layernorm")?;
             let heads = c.num_attention_heads as i32;
             let scale = 1.0f32 / (c.head_dim() as f32).sqrt();
             let max_len = self.max.seq as i32;
-            let q_tiles = batch.max_seq_len().div_ceil(32) as u32;
-            let inter_n = (t * c.intermediate_size) as i64;
+            let buckets = c.relative_attention_num_buckets as i32;
+            let inter_n = (tp * c.intermediate_size) as i64;
             let b = g.b;
+            let (rb, bk) = (g.rel_bias, b.bucket);
+            let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
+            let warps = max_len_batch.div_ceil(16).clamp(1, 4) as u32;
             for (li, l) in g.layers.iter().enumerate() {
                 let gemms = g.gemms.as_mut().ok_or_else(|| Error::Backend("no GEMMs".into()))?;
-                gemms.run(li, GemmKind::Qkv, t, l.qkv_w, b.hidden, None, b.qkv, stream as _)?;
-                let (rb, bk) = (g.rel_bias, b.bucket);
-                cr::launch_kernel(
-                    g.f.attention,
-                    (q_tiles, heads as u32, n as u32),
-                    (32, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
-                )
+                gemms.run(li, GemmKind::Qkv, tp, l.qkv_w, b.hidden, None, b.qkv, stream as _)?;
+                mark("gemm qkv")?;
+                match tc {
+                    Some(f) => cr::launch_kernel(
+                        f,
+                        (max_len_batch.div_ceil(16 * warps as usize) as u32, heads as u32, np as u32),
+                        (32 * warps, 1, 1),
+                        0,
+                        stream,
+                        kargs![b.qkv, offs, heads, scale, rb, bk, max_len, buckets, b.context],
+                    ),
+                    None => cr::launch_kernel(
+                        g.f.attention,
+                        (max_len_batch.div_ceil(32) as u32, heads as u32, np as u32),
+                        (32, 1, 1),
+                        0,
+                        stream,
+                        kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
+                    ),
+                }
                 .map_err(drv("attention kernel"))?;
-                gemms.run(
-                    li,
-                    GemmKind::AttnOut,
-                    t,
-                    l.attn_out_w,
-                    b.context,
-                    Some(b.hidden),
-                    b.scratch,
-                    stream as _,
-                )?;
+                mark("attention")?;
+                gemms.run(li, GemmKind::AttnOut, tp, l.attn_out_w, b.context, Some(b.hidden), b.scratch, stream as _)?;
+                mark("gemm attn_out (+bias+residual)")?;
                 let (ga, be) = l.attn_norm;
                 cr::launch_kernel(
                     g.f.layernorm,
@@ -473,27 +607,15 @@ impl CudaEngine {
                     kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
                 )
                 .map_err(drv("layernorm kernel"))?;
-                gemms.run(li, GemmKind::FfnIn, t, l.ffn_in_w, b.hidden, None, b.inter, stream as _)?;
+                mark("layernorm")?;
+                gemms.run(li, GemmKind::FfnIn, tp, l.ffn_in_w, b.hidden, None, b.inter, stream as _)?;
+                mark("gemm ffn_in (+bias)")?;
                 let gelu_blocks = (inter_n as usize).div_ceil(256).min(65535 * 8) as u32;
-                cr::launch_kernel(
-                    g.f.gelu,
-                    (gelu_blocks, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.inter, inter_n],
-                )
-                .map_err(drv("gelu kernel"))?;
-                gemms.run(
-                    li,
-                    GemmKind::FfnOut,
-                    t,
-                    l.ffn_out_w,
-                    b.inter,
-                    Some(b.hidden),
-                    b.scratch,
-                    stream as _,
-                )?;
+                cr::launch_kernel(g.f.gelu, (gelu_blocks, 1, 1), (256, 1, 1), 0, stream, kargs![b.inter, inter_n])
+                    .map_err(drv("gelu kernel"))?;
+                mark("gelu")?;
+                gemms.run(li, GemmKind::FfnOut, tp, l.ffn_out_w, b.inter, Some(b.hidden), b.scratch, stream as _)?;
+                mark("gemm ffn_out (+bias+residual)")?;
                 let (ga, be) = l.ffn_norm;
                 cr::launch_kernel(
                     g.f.layernorm,
@@ -504,6 +626,7 @@ impl CudaEngine {
                     kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
                 )
                 .map_err(drv("layernorm kernel"))?;
+                mark("layernorm")?;
             }
             let mode: i32 = match self.pooling {
                 PoolingMode::Mean => 0,
@@ -514,20 +637,55 @@ impl CudaEngine {
             let threads = h.next_multiple_of(32).min(256) as u32;
             cr::launch_kernel(
                 g.f.pool,
-                (n_i as u32, 1, 1),
+                (np as u32, 1, 1),
                 (threads, 1, 1),
                 0,
                 stream,
                 kargs![b.hidden, offs, mode, b.pooled],
             )
             .map_err(drv("pooling kernel"))?;
-            let out = std::slice::from_raw_parts_mut(g.pinned_out, n * h);
-            cr::memcpy_dtoh_async(out, b.pooled, stream).map_err(drv("copy out"))?;
-            cr::stream::synchronize(stream).map_err(drv("batch"))?;
-            Ok(out.to_vec())
+            mark("pooling")?;
         }
+        Ok(())
+    }
+
+    /// Per-stage GPU time (ms, summed over layers) of one batch run eagerly:
+    /// the per-kernel evidence for docs/perf/gpu.md.
+    pub fn stage_times(&self, batch: &TokenBatch) -> Result<Vec<(String, f64)>> {
+        batch.validate(self.config.vocab_size, self.max.seq)?;
+        let mut g = self.lock()?;
+        let (n, t) = (batch.len(), batch.total_tokens());
+        let staged = self.stage(&mut g, batch, t, n);
+        let stream = g.stream;
+        let mut events = Vec::new();
+        // SAFETY: as in forward.
+        let r = unsafe {
+            let src = std::slice::from_raw_parts(g.pinned_in, staged);
+            cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
+            let r = self.enqueue(&mut g, t, n, batch.max_seq_len(), Some(&mut events));
+            cr::stream::synchronize(stream).map_err(drv("batch"))?;
+            r
+        };
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for w in events.windows(2) {
+            // SAFETY: both events recorded and complete.
+            let ms = unsafe { cr::event::elapsed(w[0].1, w[1].1) }.unwrap_or(0.0) as f64;
+            match out.iter_mut().find(|(n, _)| n == w[1].0) {
+                Some(e) => e.1 += ms,
+                None => out.push((w[1].0.to_string(), ms)),
+            }
+        }
+        for (_, e) in events {
+            // SAFETY: made above, used no more.
+            let _ = unsafe { cr::event::destroy(e) };
+        }
+        r?;
+        Ok(out)
     }
 }
+
+/// Batches up to this many tokens run as one CUDA graph launch.
+const GRAPH_MAX_TOKENS: usize = 2048;
 
 /// A deterministic batch of random token ids (for warm-up and tuning).
 pub fn random_batch(config: &ModelConfig, n: usize, len: usize, seed: u64) -> TokenBatch {
@@ -585,6 +743,9 @@ impl Drop for Gpu {
         unsafe {
             if !self.stream.is_null() {
                 let _ = cr::stream::synchronize(self.stream);
+            }
+            for (_, e) in self.graphs.drain() {
+                let _ = cr::graph::exec_destroy(e);
             }
             self.gemms = None;
             for p in self.allocations.drain(..) {

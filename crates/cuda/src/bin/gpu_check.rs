@@ -231,62 +231,40 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
     }
     mixed.push(rb.seq(0));
     let mut mixed_fp32: Vec<f32> = Vec::new();
-    let profile = format!("1x8:256x128:256x{}", model.max_seq_length.min(512));
+    // MAX batch 1024 so W2 (3,000 sentences) runs as 3 batches.
+    let profile = format!("1x8:256x128:1024x{}", model.max_seq_length.min(512));
     std::fs::create_dir_all(plan_dir)?;
     for precision in [Precision::Fp32, Precision::Fp16] {
         let p = precision.name();
         let (free0, _) = cudarc_mem()?;
-        let (engine, plan, build_s) =
-            gpu_engine(&model, precision, &profile, &plan_dir.join(format!("mpnet-{p}.plan")))?;
+        let plan_path = plan_dir.join(format!("mpnet-{p}.plan"));
+        let (engine, plan, build_s) = gpu_engine(&model, precision, &profile, &plan_path)?;
         let (free1, total) = cudarc_mem()?;
         let engine = Arc::new(engine);
-        let emb = Embedder::new(model.clone(), engine.clone());
-        // W1
-        for _ in 0..3 {
-            emb.embed_ids(&w1_refs, 256, true, &|_| {})?;
-        }
-        let mut w1_t = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            emb.embed_ids(&w1_refs, 256, true, &|_| {})?;
-            w1_t.push(t.elapsed().as_secs_f64());
-        }
-        let w1_s = percentile(&mut w1_t, 0.5);
-        // W2
-        emb.embed_ids(&w2_refs, 256, true, &|_| {})?;
-        let mut w2_t = Vec::new();
-        for _ in 0..7 {
-            let t = Instant::now();
-            emb.embed_ids(&w2_refs, 256, true, &|_| {})?;
-            w2_t.push(t.elapsed().as_secs_f64());
-        }
-        let w2_s = percentile(&mut w2_t, 0.5);
-        // W3
-        for _ in 0..20 {
-            engine.embed(&w3)?;
-        }
-        let mut w3_t = Vec::new();
-        for _ in 0..500 {
-            let t = Instant::now();
-            engine.embed(&w3)?;
-            w3_t.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let w3_p50 = percentile(&mut w3_t, 0.5);
-        let w3_p99 = percentile(&mut w3_t, 0.99);
+        let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
         let mixed_out = engine.embed(&mixed)?;
         let h = engine.hidden_size();
-        let mut rec = json!({
-            "precision": p, "device": engine.info().device, "profile": profile,
-            "build_seconds": build_s,
-            "weight_bytes": plan.header.weight_bytes,
-            "workspace_bytes": plan.header.workspace_bytes,
-            "gpu_bytes_taken_by_load": free0.saturating_sub(free1), "gpu_total_bytes": total,
-            "w1_seq_per_s": 256.0 / w1_s, "w1_ms": w1_s * 1e3,
-            "w2_sent_per_s": w2.len() as f64 / w2_s, "w2_ms": w2_s * 1e3, "w2_tokens": w2_tokens,
-            "w3_p50_ms": w3_p50, "w3_p99_ms": w3_p99,
-        });
+        let stages = |b: &TokenBatch| -> Result<serde_json::Value> {
+            Ok(json!(engine
+                .stage_times(b)?
+                .into_iter()
+                .map(|(k, v)| json!([k, v]))
+                .collect::<Vec<_>>()))
+        };
+        let w2_first = TokenBatch::from_sequences(&w2_refs[..256]);
+        rec["precision"] = json!(p);
+        rec["device"] = json!(engine.info().device);
+        rec["profile"] = json!(profile);
+        rec["build_seconds"] = json!(build_s);
+        rec["weight_bytes"] = json!(plan.header.weight_bytes);
+        rec["workspace_bytes"] = json!(plan.header.workspace_bytes);
+        rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
+        rec["gpu_total_bytes"] = json!(total);
+        rec["w2_tokens"] = json!(w2_tokens);
+        rec["stages_w1_ms"] = stages(&w1)?;
+        rec["stages_w2_batch256_ms"] = stages(&w2_first)?;
         match precision {
-            Precision::Fp32 => mixed_fp32 = mixed_out,
+            Precision::Fp32 => mixed_fp32 = mixed_out.clone(),
             Precision::Fp16 => {
                 let a: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
                 let b: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
@@ -295,10 +273,83 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
             }
         }
         println!("{rec}");
-        drop(emb);
         drop(engine);
+        if precision == Precision::Fp16 {
+            // Ablations from the same plan file: no graphs; scalar attention.
+            for (var, val, label) in [
+                ("EMBEDRT_CUDA_GRAPHS", "0", "fp16 no graphs"),
+                ("EMBEDRT_ATTENTION", "scalar", "fp16 no graphs, scalar attention"),
+            ] {
+                std::env::set_var(var, val);
+                let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
+                let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
+                let out = engine.embed(&mixed)?;
+                let a: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
+                let b: Vec<Vec<f32>> = out.chunks(h).map(<[f32]>::to_vec).collect();
+                rec["precision"] = json!(label);
+                rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
+                rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
+                println!("{rec}");
+            }
+            std::env::remove_var("EMBEDRT_CUDA_GRAPHS");
+            std::env::remove_var("EMBEDRT_ATTENTION");
+        }
     }
     Ok(())
+}
+
+fn stages_of(engine: &CudaEngine, b: &TokenBatch) -> Result<serde_json::Value> {
+    Ok(json!(engine
+        .stage_times(b)?
+        .into_iter()
+        .map(|(k, v)| json!([k, v]))
+        .collect::<Vec<_>>()))
+}
+
+/// W1, W2, W3 on one engine.
+fn measure(
+    model: &SentenceModel,
+    engine: &Arc<CudaEngine>,
+    w1: &[&[u32]],
+    w2: &[&[u32]],
+    w3: &TokenBatch,
+) -> Result<serde_json::Value> {
+    let emb = Embedder::new(model.clone(), engine.clone());
+    for _ in 0..3 {
+        emb.embed_ids(w1, 256, true, &|_| {})?;
+    }
+    let mut w1_t = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        emb.embed_ids(w1, 256, true, &|_| {})?;
+        w1_t.push(t.elapsed().as_secs_f64());
+    }
+    let w1_s = percentile(&mut w1_t, 0.5);
+    let w2_batch = engine.info().max_batch_size;
+    emb.embed_ids(w2, w2_batch, true, &|_| {})?;
+    let mut w2_t = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        emb.embed_ids(w2, w2_batch, true, &|_| {})?;
+        w2_t.push(t.elapsed().as_secs_f64());
+    }
+    let w2_s = percentile(&mut w2_t, 0.5);
+    for _ in 0..20 {
+        engine.embed(w3)?;
+    }
+    let mut w3_t = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        engine.embed(w3)?;
+        w3_t.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let p50 = percentile(&mut w3_t, 0.5);
+    let p99 = percentile(&mut w3_t, 0.99);
+    Ok(json!({
+        "w1_seq_per_s": w1.len() as f64 / w1_s, "w1_ms": w1_s * 1e3,
+        "w2_sent_per_s": w2.len() as f64 / w2_s, "w2_ms": w2_s * 1e3, "w2_batch": w2_batch,
+        "w3_p50_ms": p50, "w3_p99_ms": p99,
+    }))
 }
 
 fn cudarc_mem() -> Result<(usize, usize)> {
