@@ -57,7 +57,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let (plan, _engine) = result?;
     plan.write(&args.output)?;
     let h = &plan.header;
-    let file_bytes = std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0);
+    let file_bytes = std::fs::metadata(&args.output)
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!(
         "{}",
         serde_json::json!({

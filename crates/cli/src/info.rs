@@ -28,7 +28,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let c = &h.config;
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
     println!("plan            {}", args.plan.display());
-    println!("format          version {PLAN_FORMAT_VERSION}, written by embedrt {}", h.embedrt_version);
+    println!(
+        "format          version {PLAN_FORMAT_VERSION}, written by embedrt {}",
+        h.embedrt_version
+    );
     println!(
         "model           {} hidden {} layers {} heads {} intermediate {} vocab {}",
         c.architecture.name(),
@@ -54,8 +57,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
         h.cublaslt_version
     );
     println!("tensors         {}", h.tensors.len());
-    println!("weight bytes    {} ({:.1} MiB)", h.weight_bytes, mib(h.weight_bytes));
-    println!("workspace bytes {} ({:.1} MiB)", h.workspace_bytes, mib(h.workspace_bytes));
+    println!(
+        "weight bytes    {} ({:.1} MiB)",
+        h.weight_bytes,
+        mib(h.weight_bytes)
+    );
+    println!(
+        "workspace bytes {} ({:.1} MiB)",
+        h.workspace_bytes,
+        mib(h.workspace_bytes)
+    );
     println!("tokenizer bytes {}", h.tokenizer_bytes);
     Ok(())
 }

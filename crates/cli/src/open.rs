@@ -82,9 +82,7 @@ pub fn open(args: &ModelArgs) -> Result<Embedder> {
         Device::Auto => {
             let gpu = embedrt_cuda::probe::check_device(0)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| {
-                    open_gpu(model.clone(), 0, precision.unwrap_or(Precision::Fp32))
-                });
+                .and_then(|()| open_gpu(model.clone(), 0, precision.unwrap_or(Precision::Fp32)));
             match gpu {
                 Ok(e) => Ok(e),
                 Err(e) => {

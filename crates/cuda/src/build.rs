@@ -6,9 +6,7 @@ use std::path::Path;
 use embedrt_core::{Error, Result, SentenceModel, TextTokenizer, TransformerWeights};
 
 use crate::engine::CudaEngine;
-use crate::plan::{
-    pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile,
-};
+use crate::plan::{pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile};
 use crate::probe;
 
 #[derive(Clone, Debug)]

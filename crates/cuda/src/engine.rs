@@ -117,7 +117,9 @@ impl CudaEngine {
         let h = &plan.header;
         let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
         let name = ctx.name().map_err(drv("device name"))?;
-        let cc = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
         check_target(h, &name, cc)?;
         if cc.0 < 7 || (cc.0 == 7 && cc.1 < 5) {
             return Err(Error::Backend(format!(
@@ -181,8 +183,8 @@ impl CudaEngine {
             use_tc_attention: std::env::var("EMBEDRT_ATTENTION").map_or(true, |v| v != "scalar"),
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
-        gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking)
-            .map_err(drv("stream"))?;
+        gpu.stream =
+            cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
         let alloc = |gpu: &mut Gpu, what: &str, bytes: usize| -> Result<u64> {
             // SAFETY: plain device allocation, freed in Gpu::drop.
             let p = unsafe { cr::malloc_sync(bytes.max(256)) }.map_err(|e| {
@@ -201,7 +203,12 @@ impl CudaEngine {
         for (what, bytes) in &layout {
             bufs.push((*what, alloc(&mut gpu, what, *bytes)?));
         }
-        let get = |n: &str| bufs.iter().find(|(w, _)| *w == n).map(|(_, p)| *p).unwrap_or(0);
+        let get = |n: &str| {
+            bufs.iter()
+                .find(|(w, _)| *w == n)
+                .map(|(_, p)| *p)
+                .unwrap_or(0)
+        };
         gpu.b = Buffers {
             hidden: get("hidden"),
             qkv: get("qkv"),
@@ -264,10 +271,7 @@ impl CudaEngine {
         }
         // Kernels.
         let defines = vec![
-            format!(
-                "EMBEDRT_FP16={}",
-                (h.precision == Precision::Fp16) as i32
-            ),
+            format!("EMBEDRT_FP16={}", (h.precision == Precision::Fp16) as i32),
             format!("HIDDEN={}", config.hidden_size),
             format!("HEAD_DIM={}", config.head_dim()),
         ];
@@ -287,7 +291,7 @@ impl CudaEngine {
             attention: func(gpu.module, "attention")?,
             attention_tc: if cc.0 >= 8
                 && h.precision == Precision::Fp16
-                && config.head_dim() % 16 == 0
+                && config.head_dim().is_multiple_of(16)
                 && config.relative_attention_num_buckets <= 64
             {
                 func(gpu.module, "attention_tc").ok()
@@ -360,7 +364,10 @@ impl CudaEngine {
         let mut g = self.lock()?;
         let stream = g.stream;
         let max_t = self.max.tokens();
-        let mut ladder: Vec<usize> = (4..30).map(|p| 1usize << p).filter(|&t| t < max_t).collect();
+        let mut ladder: Vec<usize> = (4..30)
+            .map(|p| 1usize << p)
+            .filter(|&t| t < max_t)
+            .collect();
         ladder.push(max_t);
         ladder.push(opt_tokens.min(max_t));
         ladder.sort_unstable();
@@ -376,12 +383,17 @@ impl CudaEngine {
                         let b = &g.b;
                         match kind {
                             GemmKind::Qkv => (l.qkv_w, b.hidden, None, b.qkv),
-                            GemmKind::AttnOut => (l.attn_out_w, b.context, Some(b.hidden), b.scratch),
+                            GemmKind::AttnOut => {
+                                (l.attn_out_w, b.context, Some(b.hidden), b.scratch)
+                            }
                             GemmKind::FfnIn => (l.ffn_in_w, b.hidden, None, b.inter),
                             GemmKind::FfnOut => (l.ffn_out_w, b.inter, Some(b.hidden), b.scratch),
                         }
                     };
-                    let gemms = g.gemms.as_mut().ok_or_else(|| Error::Backend("no GEMMs".into()))?;
+                    let gemms = g
+                        .gemms
+                        .as_mut()
+                        .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
                     let candidates = gemms.heuristics(kind, tokens, 6)?;
                     let mut best: Option<(f32, usize)> = None;
                     for (ci, algo) in candidates.iter().enumerate() {
@@ -431,7 +443,11 @@ impl CudaEngine {
         if !g.use_graphs || t > GRAPH_MAX_TOKENS {
             return (t, n, false);
         }
-        let tp = if t <= 256 { t.next_multiple_of(16) } else { t.next_multiple_of(64) };
+        let tp = if t <= 256 {
+            t.next_multiple_of(16)
+        } else {
+            t.next_multiple_of(64)
+        };
         let np = n.next_power_of_two();
         if tp > self.max.tokens() || np > self.max.batch {
             return (t, n, false);
@@ -505,8 +521,11 @@ impl CudaEngine {
         let max_len = tp.min(self.max.seq);
         // SAFETY: capture on our own stream; ended on every path.
         unsafe {
-            cr::stream::begin_capture(stream, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(drv("graph capture"))?;
+            cr::stream::begin_capture(
+                stream,
+                cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(drv("graph capture"))?;
             let enq = self.enqueue(g, tp, np, max_len, None);
             let graph = cr::stream::end_capture(stream);
             enq?;
@@ -535,14 +554,19 @@ impl CudaEngine {
         let stream = g.stream;
         let mut mark = |name: &'static str| -> Result<()> {
             if let Some(tm) = timer.as_deref_mut() {
-                let e = cr::event::create(cu::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("event"))?;
+                let e =
+                    cr::event::create(cu::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("event"))?;
                 // SAFETY: fresh event, live stream.
                 unsafe { cr::event::record(e, stream) }.map_err(drv("event"))?;
                 tm.push((name, e));
             }
             Ok(())
         };
-        let (ids, pos, offs) = (g.b.tokens, g.b.tokens + 4 * tp as u64, g.b.tokens + 8 * tp as u64);
+        let (ids, pos, offs) = (
+            g.b.tokens,
+            g.b.tokens + 4 * tp as u64,
+            g.b.tokens + 8 * tp as u64,
+        );
         let eps = c.layer_norm_eps;
         let tokens_i = tp as i32;
         let row_blocks = tp.div_ceil(4) as u32;
@@ -572,13 +596,29 @@ impl CudaEngine {
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
             let warps = max_len_batch.div_ceil(16).clamp(1, 4) as u32;
             for (li, l) in g.layers.iter().enumerate() {
-                let gemms = g.gemms.as_mut().ok_or_else(|| Error::Backend("no GEMMs".into()))?;
-                gemms.run(li, GemmKind::Qkv, tp, l.qkv_w, b.hidden, None, b.qkv, stream as _)?;
+                let gemms = g
+                    .gemms
+                    .as_mut()
+                    .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
+                gemms.run(
+                    li,
+                    GemmKind::Qkv,
+                    tp,
+                    l.qkv_w,
+                    b.hidden,
+                    None,
+                    b.qkv,
+                    stream as _,
+                )?;
                 mark("gemm qkv")?;
                 match tc {
                     Some(f) => cr::launch_kernel(
                         f,
-                        (max_len_batch.div_ceil(16 * warps as usize) as u32, heads as u32, np as u32),
+                        (
+                            max_len_batch.div_ceil(16 * warps as usize) as u32,
+                            heads as u32,
+                            np as u32,
+                        ),
                         (32 * warps, 1, 1),
                         0,
                         stream,
@@ -595,7 +635,16 @@ impl CudaEngine {
                 }
                 .map_err(drv("attention kernel"))?;
                 mark("attention")?;
-                gemms.run(li, GemmKind::AttnOut, tp, l.attn_out_w, b.context, Some(b.hidden), b.scratch, stream as _)?;
+                gemms.run(
+                    li,
+                    GemmKind::AttnOut,
+                    tp,
+                    l.attn_out_w,
+                    b.context,
+                    Some(b.hidden),
+                    b.scratch,
+                    stream as _,
+                )?;
                 mark("gemm attn_out (+bias+residual)")?;
                 let (ga, be) = l.attn_norm;
                 cr::launch_kernel(
@@ -608,13 +657,38 @@ impl CudaEngine {
                 )
                 .map_err(drv("layernorm kernel"))?;
                 mark("layernorm")?;
-                gemms.run(li, GemmKind::FfnIn, tp, l.ffn_in_w, b.hidden, None, b.inter, stream as _)?;
+                gemms.run(
+                    li,
+                    GemmKind::FfnIn,
+                    tp,
+                    l.ffn_in_w,
+                    b.hidden,
+                    None,
+                    b.inter,
+                    stream as _,
+                )?;
                 mark("gemm ffn_in (+bias)")?;
                 let gelu_blocks = (inter_n as usize).div_ceil(256).min(65535 * 8) as u32;
-                cr::launch_kernel(g.f.gelu, (gelu_blocks, 1, 1), (256, 1, 1), 0, stream, kargs![b.inter, inter_n])
-                    .map_err(drv("gelu kernel"))?;
+                cr::launch_kernel(
+                    g.f.gelu,
+                    (gelu_blocks, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.inter, inter_n],
+                )
+                .map_err(drv("gelu kernel"))?;
                 mark("gelu")?;
-                gemms.run(li, GemmKind::FfnOut, tp, l.ffn_out_w, b.inter, Some(b.hidden), b.scratch, stream as _)?;
+                gemms.run(
+                    li,
+                    GemmKind::FfnOut,
+                    tp,
+                    l.ffn_out_w,
+                    b.inter,
+                    Some(b.hidden),
+                    b.scratch,
+                    stream as _,
+                )?;
                 mark("gemm ffn_out (+bias+residual)")?;
                 let (ga, be) = l.ffn_norm;
                 cr::launch_kernel(
@@ -689,13 +763,17 @@ const GRAPH_MAX_TOKENS: usize = 2048;
 
 /// A deterministic batch of random token ids (for warm-up and tuning).
 pub fn random_batch(config: &ModelConfig, n: usize, len: usize, seed: u64) -> TokenBatch {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut b = TokenBatch::new();
     let mut seq = Vec::with_capacity(len);
     for _ in 0..n {
         seq.clear();
         for _ in 0..len {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seq.push(((x >> 33) % config.vocab_size as u64) as u32);
         }
         b.push(&seq);

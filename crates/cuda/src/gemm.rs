@@ -189,7 +189,10 @@ impl Gemms {
         for c in choices {
             let kind = GemmKind::ALL.iter().copied().find(|k| k.name() == c.gemm);
             if let (Some(kind), Some(algo)) = (kind, algo_from_hex(&c.algo)) {
-                me.plan_algos.entry(kind).or_default().push((c.tokens, algo));
+                me.plan_algos
+                    .entry(kind)
+                    .or_default()
+                    .push((c.tokens, algo));
             }
         }
         for v in me.plan_algos.values_mut() {
@@ -243,7 +246,13 @@ impl Gemms {
             let mut l: sys::cublasLtMatrixLayout_t = std::ptr::null_mut();
             // SAFETY: out-parameter.
             check("layout", unsafe {
-                sys::cublasLtMatrixLayoutCreate(&mut l, self.dtype, rows as u64, cols as u64, ld as i64)
+                sys::cublasLtMatrixLayoutCreate(
+                    &mut l,
+                    self.dtype,
+                    rows as u64,
+                    cols as u64,
+                    ld as i64,
+                )
             })?;
             Ok(l)
         };
@@ -274,9 +283,11 @@ impl Gemms {
         tokens: usize,
         count: usize,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
-        let desc = self.descs.first().map(|d| d[kind as usize]).ok_or_else(|| {
-            Error::Backend("the model has no layers".into())
-        })?;
+        let desc = self
+            .descs
+            .first()
+            .map(|d| d[kind as usize])
+            .ok_or_else(|| Error::Backend("the model has no layers".into()))?;
         // SAFETY: zeroed POD structs filled by cuBLASLt.
         let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
             vec![unsafe { std::mem::zeroed() }; count.max(1)];
@@ -356,13 +367,14 @@ impl Gemms {
                 }
             },
         };
-        self.cache.insert((kind, tokens), Prepared { layouts, algo });
+        self.cache
+            .insert((kind, tokens), Prepared { layouts, algo });
         Ok(())
     }
 
     /// Runs one GEMM on `stream`: D = X W^T + bias (+ residual).
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         layer: usize,
         kind: GemmKind,
@@ -378,7 +390,7 @@ impl Gemms {
 
     /// As [`run`], optionally with a given algorithm (build-time timing).
     #[allow(clippy::too_many_arguments)]
-    pub fn run_with(
+    pub(crate) fn run_with(
         &mut self,
         layer: usize,
         kind: GemmKind,

@@ -112,10 +112,10 @@ fn compile(source: &str, defines: &[String], arch: &str) -> Result<Vec<u8>> {
     let src = CString::new(source).map_err(|_| Error::Backend("kernel source has NUL".into()))?;
     let name = CString::new("encoder.cu").unwrap_or_default();
     let opts: Vec<CString> = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()]
-    .into_iter()
-    .chain(defines.iter().map(|d| format!("-D{d}")))
-    .filter_map(|s| CString::new(s).ok())
-    .collect();
+        .into_iter()
+        .chain(defines.iter().map(|d| format!("-D{d}")))
+        .filter_map(|s| CString::new(s).ok())
+        .collect();
     let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     let mut prog: nvrtc::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: valid C strings that outlive the calls; prog destroyed below.

@@ -117,7 +117,9 @@ impl FromStr for Profile {
         for p in parts {
             let (b, q) = p.split_once('x').ok_or_else(|| bad("a shape lacks 'x'"))?;
             let batch: usize = b.parse().map_err(|_| bad("batch is not a number"))?;
-            let seq: usize = q.parse().map_err(|_| bad("sequence length is not a number"))?;
+            let seq: usize = q
+                .parse()
+                .map_err(|_| bad("sequence length is not a number"))?;
             if batch == 0 || seq == 0 {
                 return Err(bad("sizes must be at least 1"));
             }
@@ -126,7 +128,9 @@ impl FromStr for Profile {
         let (min, opt, max) = (shapes[0], shapes[1], shapes[2]);
         let ordered = |a: Shape, b: Shape| a.batch <= b.batch && a.seq <= b.seq;
         if !ordered(min, opt) || !ordered(opt, max) {
-            return Err(bad("shapes must grow: MIN <= OPT <= MAX in batch and length"));
+            return Err(bad(
+                "shapes must grow: MIN <= OPT <= MAX in batch and length",
+            ));
         }
         Ok(Profile { min, opt, max })
     }
@@ -236,7 +240,7 @@ impl Plan {
     }
 
     fn parse(bytes: &[u8]) -> std::result::Result<Plan, String> {
-        if bytes.len() < 12 || &bytes[..12] != &PLAN_MAGIC[..12] {
+        if bytes.len() < 12 || bytes[..12] != PLAN_MAGIC[..12] {
             return Err("not an embedrt plan file (bad magic bytes)".into());
         }
         if bytes.len() < PREFIX_LEN + CHECKSUM_LEN {
@@ -299,8 +303,14 @@ impl Plan {
         let tok_start = PREFIX_LEN + hlen;
         let w_start = tok_start + header.tokenizer_bytes;
         for t in &header.tensors {
-            if t.offset.checked_add(t.bytes).is_none_or(|end| end > header.weight_bytes) {
-                return Err(format!("corrupted: tensor {} lies outside the weights", t.name));
+            if t.offset
+                .checked_add(t.bytes)
+                .is_none_or(|end| end > header.weight_bytes)
+            {
+                return Err(format!(
+                    "corrupted: tensor {} lies outside the weights",
+                    t.name
+                ));
             }
         }
         Ok(Plan {
@@ -370,7 +380,11 @@ pub fn pack_weights(
     };
     let e = &weights.embeddings;
     let h = e.word.shape[1];
-    push("embeddings.word".into(), e.word.shape.clone(), &[&e.word.data]);
+    push(
+        "embeddings.word".into(),
+        e.word.shape.clone(),
+        &[&e.word.data],
+    );
     push(
         "embeddings.position".into(),
         e.position.shape.clone(),
@@ -379,13 +393,21 @@ pub fn pack_weights(
     if let Some(tt) = &e.token_type {
         push("embeddings.token_type0".into(), vec![h], &[&tt.data[..h]]);
     }
-    push("embeddings.norm.gamma".into(), vec![h], &[&e.norm.gamma.data]);
+    push(
+        "embeddings.norm.gamma".into(),
+        vec![h],
+        &[&e.norm.gamma.data],
+    );
     push("embeddings.norm.beta".into(), vec![h], &[&e.norm.beta.data]);
     for (i, l) in weights.layers.iter().enumerate() {
         push(
             layer_tensor(i, "qkv.weight"),
             vec![3 * h, h],
-            &[&l.query.weight.data, &l.key.weight.data, &l.value.weight.data],
+            &[
+                &l.query.weight.data,
+                &l.key.weight.data,
+                &l.value.weight.data,
+            ],
         );
         push(
             layer_tensor(i, "qkv.bias"),
@@ -409,12 +431,24 @@ pub fn pack_weights(
             );
         }
         for (name, n) in [("attn_norm", &l.attn_norm), ("ffn_norm", &l.ffn_norm)] {
-            push(layer_tensor(i, &format!("{name}.gamma")), vec![h], &[&n.gamma.data]);
-            push(layer_tensor(i, &format!("{name}.beta")), vec![h], &[&n.beta.data]);
+            push(
+                layer_tensor(i, &format!("{name}.gamma")),
+                vec![h],
+                &[&n.gamma.data],
+            );
+            push(
+                layer_tensor(i, &format!("{name}.beta")),
+                vec![h],
+                &[&n.beta.data],
+            );
         }
     }
     if let Some(b) = &weights.relative_attention_bias {
-        push("relative_attention_bias".into(), b.shape.clone(), &[&b.data]);
+        push(
+            "relative_attention_bias".into(),
+            b.shape.clone(),
+            &[&b.data],
+        );
     }
     (entries, blob)
 }

@@ -5,6 +5,10 @@
 //! plan round trip through a file, STS Spearman (if a CSV is given), plan
 //! weight bytes. One JSON line.
 //!
+//! `embedrt-gpu-check assemble-plan MODEL_DIR OUT_PLAN [CC]`: a plan made
+//! without a GPU (no tuned GEMMs), marked as built for compute capability CC
+//! (default 9.0): lets tests exercise `info` and `--plan` errors anywhere.
+//!
 //! `embedrt-gpu-check bench MODEL_DIR STS_CSV PLAN_DIR`: W1 (256 x 128),
 //! W2 (STS-B dev sentences as one job), W3 (one 16-token sentence latency)
 //! in fp32 and fp16, GPU memory, fp16-vs-fp32 cosine on mixed lengths up to
@@ -26,13 +30,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("parity") if args.len() >= 2 => parity(Path::new(&args[1]), args.get(2)),
+        Some("assemble-plan") if args.len() >= 3 => {
+            assemble(Path::new(&args[1]), Path::new(&args[2]), args.get(3))
+        }
         Some("bench") if args.len() >= 4 => bench(
             Path::new(&args[1]),
             Path::new(&args[2]),
             Path::new(&args[3]),
         ),
         _ => {
-            eprintln!("usage: embedrt-gpu-check parity MODEL_DIR [STS_CSV] | bench MODEL_DIR STS_CSV PLAN_DIR");
+            eprintln!(
+                "usage: embedrt-gpu-check parity MODEL_DIR [STS_CSV] | bench MODEL_DIR STS_CSV PLAN_DIR \
+                 | assemble-plan MODEL_DIR OUT_PLAN [CC]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -43,6 +53,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn assemble(dir: &Path, out: &Path, cc: Option<&String>) -> Result<()> {
+    let model = SentenceModel::load(&dir.display().to_string())?;
+    let (major, minor) = cc
+        .map(String::as_str)
+        .unwrap_or("9.0")
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .context("CC must look like 9.0")?;
+    let weights = model.load_weights()?;
+    let plan = embedrt_cuda::build::assemble_plan(
+        &model,
+        &weights,
+        Precision::Fp16,
+        "1x8:16x64:64x128".parse()?,
+        embedrt_cuda::plan::GpuTarget {
+            name: format!("test GPU sm_{major}{minor}"),
+            cc_major: major,
+            cc_minor: minor,
+        },
+    );
+    plan.write(out)?;
+    Ok(())
 }
 
 fn gpu_engine(
@@ -153,8 +187,12 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
     let mut fp32_bytes = 0usize;
     for precision in [Precision::Fp32, Precision::Fp16] {
         let p = precision.name();
-        let (engine, plan, build_s) =
-            gpu_engine(&model, precision, &profile, &tmp.join(format!("parity-{p}.plan")))?;
+        let (engine, plan, build_s) = gpu_engine(
+            &model,
+            precision,
+            &profile,
+            &tmp.join(format!("parity-{p}.plan")),
+        )?;
         let engine = Arc::new(engine);
         let gpu = Embedder::new(model.clone(), engine.clone());
         let out = gpu.embed(&texts, 256, norm, &|_| {})?;
@@ -278,7 +316,11 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
             // Ablations from the same plan file: no graphs; scalar attention.
             for (var, val, label) in [
                 ("EMBEDRT_CUDA_GRAPHS", "0", "fp16 no graphs"),
-                ("EMBEDRT_ATTENTION", "scalar", "fp16 no graphs, scalar attention"),
+                (
+                    "EMBEDRT_ATTENTION",
+                    "scalar",
+                    "fp16 no graphs, scalar attention",
+                ),
             ] {
                 std::env::set_var(var, val);
                 let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
