@@ -28,6 +28,8 @@ echo "== CLI"
   head -c 5000 /tmp/tiny.plan > /tmp/trunc.plan; $G/embedrt embed --plan /tmp/trunc.plan --input /tmp/in.jsonl
   cp /tmp/tiny.plan /tmp/bad.plan; printf '\x01' | dd of=/tmp/bad.plan bs=1 seek=9000 conv=notrunc 2>/dev/null
   $G/embedrt embed --plan /tmp/bad.plan --input /tmp/in.jsonl
+  $G/embedrt-gpu-check assemble-plan tests/fixtures/tiny-mpnet-mean-norm /tmp/sm80.plan 8.0
+  $G/embedrt embed --plan /tmp/sm80.plan --input /tmp/in.jsonl
 } 2>&1 | tee "$O/cli.txt"
 echo "== MPNet-base"
 timeout 200 python3 $G/make_mpnet.py /tmp/mpnet $G/tokenizer.json 2>&1 | tail -1

@@ -36,9 +36,15 @@ for r in lines("ours.jsonl"):
              f" load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'weight_bytes' in r else "")
           + (f"  mixed<= {r['mixed_lengths_max']} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
           + (f"  cos vs default {r['min_cos_vs_default_fp16']:.6f}" if 'min_cos_vs_default_fp16' in r else ""))
-    for key in ("stages_w1_ms", "stages_w2_batch256_ms"):
+    for key in ("stages_w1_ms", "stages_w2_batch256_ms", "stages_w3_ms"):
         if key in r:
             print(f"   {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in r[key]))
 for r in lines("peer.jsonl"):
+    if "w1_compiled_seq_per_s" in r:
+        print(f"pytorch fp16 torch.compile: W1 {r['w1_compiled_seq_per_s']:.0f} seq/s")
+        continue
+    if "w1_seq_per_s" not in r:
+        print("pytorch:", r)
+        continue
     print(f"pytorch fp16: W1 {r['w1_seq_per_s']:.0f} seq/s  W2 {r['w2_sent_per_s']:.0f} sent/s  "
           f"W3 p50 {r['w3_p50_ms']:.3f} p99 {r['w3_p99_ms']:.3f} ms  peak alloc {r['max_memory_allocated_bytes']/2**20:.0f} MiB")

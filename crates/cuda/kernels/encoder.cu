@@ -24,8 +24,6 @@ __device__ __forceinline__ st_t cv(float f) { return f; }
 #endif
 
 #define WARP 32
-// Values each lane holds for one row of HIDDEN.
-#define PER_LANE ((HIDDEN + WARP - 1) / WARP)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -33,29 +31,62 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// LayerNorm of one row held in registers (biased variance, as PyTorch).
-__device__ __forceinline__ void ln_store(float (&x)[PER_LANE], const st_t* gamma,
+// Rows are read and written as 16-byte vectors: LVEC elements each, VPL
+// vectors per lane (HIDDEN must be a multiple of LVEC, true for BERT and
+// MPNet sizes; the host checks).
+#define LVEC (16 / (int)sizeof(st_t))
+#define NVEC (HIDDEN / LVEC)
+#define VPL ((NVEC + WARP - 1) / WARP)
+
+// LayerNorm of one row held in registers (biased variance, as PyTorch),
+// written to out.
+__device__ __forceinline__ void ln_store(float (&x)[VPL * LVEC], const st_t* gamma,
                                          const st_t* beta, st_t* out, float eps) {
     const int lane = threadIdx.x % WARP;
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < PER_LANE; ++k) {
-        int c = lane + k * WARP;
-        if (c < HIDDEN) s += x[k];
+    for (int k = 0; k < VPL; ++k) {
+        if (lane + k * WARP < NVEC) {
+#pragma unroll
+            for (int i = 0; i < LVEC; ++i) s += x[k * LVEC + i];
+        }
     }
     const float mean = warp_sum(s) / HIDDEN;
     float v = 0.f;
 #pragma unroll
-    for (int k = 0; k < PER_LANE; ++k) {
-        int c = lane + k * WARP;
-        if (c < HIDDEN) { float d = x[k] - mean; v += d * d; }
+    for (int k = 0; k < VPL; ++k) {
+        if (lane + k * WARP < NVEC) {
+#pragma unroll
+            for (int i = 0; i < LVEC; ++i) {
+                const float d = x[k * LVEC + i] - mean;
+                v += d * d;
+            }
+        }
     }
     const float inv = rsqrtf(warp_sum(v) / HIDDEN + eps);
 #pragma unroll
-    for (int k = 0; k < PER_LANE; ++k) {
-        int c = lane + k * WARP;
-        if (c < HIDDEN) out[c] = cv((x[k] - mean) * inv * ld(gamma[c]) + ld(beta[c]));
+    for (int k = 0; k < VPL; ++k) {
+        const int vi = lane + k * WARP;
+        if (vi < NVEC) {
+            const uint4 gq = ((const uint4*)gamma)[vi], bq = ((const uint4*)beta)[vi];
+            const st_t* ge = (const st_t*)&gq;
+            const st_t* be = (const st_t*)&bq;
+            uint4 o;
+            st_t* oe = (st_t*)&o;
+#pragma unroll
+            for (int i = 0; i < LVEC; ++i)
+                oe[i] = cv((x[k * LVEC + i] - mean) * inv * ld(ge[i]) + ld(be[i]));
+            ((uint4*)out)[vi] = o;
+        }
     }
+}
+
+// Adds row vector vi of `src` into x.
+__device__ __forceinline__ void add_row(float (&x)[VPL * LVEC], const st_t* src, int k, int vi) {
+    const uint4 q = ((const uint4*)src)[vi];
+    const st_t* e = (const st_t*)&q;
+#pragma unroll
+    for (int i = 0; i < LVEC; ++i) x[k * LVEC + i] += ld(e[i]);
 }
 
 // Word + position (+ BERT token type 0) embedding, then LayerNorm.
@@ -73,44 +104,60 @@ extern "C" __global__ void embed_layernorm(const unsigned* __restrict__ ids,
     const int lane = threadIdx.x % WARP;
     const st_t* w = word + (size_t)ids[row] * HIDDEN;
     const st_t* p = position + (size_t)pos[row] * HIDDEN;
-    float x[PER_LANE];
+    float x[VPL * LVEC];
 #pragma unroll
-    for (int k = 0; k < PER_LANE; ++k) {
-        int c = lane + k * WARP;
-        x[k] = 0.f;
-        if (c < HIDDEN) {
-            x[k] = ld(w[c]) + ld(p[c]);
-            if (type0) x[k] += ld(type0[c]);
+    for (int k = 0; k < VPL * LVEC; ++k) x[k] = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPL; ++k) {
+        const int vi = lane + k * WARP;
+        if (vi < NVEC) {
+            add_row(x, w, k, vi);
+            add_row(x, p, k, vi);
+            if (type0) add_row(x, type0, k, vi);
         }
     }
     ln_store(x, gamma, beta, out + (size_t)row * HIDDEN, eps);
 }
 
 // out = LayerNorm(x) row by row; x already holds GEMM + bias + residual.
-// One warp per row. out may equal x.
+// One warp per row. out may equal x (each row is read before it is written).
 extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __restrict__ gamma,
                                      const st_t* __restrict__ beta, st_t* out, float eps) {
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= rows) return;
     const int lane = threadIdx.x % WARP;
     const st_t* in = x + (size_t)row * HIDDEN;
-    float v[PER_LANE];
+    float v[VPL * LVEC];
 #pragma unroll
-    for (int k = 0; k < PER_LANE; ++k) {
-        int c = lane + k * WARP;
-        v[k] = c < HIDDEN ? ld(in[c]) : 0.f;
+    for (int k = 0; k < VPL * LVEC; ++k) v[k] = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPL; ++k) {
+        const int vi = lane + k * WARP;
+        if (vi < NVEC) add_row(v, in, k, vi);
     }
     ln_store(v, gamma, beta, out + (size_t)row * HIDDEN, eps);
 }
 
 // Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in place (the bias was added by
 // the GEMM epilogue; cuBLASLt's own GELU is the tanh approximation).
+// 16-byte loads and stores; a scalar tail if n is not a multiple of VEC.
+#define VEC (16 / (int)sizeof(st_t))
+__device__ __forceinline__ float gelu1(float v) {
+    return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+}
 extern "C" __global__ void gelu(st_t* x, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        float v = ld(x[i]);
-        x[i] = cv(0.5f * v * (1.f + erff(v * 0.70710678118654752f)));
+    const long long nv = n / VEC;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    uint4* xv = (uint4*)x;
+    for (long long i = first; i < nv; i += stride) {
+        uint4 v = xv[i];
+        st_t* e = (st_t*)&v;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) e[k] = cv(gelu1(ld(e[k])));
+        xv[i] = v;
     }
+    for (long long i = nv * VEC + first; i < n; i += stride) x[i] = cv(gelu1(ld(x[i])));
 }
 
 // Fused attention over packed, unpadded sequences. qkv is [tokens, 3*HIDDEN]
@@ -219,15 +266,14 @@ extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __re
 
 // ---------------------------------------------------------------------------
 // Tensor-core fused attention (fp16, sm_80+): FlashAttention-2 style. Each
-// warp owns 16 query rows; a block of up to 4 warps shares K and V tiles of
+// warp owns 16 query rows; a block of up to 8 warps shares K and V tiles of
 // 64 keys in shared memory. S = Q K^T and O += P V run on mma.m16n8k16 with
 // fp32 accumulation; softmax is online in fp32. MPNet's relative position
 // bias is added per (query, key) from the bucket table inside the kernel.
 // Grid: (query tiles of 16*warps, heads, sequences).
-#if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0)
+#if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
 #define ATT_KT 64
 #define KPAD (HEAD_DIM + 8)
-#define VPAD (ATT_KT + 8)
 #define MAX_BUCKETS 64
 
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
@@ -245,7 +291,24 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], 
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    unsigned long long d;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(d) : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)d), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+
+// B fragments of V (keys x dims, "col") straight from row-major V in shared
+// memory: ldmatrix with .trans hands each thread V[2*tig..2*tig+1][g].
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const void* p) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(b0), "=r"(b1)
+                 : "r"((unsigned)s));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
              int max_len, int num_buckets, st_t* __restrict__ ctx) {
@@ -259,8 +322,9 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
     const int g = lane >> 2, tig = lane & 3;
     const int stride = 3 * HIDDEN;
 
-    __shared__ __align__(16) unsigned short ks[ATT_KT][KPAD];
-    __shared__ __align__(16) unsigned short vt[HEAD_DIM][VPAD];
+    // Two buffers: the next key tile streams in (cp.async) while this one is used.
+    __shared__ __align__(16) unsigned short ks[2][ATT_KT][KPAD];
+    __shared__ __align__(16) unsigned short vs[2][ATT_KT][KPAD];
     __shared__ float bias_s[MAX_BUCKETS];
     if (rel_bias) {
         for (int b = tid; b < num_buckets; b += blockDim.x) bias_s[b] = ld(rel_bias[b * heads + head]);
@@ -287,23 +351,31 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
     for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
     float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;
 
-    for (int k0 = 0; k0 < len; k0 += ATT_KT) {
-        __syncthreads();
-        for (int c = tid; c < ATT_KT * HEAD_DIM / 8; c += blockDim.x) {
+    // Keys [k0, k0 + rows) of a tile, rows rounded up to 16 (what the MMAs
+    // read); keys past the sequence are zero-filled (cp.async src-size 0).
+    auto load_tile = [&](int k0, int buf) {
+        const int rows = min(ATT_KT, ((len - k0 + 15) / 16) * 16);
+        for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
             const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = make_uint4(0u, 0u, 0u, 0u);
-            if (k0 + j < len) {
-                const st_t* base = qkv + (size_t)(start + k0 + j) * stride + HIDDEN + head * HEAD_DIM + d8;
-                kv = *(const uint4*)base;
-                vv = *(const uint4*)(base + HIDDEN);
-            }
-            *(uint4*)&ks[j][d8] = kv;
-            const unsigned short* vh = (const unsigned short*)&vv;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) vt[d8 + i][j] = vh[i];
+            const bool valid = k0 + j < len;
+            const st_t* src = qkv + (size_t)(start + (valid ? k0 + j : 0)) * stride + HIDDEN +
+                              head * HEAD_DIM + d8;
+            cp_async16(&ks[buf][j][d8], src, valid);
+            cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    load_tile(0, 0);
+    for (int k0 = 0, it = 0; k0 < len; k0 += ATT_KT, ++it) {
+        const int buf = it & 1;
+        if (k0 + ATT_KT < len) {
+            load_tile(k0 + ATT_KT, buf ^ 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
-        if (qw >= len) continue;
+        if (qw < len) {
         const int nb = min(8, (len - k0 + 7) / 8);
         float s[8][4];
 #pragma unroll
@@ -312,8 +384,8 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
             if (j < nb) {
 #pragma unroll
                 for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-                    const unsigned b0 = *(const unsigned*)&ks[j * 8 + g][kk * 16 + tig * 2];
-                    const unsigned b1 = *(const unsigned*)&ks[j * 8 + g][kk * 16 + 8 + tig * 2];
+                    const unsigned b0 = *(const unsigned*)&ks[buf][j * 8 + g][kk * 16 + tig * 2];
+                    const unsigned b1 = *(const unsigned*)&ks[buf][j * 8 + g][kk * 16 + 8 + tig * 2];
                     mma16816(s[j], qa[kk], b0, b1);
                 }
             }
@@ -371,12 +443,14 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
                                         pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
 #pragma unroll
                 for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-                    const unsigned b0 = *(const unsigned*)&vt[nd * 8 + g][t * 16 + tig * 2];
-                    const unsigned b1 = *(const unsigned*)&vt[nd * 8 + g][t * 16 + 8 + tig * 2];
+                    unsigned b0, b1;
+                    ldmatrix_x2_trans(b0, b1, &vs[buf][t * 16 + (lane & 15)][nd * 8]);
                     mma16816(o[nd], pa, b0, b1);
                 }
             }
         }
+        }
+        __syncthreads();
     }
     if (qw >= len) return;
 #pragma unroll

@@ -129,6 +129,15 @@ impl CudaEngine {
         }
         ctx.bind_to_thread().map_err(drv("bind"))?;
         let config = h.config.clone();
+        // Rows move as 16-byte vectors in the LayerNorm kernels.
+        let lvec = 16 / h.precision.bytes();
+        if !config.hidden_size.is_multiple_of(lvec) {
+            return Err(Error::Model(format!(
+                "hidden size {} is not a multiple of {lvec}, which the {} kernels need",
+                config.hidden_size,
+                h.precision.name()
+            )));
+        }
         let max = h.profile.max;
         let layout = workspace_layout(&config, max, h.precision);
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
@@ -594,7 +603,7 @@ impl CudaEngine {
             let b = g.b;
             let (rb, bk) = (g.rel_bias, b.bucket);
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
-            let warps = max_len_batch.div_ceil(16).clamp(1, 4) as u32;
+            let warps = max_len_batch.div_ceil(16).clamp(1, 8) as u32;
             for (li, l) in g.layers.iter().enumerate() {
                 let gemms = g
                     .gemms
@@ -668,7 +677,7 @@ impl CudaEngine {
                     stream as _,
                 )?;
                 mark("gemm ffn_in (+bias)")?;
-                let gelu_blocks = (inter_n as usize).div_ceil(256).min(65535 * 8) as u32;
+                let gelu_blocks = (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
                 cr::launch_kernel(
                     g.f.gelu,
                     (gelu_blocks, 1, 1),

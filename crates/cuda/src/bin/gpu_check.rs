@@ -301,6 +301,7 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         rec["w2_tokens"] = json!(w2_tokens);
         rec["stages_w1_ms"] = stages(&w1)?;
         rec["stages_w2_batch256_ms"] = stages(&w2_first)?;
+        rec["stages_w3_ms"] = stages(&w3)?;
         match precision {
             Precision::Fp32 => mixed_fp32 = mixed_out.clone(),
             Precision::Fp16 => {
