@@ -467,3 +467,56 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
     }
 }
 #endif
+
+// ---------------------------------------------------------------------------
+// Skinny GEMM for tiny batches (at most SK_MAX_T tokens, fp16):
+// Y[T, N] = X[T, K] W[N, K]^T + bias (+ R) (then exact GELU if act), one warp
+// per output feature streaming its weight row with 16-byte loads. At a few
+// tokens a GEMM is a weight read; this does it in one kernel with the whole
+// epilogue (bias, residual, GELU) fused, which saves the separate GELU launch
+// and cuBLASLt's tile set-up. Accumulation in fp32, one rounding at the end.
+#if EMBEDRT_FP16
+#define SK_MAX_T 32
+#define SK_WARPS 4
+extern "C" __global__ void __launch_bounds__(SK_WARPS * WARP)
+skinny_gemm(const st_t* __restrict__ X, const st_t* __restrict__ W, const st_t* __restrict__ bias,
+            const st_t* __restrict__ R, st_t* __restrict__ Y, int T, int N, int K, int act) {
+    const int n = blockIdx.x * SK_WARPS + threadIdx.x / WARP;
+    const int lane = threadIdx.x % WARP;
+    if (n >= N) return;
+    float acc[SK_MAX_T];
+#pragma unroll
+    for (int t = 0; t < SK_MAX_T; ++t) acc[t] = 0.f;
+    const uint4* w = (const uint4*)(W + (size_t)n * K);
+    const int kv = K / 8;
+    for (int v = lane; v < kv; v += WARP) {
+        const uint4 wq = w[v];
+        const st_t* we = (const st_t*)&wq;
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) wf[i] = ld(we[i]);
+#pragma unroll
+        for (int t = 0; t < SK_MAX_T; ++t) {
+            if (t < T) {
+                const uint4 xq = ((const uint4*)(X + (size_t)t * K))[v];
+                const st_t* xe = (const st_t*)&xq;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[t] += wf[i] * ld(xe[i]);
+            }
+        }
+    }
+    const float b = ld(bias[n]);
+#pragma unroll
+    for (int t = 0; t < SK_MAX_T; ++t) {
+        if (t < T) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) {
+                s += b;
+                if (R) s += ld(R[(size_t)t * N + n]);
+                if (act) s = gelu1(s);
+                Y[(size_t)t * N + n] = cv(s);
+            }
+        }
+    }
+}
+#endif

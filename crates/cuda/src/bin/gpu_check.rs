@@ -215,6 +215,13 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
                 fp32_bytes = plan.header.weight_bytes;
             }
             Precision::Fp16 => {
+                // Sentences one at a time: the small-batch path (CUDA graph,
+                // skinny GEMMs) against fp32.
+                let mut single = Vec::new();
+                for seq in seqs.iter().take(48) {
+                    single.push(engine.embed(&TokenBatch::from_sequences(&[seq]))?);
+                }
+                rec["fp16_single_min_cos_vs_fp32"] = json!(min_cosine(&single, &fp32_out[..single.len()]));
                 rec["fp16_min_cos_vs_fp32"] = json!(min_cosine(&out, &fp32_out));
                 rec["fp16_weight_ratio"] =
                     json!(plan.header.weight_bytes as f64 / fp32_bytes as f64);
@@ -226,7 +233,8 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
         && f("fp16_min_cos_vs_fp32") >= 0.9995
         && f("fp32_composition_max_abs") <= 1e-5
         && f("fp16_min_cos_vs_fp32") >= 0.9995
-        && f("fp16_weight_ratio") <= 0.5;
+        && f("fp16_weight_ratio") <= 0.5
+        && f("fp16_single_min_cos_vs_fp32") >= 0.9995;
     if !pairs.is_empty() {
         pass &= (f("fp16_spearman") - f("fp32_spearman")).abs() <= 5.0;
     }
@@ -314,16 +322,19 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         println!("{rec}");
         drop(engine);
         if precision == Precision::Fp16 {
-            // Ablations from the same plan file: no graphs; scalar attention.
-            for (var, val, label) in [
-                ("EMBEDRT_CUDA_GRAPHS", "0", "fp16 no graphs"),
+            // Ablations from the same plan file, one switch at a time.
+            let variants: [(&[(&str, &str)], &str); 3] = [
+                (&[("EMBEDRT_SKINNY_GEMM", "0")], "fp16 no skinny GEMM"),
+                (&[("EMBEDRT_CUDA_GRAPHS", "0")], "fp16 no graphs"),
                 (
-                    "EMBEDRT_ATTENTION",
-                    "scalar",
+                    &[("EMBEDRT_CUDA_GRAPHS", "0"), ("EMBEDRT_ATTENTION", "scalar")],
                     "fp16 no graphs, scalar attention",
                 ),
-            ] {
-                std::env::set_var(var, val);
+            ];
+            for (vars, label) in variants {
+                for (k, v) in vars {
+                    std::env::set_var(k, v);
+                }
                 let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
                 let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
                 let out = engine.embed(&mixed)?;
@@ -332,10 +343,12 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                 rec["precision"] = json!(label);
                 rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
                 rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
+                rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
                 println!("{rec}");
+                for (k, _) in vars {
+                    std::env::remove_var(k);
+                }
             }
-            std::env::remove_var("EMBEDRT_CUDA_GRAPHS");
-            std::env::remove_var("EMBEDRT_ATTENTION");
         }
     }
     Ok(())
