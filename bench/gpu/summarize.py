@@ -25,7 +25,7 @@ for name in ("parity.jsonl", "minilm.jsonl"):
     for r in lines(name):
         m = os.path.basename(r["model"].rstrip("/"))
         print(f"{m:26} pass={r['pass']} fp32|cpu max={r['fp32_max_abs_vs_cpu']:.2e} "
-              f"fp16 cos>={r['fp16_min_cos_vs_fp32']:.6f} comp32={r['fp32_composition_max_abs']:.1e} "
+              f"fp16 cos>={r['fp16_min_cos_vs_fp32']:.6f} single>={r.get('fp16_single_min_cos_vs_fp32', float('nan')):.6f} comp32={r['fp32_composition_max_abs']:.1e} "
               f"comp16={r['fp16_composition_max_abs']:.1e} w16/w32={r['fp16_weight_ratio']:.4f}"
               + (f" rho cpu/32/16={r['cpu_spearman']:.4f}/{r['fp32_spearman']:.4f}/{r['fp16_spearman']:.4f}"
                  if "fp16_spearman" in r else ""))

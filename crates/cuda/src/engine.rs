@@ -32,8 +32,6 @@ pub struct LoadReport {
 }
 
 struct LayerPtrs {
-    /// Biases of the QKV, attention-out, FFN-in and FFN-out GEMMs.
-    biases: [u64; 4],
     qkv_w: u64,
     attn_out_w: u64,
     attn_norm: (u64, u64),
@@ -49,8 +47,6 @@ struct Functions {
     attention: cu::CUfunction,
     /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
     attention_tc: Option<cu::CUfunction>,
-    /// fp16 GEMM for at most SKINNY_MAX_TOKENS tokens, epilogue fused.
-    skinny: Option<cu::CUfunction>,
     pool: cu::CUfunction,
 }
 
@@ -90,7 +86,6 @@ struct Gpu {
     graphs: std::collections::HashMap<(usize, usize), cu::CUgraphExec>,
     use_graphs: bool,
     use_tc_attention: bool,
-    use_skinny: bool,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -167,7 +162,6 @@ impl CudaEngine {
                 gelu: std::ptr::null_mut(),
                 attention: std::ptr::null_mut(),
                 attention_tc: None,
-                skinny: None,
                 pool: std::ptr::null_mut(),
             },
             allocations: Vec::new(),
@@ -196,7 +190,6 @@ impl CudaEngine {
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("EMBEDRT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             use_tc_attention: std::env::var("EMBEDRT_ATTENTION").map_or(true, |v| v != "scalar"),
-            use_skinny: std::env::var("EMBEDRT_SKINNY_GEMM").map_or(true, |v| v != "0"),
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
         gpu.stream =
@@ -260,15 +253,7 @@ impl CudaEngine {
         let mut biases = Vec::new();
         for i in 0..config.num_hidden_layers {
             let lt = |w: &str| t(&layer_tensor(i, w));
-            let layer_biases = [
-                lt("qkv.bias")?,
-                lt("attn_out.bias")?,
-                lt("ffn_in.bias")?,
-                lt("ffn_out.bias")?,
-            ];
-            biases.push(layer_biases);
             gpu.layers.push(LayerPtrs {
-                biases: layer_biases,
                 qkv_w: lt("qkv.weight")?,
                 attn_out_w: lt("attn_out.weight")?,
                 attn_norm: (lt("attn_norm.gamma")?, lt("attn_norm.beta")?),
@@ -276,6 +261,12 @@ impl CudaEngine {
                 ffn_out_w: lt("ffn_out.weight")?,
                 ffn_norm: (lt("ffn_norm.gamma")?, lt("ffn_norm.beta")?),
             });
+            biases.push([
+                lt("qkv.bias")?,
+                lt("attn_out.bias")?,
+                lt("ffn_in.bias")?,
+                lt("ffn_out.bias")?,
+            ]);
         }
         // Pinned host staging.
         gpu.pinned_in_len = 2 * max.tokens() + max.batch + 1;
@@ -313,13 +304,6 @@ impl CudaEngine {
                 && config.relative_attention_num_buckets <= 64
             {
                 func(gpu.module, "attention_tc").ok()
-            } else {
-                None
-            },
-            skinny: if h.precision == Precision::Fp16
-                && config.intermediate_size.is_multiple_of(8)
-            {
-                func(gpu.module, "skinny_gemm").ok()
             } else {
                 None
             },
@@ -620,45 +604,30 @@ impl CudaEngine {
             let (rb, bk) = (g.rel_bias, b.bucket);
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
             let warps = max_len_batch.div_ceil(16).clamp(1, 8) as u32;
-            let skinny = g.f.skinny.filter(|_| g.use_skinny && tp <= SKINNY_MAX_TOKENS);
-            let (hd, inter) = (h, c.intermediate_size);
-            // One GEMM: the fused skinny kernel for tiny batches, else cuBLASLt.
-            let gemm = |gemms: &mut Gemms,
-                        li: usize,
-                        kind: GemmKind,
-                        w: u64,
-                        bias: u64,
-                        x: u64,
-                        res: Option<u64>,
-                        y: u64,
-                        act: i32|
-             -> Result<()> {
-                match skinny {
-                    Some(f) => {
-                        let (n_out, k_in) = kind.dims(hd, inter);
-                        let (t_i, n_i, k_i, r) = (tp as i32, n_out as i32, k_in as i32, res.unwrap_or(0));
-                        cr::launch_kernel(
-                            f,
-                            (n_out.div_ceil(4) as u32, 1, 1),
-                            (128, 1, 1),
-                            0,
-                            stream,
-                            kargs![x, w, bias, r, y, t_i, n_i, k_i, act],
-                        )
-                        .map_err(drv("skinny GEMM"))
-                    }
-                    None => gemms.run(li, kind, tp, w, x, res, y, stream as _),
-                }
-            };
             for (li, l) in g.layers.iter().enumerate() {
-                let gemms = g.gemms.as_mut().ok_or_else(|| Error::Backend("no GEMMs".into()))?;
-                let [qkv_b, out_b, in_b, ffo_b] = l.biases;
-                gemm(gemms, li, GemmKind::Qkv, l.qkv_w, qkv_b, b.hidden, None, b.qkv, 0)?;
+                let gemms = g
+                    .gemms
+                    .as_mut()
+                    .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
+                gemms.run(
+                    li,
+                    GemmKind::Qkv,
+                    tp,
+                    l.qkv_w,
+                    b.hidden,
+                    None,
+                    b.qkv,
+                    stream as _,
+                )?;
                 mark("gemm qkv")?;
                 match tc {
                     Some(f) => cr::launch_kernel(
                         f,
-                        (max_len_batch.div_ceil(16 * warps as usize) as u32, heads as u32, np as u32),
+                        (
+                            max_len_batch.div_ceil(16 * warps as usize) as u32,
+                            heads as u32,
+                            np as u32,
+                        ),
                         (32 * warps, 1, 1),
                         0,
                         stream,
@@ -675,7 +644,16 @@ impl CudaEngine {
                 }
                 .map_err(drv("attention kernel"))?;
                 mark("attention")?;
-                gemm(gemms, li, GemmKind::AttnOut, l.attn_out_w, out_b, b.context, Some(b.hidden), b.scratch, 0)?;
+                gemms.run(
+                    li,
+                    GemmKind::AttnOut,
+                    tp,
+                    l.attn_out_w,
+                    b.context,
+                    Some(b.hidden),
+                    b.scratch,
+                    stream as _,
+                )?;
                 mark("gemm attn_out (+bias+residual)")?;
                 let (ga, be) = l.attn_norm;
                 cr::launch_kernel(
@@ -688,19 +666,38 @@ impl CudaEngine {
                 )
                 .map_err(drv("layernorm kernel"))?;
                 mark("layernorm")?;
-                if skinny.is_some() {
-                    // GELU fused into the skinny kernel's epilogue.
-                    gemm(gemms, li, GemmKind::FfnIn, l.ffn_in_w, in_b, b.hidden, None, b.inter, 1)?;
-                    mark("gemm ffn_in (+bias)")?;
-                } else {
-                    gemm(gemms, li, GemmKind::FfnIn, l.ffn_in_w, in_b, b.hidden, None, b.inter, 0)?;
-                    mark("gemm ffn_in (+bias)")?;
-                    let gelu_blocks = (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
-                    cr::launch_kernel(g.f.gelu, (gelu_blocks, 1, 1), (256, 1, 1), 0, stream, kargs![b.inter, inter_n])
-                        .map_err(drv("gelu kernel"))?;
-                    mark("gelu")?;
-                }
-                gemm(gemms, li, GemmKind::FfnOut, l.ffn_out_w, ffo_b, b.inter, Some(b.hidden), b.scratch, 0)?;
+                gemms.run(
+                    li,
+                    GemmKind::FfnIn,
+                    tp,
+                    l.ffn_in_w,
+                    b.hidden,
+                    None,
+                    b.inter,
+                    stream as _,
+                )?;
+                mark("gemm ffn_in (+bias)")?;
+                let gelu_blocks = (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+                cr::launch_kernel(
+                    g.f.gelu,
+                    (gelu_blocks, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.inter, inter_n],
+                )
+                .map_err(drv("gelu kernel"))?;
+                mark("gelu")?;
+                gemms.run(
+                    li,
+                    GemmKind::FfnOut,
+                    tp,
+                    l.ffn_out_w,
+                    b.inter,
+                    Some(b.hidden),
+                    b.scratch,
+                    stream as _,
+                )?;
                 mark("gemm ffn_out (+bias+residual)")?;
                 let (ga, be) = l.ffn_norm;
                 cr::launch_kernel(
@@ -772,8 +769,6 @@ impl CudaEngine {
 
 /// Batches up to this many tokens run as one CUDA graph launch.
 const GRAPH_MAX_TOKENS: usize = 2048;
-/// Batches up to this many tokens use the skinny fp16 GEMM (kernel's SK_MAX_T).
-const SKINNY_MAX_TOKENS: usize = 32;
 
 /// A deterministic batch of random token ids (for warm-up and tuning).
 pub fn random_batch(config: &ModelConfig, n: usize, len: usize, seed: u64) -> TokenBatch {

@@ -215,13 +215,14 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
                 fp32_bytes = plan.header.weight_bytes;
             }
             Precision::Fp16 => {
-                // Sentences one at a time: the small-batch path (CUDA graph,
-                // skinny GEMMs) against fp32.
+                // Sentences one at a time: the small-batch path (CUDA graph)
+                // against fp32.
                 let mut single = Vec::new();
                 for seq in seqs.iter().take(48) {
                     single.push(engine.embed(&TokenBatch::from_sequences(&[seq]))?);
                 }
-                rec["fp16_single_min_cos_vs_fp32"] = json!(min_cosine(&single, &fp32_out[..single.len()]));
+                rec["fp16_single_min_cos_vs_fp32"] =
+                    json!(min_cosine(&single, &fp32_out[..single.len()]));
                 rec["fp16_min_cos_vs_fp32"] = json!(min_cosine(&out, &fp32_out));
                 rec["fp16_weight_ratio"] =
                     json!(plan.header.weight_bytes as f64 / fp32_bytes as f64);
@@ -323,11 +324,13 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         drop(engine);
         if precision == Precision::Fp16 {
             // Ablations from the same plan file, one switch at a time.
-            let variants: [(&[(&str, &str)], &str); 3] = [
-                (&[("EMBEDRT_SKINNY_GEMM", "0")], "fp16 no skinny GEMM"),
+            let variants: [(&[(&str, &str)], &str); 2] = [
                 (&[("EMBEDRT_CUDA_GRAPHS", "0")], "fp16 no graphs"),
                 (
-                    &[("EMBEDRT_CUDA_GRAPHS", "0"), ("EMBEDRT_ATTENTION", "scalar")],
+                    &[
+                        ("EMBEDRT_CUDA_GRAPHS", "0"),
+                        ("EMBEDRT_ATTENTION", "scalar"),
+                    ],
                     "fp16 no graphs, scalar attention",
                 ),
             ];
