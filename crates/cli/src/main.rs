@@ -1,8 +1,10 @@
 //! The `embedrt` command line.
 
 mod bench;
+mod build;
 mod embed;
 mod eval;
+mod info;
 mod input;
 mod open;
 mod serve;
@@ -32,6 +34,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// HTTP embedding server: TEI- and OpenAI-compatible routes, dynamic batching, reload.
     Serve(serve::ServeArgs),
+    /// Build a GPU plan file: weights in the target precision, profile, GEMM algorithms.
+    Build(build::BuildArgs),
+    /// Show what a plan file holds.
+    Info(info::InfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +55,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Info(a) => info::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

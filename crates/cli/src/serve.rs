@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use embedrt_core::Embedder;
 use embedrt_server::{fingerprint_file, BatchSettings, LoadedModel, Options, Target};
@@ -48,18 +48,26 @@ pub struct ServeArgs {
 
 /// What the command line asks to serve first.
 fn initial_target(args: &ModelArgs) -> Target {
-    Target::Model(args.model.clone())
+    match (&args.plan, &args.model) {
+        (Some(plan), _) => Target::Plan(plan.display().to_string()),
+        (None, model) => Target::Model(model.clone().unwrap_or_default()),
+    }
 }
 
 /// The command line's model options, pointed at a reload target.
 fn args_for(base: &ModelArgs, target: &Target) -> Result<ModelArgs> {
-    match target {
-        Target::Model(model) => Ok(ModelArgs {
-            model: model.clone(),
+    Ok(match target {
+        Target::Model(m) => ModelArgs {
+            model: Some(m.clone()),
+            plan: None,
             ..base.clone()
-        }),
-        Target::Plan(plan) => bail!("{plan}: this build cannot open plan files"),
-    }
+        },
+        Target::Plan(p) => ModelArgs {
+            model: None,
+            plan: Some(PathBuf::from(p)),
+            ..base.clone()
+        },
+    })
 }
 
 /// A short hash of what was loaded: the weights file, or the plan file.

@@ -1,0 +1,72 @@
+//! `embedrt info --plan FILE`: what a plan holds. Reads and verifies the
+//! file; needs no GPU.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use embedrt_cuda::plan::PLAN_FORMAT_VERSION;
+use embedrt_cuda::Plan;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// The plan file.
+    #[arg(long)]
+    plan: PathBuf,
+    /// Print the header as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let plan = Plan::read(&args.plan)?;
+    let h = &plan.header;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(h)?);
+        return Ok(());
+    }
+    let c = &h.config;
+    let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+    println!("plan            {}", args.plan.display());
+    println!(
+        "format          version {PLAN_FORMAT_VERSION}, written by embedrt {}",
+        h.embedrt_version
+    );
+    println!(
+        "model           {} hidden {} layers {} heads {} intermediate {} vocab {}",
+        c.architecture.name(),
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.vocab_size
+    );
+    println!(
+        "pooling         {}, normalize {}, max_seq_length {}",
+        h.pooling, h.normalize, h.max_seq_length
+    );
+    println!("precision       {}", h.precision.name());
+    println!("profile         {} (MIN:OPT:MAX)", h.profile);
+    println!(
+        "gpu             {} (compute capability {}.{})",
+        h.gpu.name, h.gpu.cc_major, h.gpu.cc_minor
+    );
+    println!(
+        "gemm algorithms {} (cuBLASLt {})",
+        h.gemm_algos.len(),
+        h.cublaslt_version
+    );
+    println!("tensors         {}", h.tensors.len());
+    println!(
+        "weight bytes    {} ({:.1} MiB)",
+        h.weight_bytes,
+        mib(h.weight_bytes)
+    );
+    println!(
+        "workspace bytes {} ({:.1} MiB)",
+        h.workspace_bytes,
+        mib(h.workspace_bytes)
+    );
+    println!("tokenizer bytes {}", h.tokenizer_bytes);
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Model -> plan: weights converted to the target precision and layout, the
+//! profile, and GEMM algorithms chosen by timing on the GPU in hand.
+
+use std::path::Path;
+
+use embedrt_core::{Error, Result, SentenceModel, TextTokenizer, TransformerWeights};
+
+use crate::engine::CudaEngine;
+use crate::plan::{pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile};
+use crate::probe;
+
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub ordinal: usize,
+    pub precision: Precision,
+    pub profile: Profile,
+    /// Time cuBLASLt's candidates (embedrt build); off for in-memory plans,
+    /// which then take cuBLASLt's first heuristic choice once per shape.
+    pub tune: bool,
+}
+
+/// A plan with no GEMM algorithms yet, for `gpu`. Needs no GPU.
+pub fn assemble_plan(
+    model: &SentenceModel,
+    weights: &TransformerWeights,
+    precision: Precision,
+    profile: Profile,
+    gpu: GpuTarget,
+) -> Plan {
+    let profile = profile.capped(model.max_seq_length);
+    let (tensors, blob) = pack_weights(weights, precision);
+    let header = PlanHeader {
+        embedrt_version: env!("CARGO_PKG_VERSION").into(),
+        precision,
+        config: model.config.clone(),
+        pooling: model.pooling,
+        normalize: model.normalize,
+        max_seq_length: model.max_seq_length,
+        profile,
+        gpu,
+        cublaslt_version: 0,
+        gemm_algos: Vec::new(),
+        tensors,
+        tokenizer_bytes: model.tokenizer_json.len(),
+        weight_bytes: blob.len(),
+        workspace_bytes: workspace_bytes(&model.config, profile.max, precision),
+    };
+    Plan {
+        header,
+        tokenizer_json: model.tokenizer_json.clone(),
+        weights: blob,
+    }
+}
+
+/// Builds a plan for GPU `opts.ordinal`. Returns the plan and, when tuned,
+/// the engine it was tuned on (ready to use).
+pub fn build_plan(
+    model: &SentenceModel,
+    opts: &BuildOptions,
+    progress: &dyn Fn(&str),
+) -> Result<(Plan, Option<CudaEngine>)> {
+    probe::check_device(opts.ordinal)?;
+    let ctx = cudarc::driver::CudaContext::new(opts.ordinal)
+        .map_err(|e| Error::Backend(format!("CUDA context on cuda:{}: {e}", opts.ordinal)))?;
+    let name = ctx
+        .name()
+        .map_err(|e| Error::Backend(format!("CUDA device name: {e}")))?;
+    let (cc_major, cc_minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Backend(format!("CUDA compute capability: {e}")))?;
+    drop(ctx);
+    progress("loading weights");
+    let weights = model.load_weights()?;
+    progress("converting weights");
+    let mut plan = assemble_plan(
+        model,
+        &weights,
+        opts.precision,
+        opts.profile,
+        GpuTarget {
+            name,
+            cc_major,
+            cc_minor,
+        },
+    );
+    drop(weights);
+    // SAFETY: a plain version query; the library was checked above.
+    plan.header.cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    if !opts.tune {
+        return Ok((plan, None));
+    }
+    progress("loading onto the GPU, compiling kernels");
+    let engine = CudaEngine::load(&plan, opts.ordinal)?;
+    progress("timing GEMM algorithms");
+    plan.header.gemm_algos = engine.tune_gemms(plan.header.profile.opt.tokens())?;
+    Ok((plan, Some(engine)))
+}
+
+/// The model description a plan carries (config, tokenizer, pooling,
+/// normalization), so `--plan` needs no model directory.
+pub fn model_from_plan(plan: &Plan, path: &Path) -> Result<SentenceModel> {
+    let h = &plan.header;
+    let tokenizer = TextTokenizer::from_json(&plan.tokenizer_json, h.max_seq_length)
+        .map_err(|e| Error::Model(format!("plan {}: {e}", path.display())))?;
+    Ok(SentenceModel {
+        source: path.display().to_string(),
+        dir: path.to_path_buf(),
+        config: h.config.clone(),
+        pooling: h.pooling,
+        normalize: h.normalize,
+        max_seq_length: h.max_seq_length,
+        tokenizer_json: plan.tokenizer_json.clone(),
+        tokenizer,
+    })
+}

@@ -1,0 +1,15 @@
+//! embedrt-cuda: the GPU engine. A build step turns a model into a plan for
+//! one GPU ([`plan`], [`build`]); [`CudaEngine`] loads a plan and runs it.
+//! The crate builds without CUDA; at run time it needs libcuda,
+//! libcublasLt and libnvrtc (CUDA 13), checked by [`probe`] before use.
+
+pub mod build;
+pub mod engine;
+pub mod gemm;
+pub mod kernels;
+pub mod plan;
+pub mod probe;
+
+pub use build::{build_plan, model_from_plan, BuildOptions};
+pub use engine::CudaEngine;
+pub use plan::{Plan, Precision, Profile};

@@ -1,0 +1,487 @@
+//! The plan file: a model prepared for one GPU, as `embedrt build` writes it.
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//! magic    16 bytes  "EMBEDRT-PLAN" + 4 zero bytes
+//! version   u32      PLAN_FORMAT_VERSION
+//! hlen      u64      length of the header
+//! header    hlen     JSON (PlanHeader)
+//! tokenizer          header.tokenizer_bytes: the raw tokenizer.json
+//! weights            header.weight_bytes: every tensor in the target precision
+//! checksum  32 bytes SHA-256 of everything before it
+//! ```
+//! Nothing here needs a GPU, so the format and its error messages are tested
+//! on any machine.
+
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use embedrt_core::{Architecture, Error, ModelConfig, PoolingMode, Result, TransformerWeights};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const PLAN_MAGIC: &[u8; 16] = b"EMBEDRT-PLAN\0\0\0\0";
+/// Bump whenever the header, the weight layout or the kernels' expectations change.
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+const PREFIX_LEN: usize = 16 + 4 + 8;
+const CHECKSUM_LEN: usize = 32;
+/// Tensors start on 16-byte boundaries (vector loads, cuBLASLt's minimum).
+pub const TENSOR_ALIGN: usize = 16;
+/// cuBLASLt workspace, part of the workspace bytes.
+pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::Fp32 => 4,
+            Precision::Fp16 => 2,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(Error::Input(format!(
+                "unknown precision {other:?}; supported: fp32, fp16"
+            ))),
+        }
+    }
+}
+
+/// One `BATCHxSEQ` point of a profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Shape {
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// The shapes a plan is built for: memory is sized for `max`, GEMM
+/// algorithms are tuned around `opt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub min: Shape,
+    pub opt: Shape,
+    pub max: Shape,
+}
+
+impl Profile {
+    pub const DEFAULT: &'static str = "1x8:64x128:256x512";
+
+    /// Caps every sequence length at the model's `max_seq_length`.
+    pub fn capped(mut self, max_seq_length: usize) -> Self {
+        for s in [&mut self.min, &mut self.opt, &mut self.max] {
+            s.seq = s.seq.min(max_seq_length);
+        }
+        self
+    }
+}
+
+impl FromStr for Profile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Input(format!(
+                "profile {s:?}: {why}; expected MIN:OPT:MAX, each BATCHxSEQ, e.g. {}",
+                Profile::DEFAULT
+            ))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 3 {
+            return Err(bad("needs three shapes"));
+        }
+        let mut shapes = Vec::with_capacity(3);
+        for p in parts {
+            let (b, q) = p.split_once('x').ok_or_else(|| bad("a shape lacks 'x'"))?;
+            let batch: usize = b.parse().map_err(|_| bad("batch is not a number"))?;
+            let seq: usize = q
+                .parse()
+                .map_err(|_| bad("sequence length is not a number"))?;
+            if batch == 0 || seq == 0 {
+                return Err(bad("sizes must be at least 1"));
+            }
+            shapes.push(Shape { batch, seq });
+        }
+        let (min, opt, max) = (shapes[0], shapes[1], shapes[2]);
+        let ordered = |a: Shape, b: Shape| a.batch <= b.batch && a.seq <= b.seq;
+        if !ordered(min, opt) || !ordered(opt, max) {
+            return Err(bad(
+                "shapes must grow: MIN <= OPT <= MAX in batch and length",
+            ));
+        }
+        Ok(Profile { min, opt, max })
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |x: Shape| format!("{}x{}", x.batch, x.seq);
+        write!(f, "{}:{}:{}", s(self.min), s(self.opt), s(self.max))
+    }
+}
+
+/// The GPU a plan was built for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuTarget {
+    pub name: String,
+    pub cc_major: i32,
+    pub cc_minor: i32,
+}
+
+/// A cuBLASLt algorithm chosen at build time for one GEMM at one token count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmChoice {
+    /// "qkv", "attn_out", "ffn_in" or "ffn_out".
+    pub gemm: String,
+    pub tokens: usize,
+    /// The opaque `cublasLtMatmulAlgo_t` (64 bytes), hex.
+    pub algo: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Byte offset inside the weight section.
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanHeader {
+    pub embedrt_version: String,
+    pub precision: Precision,
+    pub config: ModelConfig,
+    pub pooling: PoolingMode,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+    pub profile: Profile,
+    pub gpu: GpuTarget,
+    pub cublaslt_version: usize,
+    pub gemm_algos: Vec<GemmChoice>,
+    pub tensors: Vec<TensorEntry>,
+    pub tokenizer_bytes: usize,
+    pub weight_bytes: usize,
+    /// Device bytes besides the weights that loading the plan allocates.
+    pub workspace_bytes: usize,
+}
+
+pub struct Plan {
+    pub header: PlanHeader,
+    pub tokenizer_json: Vec<u8>,
+    pub weights: Vec<u8>,
+}
+
+impl Plan {
+    /// Writes the plan atomically (temp file + rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let header = serde_json::to_vec(&self.header)
+            .map_err(|e| Error::Backend(format!("cannot encode the plan header: {e}")))?;
+        let mut bytes = Vec::with_capacity(
+            PREFIX_LEN + header.len() + self.tokenizer_json.len() + self.weights.len() + 32,
+        );
+        bytes.extend_from_slice(PLAN_MAGIC);
+        bytes.extend_from_slice(&PLAN_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&self.tokenizer_json);
+        bytes.extend_from_slice(&self.weights);
+        let sum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&sum);
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plan".into());
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Reads and verifies a plan: magic, format version, length, checksum.
+    /// Each failure names its cause.
+    pub fn read(path: &Path) -> Result<Plan> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&bytes).map_err(|why| Error::Model(format!("plan {}: {why}", path.display())))
+    }
+
+    fn parse(bytes: &[u8]) -> std::result::Result<Plan, String> {
+        if bytes.len() < 12 || bytes[..12] != PLAN_MAGIC[..12] {
+            return Err("not an embedrt plan file (bad magic bytes)".into());
+        }
+        if bytes.len() < PREFIX_LEN + CHECKSUM_LEN {
+            return Err(format!(
+                "truncated: {} bytes, shorter than the fixed header",
+                bytes.len()
+            ));
+        }
+        if bytes[12..16] != PLAN_MAGIC[12..16] {
+            return Err("not an embedrt plan file (bad magic bytes)".into());
+        }
+        let version = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+        if version != PLAN_FORMAT_VERSION {
+            return Err(format!(
+                "written in plan format version {version}, this embedrt ({}) reads version \
+                 {PLAN_FORMAT_VERSION}; rebuild the plan with `embedrt build`",
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
+        let mut hlen = [0u8; 8];
+        hlen.copy_from_slice(&bytes[20..28]);
+        let hlen = u64::from_le_bytes(hlen) as usize;
+        let body_end = bytes.len() - CHECKSUM_LEN;
+        if hlen > body_end - PREFIX_LEN {
+            return Err(format!(
+                "truncated: the header claims {hlen} bytes but the file holds {}",
+                bytes.len()
+            ));
+        }
+        let stored_sum = &bytes[body_end..];
+        let header: std::result::Result<PlanHeader, _> =
+            serde_json::from_slice(&bytes[PREFIX_LEN..PREFIX_LEN + hlen]);
+        let sections_fit = |h: &PlanHeader| {
+            PREFIX_LEN
+                .checked_add(hlen)
+                .and_then(|n| n.checked_add(h.tokenizer_bytes))
+                .and_then(|n| n.checked_add(h.weight_bytes))
+        };
+        // Length before checksum: a short file says "truncated", not "corrupted".
+        if let Ok(h) = &header {
+            match sections_fit(h) {
+                Some(n) if n == body_end => {}
+                Some(n) if n > body_end => {
+                    return Err(format!(
+                        "truncated: {} bytes, the header describes {}",
+                        bytes.len(),
+                        n + CHECKSUM_LEN
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if Sha256::digest(&bytes[..body_end]).as_slice() != stored_sum {
+            return Err("corrupted: the SHA-256 checksum does not match the contents".into());
+        }
+        let header = header.map_err(|e| format!("corrupted header: {e}"))?;
+        if sections_fit(&header) != Some(body_end) {
+            return Err("corrupted: section lengths do not add up to the file size".into());
+        }
+        let tok_start = PREFIX_LEN + hlen;
+        let w_start = tok_start + header.tokenizer_bytes;
+        for t in &header.tensors {
+            if t.offset
+                .checked_add(t.bytes)
+                .is_none_or(|end| end > header.weight_bytes)
+            {
+                return Err(format!(
+                    "corrupted: tensor {} lies outside the weights",
+                    t.name
+                ));
+            }
+        }
+        Ok(Plan {
+            tokenizer_json: bytes[tok_start..w_start].to_vec(),
+            weights: bytes[w_start..body_end].to_vec(),
+            header,
+        })
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&TensorEntry> {
+        self.header
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::Model(format!("plan lacks tensor {name:?}")))
+    }
+}
+
+/// Refuses a plan built for another GPU generation.
+pub fn check_target(header: &PlanHeader, name: &str, cc: (i32, i32)) -> Result<()> {
+    let g = &header.gpu;
+    if (g.cc_major, g.cc_minor) != cc {
+        return Err(Error::Model(format!(
+            "plan was built for compute capability {}.{} ({}), this GPU is {}.{} ({name}); \
+             rebuild it on this GPU with `embedrt build`",
+            g.cc_major, g.cc_minor, g.name, cc.0, cc.1
+        )));
+    }
+    Ok(())
+}
+
+/// The names the engine looks weights up by.
+pub fn layer_tensor(layer: usize, what: &str) -> String {
+    format!("layer.{layer}.{what}")
+}
+
+/// Every weight in the engine's layout and the target precision: Q, K and V
+/// stacked into one `[3H, H]` matrix (one GEMM), BERT's token-type row 0
+/// only, everything else as Hugging Face stores it (`[out, in]`).
+pub fn pack_weights(
+    weights: &TransformerWeights,
+    precision: Precision,
+) -> (Vec<TensorEntry>, Vec<u8>) {
+    let mut entries = Vec::new();
+    let mut blob = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, parts: &[&[f32]]| {
+        while blob.len() % TENSOR_ALIGN != 0 {
+            blob.push(0);
+        }
+        let offset = blob.len();
+        for part in parts {
+            for &v in *part {
+                match precision {
+                    Precision::Fp32 => blob.extend_from_slice(&v.to_le_bytes()),
+                    Precision::Fp16 => {
+                        blob.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())
+                    }
+                }
+            }
+        }
+        entries.push(TensorEntry {
+            name,
+            shape,
+            offset,
+            bytes: blob.len() - offset,
+        });
+    };
+    let e = &weights.embeddings;
+    let h = e.word.shape[1];
+    push(
+        "embeddings.word".into(),
+        e.word.shape.clone(),
+        &[&e.word.data],
+    );
+    push(
+        "embeddings.position".into(),
+        e.position.shape.clone(),
+        &[&e.position.data],
+    );
+    if let Some(tt) = &e.token_type {
+        push("embeddings.token_type0".into(), vec![h], &[&tt.data[..h]]);
+    }
+    push(
+        "embeddings.norm.gamma".into(),
+        vec![h],
+        &[&e.norm.gamma.data],
+    );
+    push("embeddings.norm.beta".into(), vec![h], &[&e.norm.beta.data]);
+    for (i, l) in weights.layers.iter().enumerate() {
+        push(
+            layer_tensor(i, "qkv.weight"),
+            vec![3 * h, h],
+            &[
+                &l.query.weight.data,
+                &l.key.weight.data,
+                &l.value.weight.data,
+            ],
+        );
+        push(
+            layer_tensor(i, "qkv.bias"),
+            vec![3 * h],
+            &[&l.query.bias.data, &l.key.bias.data, &l.value.bias.data],
+        );
+        for (name, lin) in [
+            ("attn_out", &l.attn_out),
+            ("ffn_in", &l.ffn_in),
+            ("ffn_out", &l.ffn_out),
+        ] {
+            push(
+                layer_tensor(i, &format!("{name}.weight")),
+                lin.weight.shape.clone(),
+                &[&lin.weight.data],
+            );
+            push(
+                layer_tensor(i, &format!("{name}.bias")),
+                lin.bias.shape.clone(),
+                &[&lin.bias.data],
+            );
+        }
+        for (name, n) in [("attn_norm", &l.attn_norm), ("ffn_norm", &l.ffn_norm)] {
+            push(
+                layer_tensor(i, &format!("{name}.gamma")),
+                vec![h],
+                &[&n.gamma.data],
+            );
+            push(
+                layer_tensor(i, &format!("{name}.beta")),
+                vec![h],
+                &[&n.beta.data],
+            );
+        }
+    }
+    if let Some(b) = &weights.relative_attention_bias {
+        push(
+            "relative_attention_bias".into(),
+            b.shape.clone(),
+            &[&b.data],
+        );
+    }
+    (entries, blob)
+}
+
+/// Device buffers a plan needs besides its weights, sized for the MAX
+/// profile; `(name, bytes)`. The engine allocates exactly these.
+pub fn workspace_layout(
+    config: &ModelConfig,
+    max: Shape,
+    precision: Precision,
+) -> Vec<(&'static str, usize)> {
+    let t = max.tokens();
+    let (h, s) = (config.hidden_size, precision.bytes());
+    let mut v = vec![
+        ("hidden", t * h * s),
+        ("qkv", t * 3 * h * s),
+        ("context", t * h * s),
+        ("scratch", t * h * s),
+        ("intermediate", t * config.intermediate_size * s),
+        // ids, positions, offsets: one upload.
+        ("tokens", (2 * t + max.batch + 1) * 4),
+        ("pooled", max.batch * h * 4),
+        ("gemm_workspace", GEMM_WORKSPACE_BYTES),
+    ];
+    if config.architecture == Architecture::Mpnet {
+        v.push(("bucket_table", (2 * max.seq).saturating_sub(1) * 4));
+    }
+    v
+}
+
+pub fn workspace_bytes(config: &ModelConfig, max: Shape, precision: Precision) -> usize {
+    workspace_layout(config, max, precision)
+        .iter()
+        .map(|(_, b)| b)
+        .sum()
+}
