@@ -79,18 +79,17 @@ pub fn open(args: &ModelArgs) -> Result<Embedder> {
         }
         Device::Cuda(n) => open_gpu(model, n, precision.unwrap_or(Precision::Fp32))
             .with_context(|| format!("--device {}", args.device)),
-        Device::Auto => {
-            let gpu = embedrt_cuda::probe::check_device(0)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| open_gpu(model.clone(), 0, precision.unwrap_or(Precision::Fp32)));
-            match gpu {
-                Ok(e) => Ok(e),
-                Err(e) => {
-                    eprintln!("note: --device auto: no usable GPU ({e:#}); running on the CPU");
-                    open_cpu(model)
-                }
+        Device::Auto => match embedrt_cuda::probe::check_device(0) {
+            // A usable GPU: model errors are errors, not a reason to fall back.
+            Ok(()) => open_gpu(model, 0, precision.unwrap_or(Precision::Fp32))
+                .context("--device auto (cuda:0)"),
+            Err(why) => {
+                // Say so only once the CPU engine is up, so a failure stays one line.
+                let embedder = open_cpu(model)?;
+                eprintln!("note: --device auto: no usable GPU ({why:#}); running on the CPU");
+                Ok(embedder)
             }
-        }
+        },
     }
 }
 
