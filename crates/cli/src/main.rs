@@ -3,6 +3,7 @@
 mod bench;
 mod embed;
 mod eval;
+mod export;
 mod input;
 mod open;
 
@@ -29,6 +30,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Throughput: sentences/s and tokens/s over a file of sentences.
     Bench(bench::BenchArgs),
+    /// ONNX export (fp32/fp16) with pooling and normalization in the graph.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
