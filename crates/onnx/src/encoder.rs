@@ -130,7 +130,7 @@ impl Encoder<'_> {
         let e = &w.embeddings;
         let word_table = self.weight(&e.word);
         let word = self.g.op("Gather", &[&word_table, ids], vec![], "word_emb");
-        let word = self.to_f32(&word);
+        let word = self.cast_f32(&word);
         let pos_table = self.weight(&e.position);
         let mut x = match c.architecture {
             Architecture::Bert => {
@@ -141,14 +141,14 @@ impl Encoder<'_> {
                     .g
                     .op("Range", &[&zero, seq_len, &step], vec![], "positions");
                 let p = self.g.op("Gather", &[&pos_table, &pos], vec![], "pos_emb");
-                let p = self.to_f32(&p);
+                let p = self.cast_f32(&p);
                 let sum = self.g.op("Add", &[&word, &p], vec![], "emb_sum");
                 match &e.token_type {
                     Some(tt) => {
                         let table = self.weight(tt);
                         let type0 = self.g.init_i64("token_type_id", &[], &[0]);
                         let t = self.g.op("Gather", &[&table, &type0], vec![], "type0_emb");
-                        let t = self.to_f32(&t);
+                        let t = self.cast_f32(&t);
                         self.g.op("Add", &[&sum, &t], vec![], "emb_sum")
                     }
                     None => sum,
@@ -165,7 +165,7 @@ impl Encoder<'_> {
                     .init_i64("pad_token_id", &[], &[c.pad_token_id as i64]);
                 let pos = self.g.op("Add", &[&real, &pad], vec![], "positions");
                 let p = self.g.op("Gather", &[&pos_table, &pos], vec![], "pos_emb");
-                let p = self.to_f32(&p);
+                let p = self.cast_f32(&p);
                 self.g.op("Add", &[&word, &p], vec![], "emb_sum")
             }
         };
@@ -221,7 +221,7 @@ impl Encoder<'_> {
     fn layer(&mut self, l: &LayerWeights, x: &str, attn_bias: &str, out: Option<&str>) -> String {
         let c = &self.model.config;
         let (heads, d) = (c.num_attention_heads as i64, c.head_dim() as i64);
-        let xl = self.to_low(x);
+        let xl = self.cast_low(x);
         let scale = self.g.scalar(1.0 / (d as f32).sqrt(), self.low, "scale");
         let q = self.linear(&xl, &l.query);
         let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
@@ -235,7 +235,7 @@ impl Encoder<'_> {
         let k = self.transpose(&k, &[0, 2, 3, 1], "k_bhds");
         let v = self.transpose(&v, &[0, 2, 1, 3], "v_bhsd");
         let scores = self.g.op("MatMul", &[&q, &k], vec![], "scores");
-        let scores = self.to_f32(&scores);
+        let scores = self.cast_f32(&scores);
         let scores = self
             .g
             .op("Add", &[&scores, attn_bias], vec![], "scores_biased");
@@ -245,22 +245,22 @@ impl Encoder<'_> {
             vec![("axis", Attr::Int(-1))],
             "probs",
         );
-        let probs = self.to_low(&probs);
+        let probs = self.cast_low(&probs);
         let ctx = self.g.op("MatMul", &[&probs, &v], vec![], "context");
         let ctx = self.transpose(&ctx, &[0, 2, 1, 3], "context_bshd");
         let merge = self.g.const_i64(&[0, 0, heads * d], "hidden_shape");
         let ctx = self.g.op("Reshape", &[&ctx, &merge], vec![], "context_bsh");
         let attn = self.linear(&ctx, &l.attn_out);
-        let attn = self.to_f32(&attn);
+        let attn = self.cast_f32(&attn);
         let x = self.layer_norm(&attn, &l.attn_norm, "attn_norm", Some(x));
 
-        let xl = self.to_low(&x);
+        let xl = self.cast_low(&x);
         let inter = self.linear(&xl, &l.ffn_in);
-        let inter = self.to_f32(&inter);
+        let inter = self.cast_f32(&inter);
         let inter = self.gelu(&inter);
-        let inter = self.to_low(&inter);
+        let inter = self.cast_low(&inter);
         let ffn = self.linear(&inter, &l.ffn_out);
-        let ffn = self.to_f32(&ffn);
+        let ffn = self.cast_f32(&ffn);
         match out {
             Some(name) => {
                 let sum = self.g.op("Add", &[&ffn, &x], vec![], "residual");
@@ -391,14 +391,14 @@ impl Encoder<'_> {
         )
     }
 
-    fn to_low(&mut self, x: &str) -> String {
+    fn cast_low(&mut self, x: &str) -> String {
         match self.low {
             Elem::F32 => x.to_string(),
             low => self.cast(x, low),
         }
     }
 
-    fn to_f32(&mut self, x: &str) -> String {
+    fn cast_f32(&mut self, x: &str) -> String {
         match self.low {
             Elem::F32 => x.to_string(),
             _ => self.cast(x, Elem::F32),
