@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""embedrt's CPU engine vs ONNX Runtime (CPU) on the same exported model, the
+same sentences, the same batch size and the same number of threads, in one go.
+
+    python bench/onnx_vs_cpu.py --model .cache/all-MiniLM-L6-v2 --model .cache/random-mpnet-base
+
+For each model: `embedrt export` (fp32) into .cache/onnx-bench/<name>, then
+`embedrt bench --device cpu` with RAYON_NUM_THREADS=<threads>, then ONNX
+Runtime with intra_op_num_threads=<threads> on the exported model.onnx.
+Both get the sentences tokenized beforehand (not timed), sorted longest
+first and cut into batches the same way (embedrt's Embedder does this; the
+ORT side pads each batch to its longest sequence, as any ORT user would),
+one warm-up batch, then `--repeat` timed passes. Prints one JSON line per
+model and a Markdown table.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def read_sentences(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [s for r in csv.reader(f) if r for s in r[:2]]
+
+
+def export(embedrt, model, out):
+    subprocess.run(
+        [str(embedrt), "export", "--model", str(model), "-o", str(out)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def bench_cpu(embedrt, model, sentences_csv, batch, repeat, threads):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        [
+            str(embedrt), "bench", "--model", str(model), "--device", "cpu",
+            "--input", str(sentences_csv), "--batch-size", str(batch), "--repeat", str(repeat),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_ort(export_dir, sentences, batch, repeat, threads):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
+    tok.no_padding()
+    seqs = [e.ids for e in tok.encode_batch(sentences)]
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    batches = []
+    for start in range(0, len(order), batch):
+        members = [seqs[i] for i in order[start : start + batch]]
+        longest = max(len(s) for s in members)
+        ids = np.zeros((len(members), longest), np.int64)
+        mask = np.zeros((len(members), longest), np.int64)
+        for r, s in enumerate(members):
+            ids[r, : len(s)] = s
+            mask[r, : len(s)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    sess.run(["sentence_embedding"], batches[0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for feed in batches:
+            sess.run(["sentence_embedding"], feed)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(s) for s in seqs) * repeat
+    padded = sum(b["input_ids"].size for b in batches) * repeat
+    n = len(seqs) * repeat
+    return {
+        "sentences": n,
+        "tokens": tokens,
+        "padded_tokens": padded,
+        "seconds": seconds,
+        "sentences_per_s": n / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", required=True, type=pathlib.Path)
+    ap.add_argument("--embedrt", type=pathlib.Path, default=os.environ.get("EMBEDRT_BIN", ROOT / "target/release/embedrt"))
+    ap.add_argument("--sentences", type=pathlib.Path, default=ROOT.parent / "shared/data/stsb/stsb-en-dev.csv")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0: all)")
+    ap.add_argument("--work", type=pathlib.Path, default=ROOT / ".cache/onnx-bench")
+    args = ap.parse_args()
+
+    sentences_csv = args.sentences
+    sentences = read_sentences(sentences_csv)
+    if args.limit:
+        sentences = sentences[: args.limit]
+        args.work.mkdir(parents=True, exist_ok=True)
+        sentences_csv = args.work / "sentences.jsonl"
+        sentences_csv.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
+
+    rows = []
+    for model in args.model:
+        name = model.name or model.resolve().name
+        out = args.work / name
+        export(args.embedrt, model, out)
+        print(f"{name}: embedrt CPU engine ...", file=sys.stderr)
+        cpu = bench_cpu(args.embedrt, model, sentences_csv, args.batch_size, args.repeat, args.threads)
+        print(f"{name}: ONNX Runtime ...", file=sys.stderr)
+        onnx = bench_ort(out, sentences, args.batch_size, args.repeat, args.threads)
+        row = {
+            "model": name,
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "sentences": len(sentences) * args.repeat,
+            "embedrt_cpu": cpu,
+            "onnxruntime": onnx,
+            "onnxruntime_version": ort.__version__,
+            "ratio_embedrt_over_ort": cpu["sentences_per_s"] / onnx["sentences_per_s"],
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print()
+    print(f"| model | threads | batch | sentences | embedrt CPU sent/s | ONNX Runtime {ort.__version__} sent/s | ratio (embedrt / ORT) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['threads']} | {r['batch_size']} | {r['sentences']} | "
+            f"{r['embedrt_cpu']['sentences_per_s']:.1f} | {r['onnxruntime']['sentences_per_s']:.1f} | "
+            f"{r['ratio_embedrt_over_ort']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
