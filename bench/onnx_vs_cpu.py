@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ def export(embedrt, model, out):
 
 def bench_cpu(embedrt, model, sentences_csv, batch, repeat, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
             str(embedrt), "bench", "--model", str(model), "--device", "cpu",
@@ -57,15 +59,31 @@ def bench_cpu(embedrt, model, sentences_csv, batch, repeat, threads):
         text=True,
         env=env,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # The whole process: loading, tokenizing, warm-up and the timed passes.
+    result["process_cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
 
 
-def bench_ort(export_dir, sentences, batch, repeat, threads):
+def cpu_seconds_per_pass_embedrt(embedrt, model, sentences_csv, batch, threads, extra=2):
+    """CPU seconds of one timed pass: the difference between a run with
+    1 + extra passes and one with 1 pass, divided by extra (so loading,
+    tokenizing and warm-up cancel out)."""
+    one = bench_cpu(embedrt, model, sentences_csv, batch, 1, threads)
+    more = bench_cpu(embedrt, model, sentences_csv, batch, 1 + extra, threads)
+    return (more["process_cpu_seconds"] - one["process_cpu_seconds"]) / extra
+
+
+def bench_ort(export_dir, sentences, batch, repeat, threads, spinning=True):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        # Idle threads sleep instead of spinning, so CPU time counts work only.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
     tok.no_padding()
@@ -82,11 +100,12 @@ def bench_ort(export_dir, sentences, batch, repeat, threads):
             mask[r, : len(s)] = 1
         batches.append({"input_ids": ids, "attention_mask": mask})
     sess.run(["sentence_embedding"], batches[0])  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         for feed in batches:
             sess.run(["sentence_embedding"], feed)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     tokens = sum(len(s) for s in seqs) * repeat
     padded = sum(b["input_ids"].size for b in batches) * repeat
     n = len(seqs) * repeat
@@ -95,6 +114,7 @@ def bench_ort(export_dir, sentences, batch, repeat, threads):
         "tokens": tokens,
         "padded_tokens": padded,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "sentences_per_s": n / seconds,
         "tokens_per_s": tokens / seconds,
     }
@@ -109,6 +129,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each side is reported")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="also estimate throughput from CPU time (robust on a shared machine)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="use only the first N sentences (0: all)")
     ap.add_argument("--work", type=pathlib.Path, default=ROOT / ".cache/onnx-bench")
     args = ap.parse_args()
@@ -157,6 +182,20 @@ def main():
             "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
         }
+        if args.cpu_time:
+            # Contention-proof estimate: CPU seconds per pass (no spinning on
+            # either side) turned into sentences/s on `threads` dedicated cores.
+            print(f"{name}: CPU-time estimate ...", file=sys.stderr)
+            n = len(sentences)
+            ours = cpu_seconds_per_pass_embedrt(args.embedrt, model, sentences_csv, args.batch_size, args.threads)
+            theirs = bench_ort(out, sentences, args.batch_size, 2, args.threads, spinning=False)["cpu_seconds"] / 2
+            row["cpu_time_estimate"] = {
+                "embedrt_cpu_seconds_per_pass": ours,
+                "onnxruntime_cpu_seconds_per_pass": theirs,
+                "embedrt_sentences_per_s_on_dedicated_cores": n * args.threads / ours,
+                "onnxruntime_sentences_per_s_on_dedicated_cores": n * args.threads / theirs,
+                "ratio_embedrt_over_ort": theirs / ours,
+            }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -172,6 +211,14 @@ def main():
             f"{r['embedrt_cpu']['sentences_per_s']:.1f} | {r['onnxruntime']['sentences_per_s']:.1f} | "
             f"{r['ratio_embedrt_over_ort']:.2f} | {r['ratio_median_of_rounds']:.2f} |"
         )
+    for r in rows:
+        if "cpu_time_estimate" in r:
+            c = r["cpu_time_estimate"]
+            print(
+                f"\nCPU-time estimate, {r['model']}: embedrt {c['embedrt_sentences_per_s_on_dedicated_cores']:.1f}, "
+                f"ONNX Runtime {c['onnxruntime_sentences_per_s_on_dedicated_cores']:.1f} sentences/s on "
+                f"{r['threads']} dedicated cores; ratio {c['ratio_embedrt_over_ort']:.2f}"
+            )
 
 
 if __name__ == "__main__":
