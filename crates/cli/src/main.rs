@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod embed;
 mod eval;
+mod export;
 mod info;
 mod input;
 mod open;
@@ -38,6 +39,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Show what a plan file holds.
     Info(info::InfoArgs),
+    /// ONNX export (fp32/fp16) with pooling and normalization in the graph.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Build(a) => build::run(a),
         Command::Info(a) => info::run(a),
+        Command::Export(a) => export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

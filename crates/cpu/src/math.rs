@@ -128,18 +128,55 @@ fn sum_f32(v: &[f32]) -> f32 {
 }
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, as `torch.nn.GELU()` (not the
-/// tanh approximation).
+/// tanh approximation). Written as `0.5 x (2 - erfc(z))` for x >= 0 and
+/// `0.5 x erfc(|z|)` for x < 0, so the negative side has no cancellation.
+/// Branch-free, so the loop vectorizes: GELU through scalar f64 `libm::erf`
+/// took about a fifth of the engine's time.
 pub fn gelu_in_place(x: &mut [f32]) {
     for v in x.iter_mut() {
-        *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        let c = erfc_nonneg(v.abs() * std::f32::consts::FRAC_1_SQRT_2);
+        let one_plus_erf = if *v >= 0.0 { 2.0 - c } else { c };
+        *v = 0.5 * *v * one_plus_erf;
     }
 }
 
-/// erf for f32 through the f64 routine: exact to f32 rounding. The
-/// bottleneck is the GEMMs, not this.
-#[inline]
-fn erf(x: f32) -> f32 {
-    libm::erf(x as f64) as f32
+/// erfc(z) for z >= 0 by the Chebyshev fit of Press et al., Numerical
+/// Recipes (2nd ed.) §6.2, `erfcc`: relative error below 1.2e-7 for all z.
+#[inline(always)]
+fn erfc_nonneg(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    t * exp_nonpos(-z * z + p)
+}
+
+/// e^y for y <= 0 (inputs below -87 give ~0): y = n ln2 + r with |r| <=
+/// ln2/2, e^r by its degree-7 Taylor polynomial (error < 1e-8 relative),
+/// 2^n from the exponent bits. Branch-free so callers vectorize.
+#[inline(always)]
+fn exp_nonpos(y: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let y = y.max(-87.0);
+    // Round to nearest by the 1.5 * 2^23 trick: `f32::round` is a libm call
+    // on baseline x86-64 and would stop the loop from vectorizing.
+    const ROUNDER: f32 = 12_582_912.0;
+    let n = (y * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
+    let r = (y - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
 }
 
 /// Softmax of one row in place.
@@ -192,6 +229,39 @@ mod tests {
         let want = [-0.0040496, -0.1586553, 0.0, 0.3457312, 1.9544997];
         for (a, b) in v.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gelu_matches_f64_erf_everywhere() {
+        // Against the f64 definition on a dense grid, tails included.
+        let mut worst = 0.0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4;
+            let mut v = [x];
+            gelu_in_place(&mut v);
+            let xd = x as f64;
+            let want = 0.5 * xd * (1.0 + libm::erf(xd / std::f64::consts::SQRT_2));
+            let err = (v[0] as f64 - want).abs() / want.abs().max(1.0);
+            worst = worst.max(err);
+        }
+        assert!(worst < 5e-7, "worst error {worst}");
+        let mut far = [-100.0f32, -30.0, 30.0, 100.0];
+        gelu_in_place(&mut far);
+        for (got, want) in far.iter().zip([0.0f32, 0.0, 30.0, 100.0]) {
+            assert!((got - want).abs() < 1e-30, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn exp_nonpos_matches_std() {
+        for i in 0..87_000 {
+            let y = -(i as f32) * 1e-3;
+            let (got, want) = (exp_nonpos(y), (y as f64).exp());
+            assert!(
+                ((got as f64 - want) / want).abs() < 3e-7,
+                "{y}: {got} vs {want}"
+            );
         }
     }
 

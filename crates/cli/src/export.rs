@@ -1,0 +1,56 @@
+//! `embedrt export`: the model as ONNX (pooling and normalization inside the
+//! graph), with its tokenizer and a manifest.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use embedrt_core::SentenceModel;
+use embedrt_onnx::{export_dir, ExportOptions, Precision, DEFAULT_OPSET};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A sentence-transformers model directory or a Hugging Face model id.
+    #[arg(long)]
+    model: String,
+    /// Output directory (created if missing).
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// Weights and matmuls in fp32 or fp16 (LayerNorm, softmax, pooling stay fp32).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// ONNX opset (17 or newer: LayerNormalization).
+    #[arg(long, default_value_t = DEFAULT_OPSET)]
+    opset: i64,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let precision: Precision = args.precision.parse()?;
+    embedrt_onnx::check_opset(args.opset)?;
+    let model = SentenceModel::load(&args.model)?;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} export: {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let opts = ExportOptions {
+        precision,
+        opset: args.opset,
+    };
+    let result = export_dir(&model, &args.output, &opts, &|msg| {
+        bar.set_message(msg.to_string())
+    });
+    bar.finish_and_clear();
+    let report = result?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "dir": report.dir.display().to_string(),
+            "onnx_bytes": report.onnx_bytes,
+            "manifest": report.manifest,
+        })
+    );
+    Ok(())
+}

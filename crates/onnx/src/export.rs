@@ -1,0 +1,214 @@
+//! Writing an export directory: `model.onnx`, `tokenizer.json` and
+//! `manifest.json`, each atomically (temp file in the directory, then
+//! rename), so a reader never sees a half-written file.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use embedrt_core::SentenceModel;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::encoder::{ATTENTION_MASK, INPUT_IDS, SENTENCE_EMBEDDING, TOKEN_EMBEDDINGS};
+use crate::{build_model, check_opset, Precision};
+
+pub const MODEL_FILE: &str = "model.onnx";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const MANIFEST_FILE: &str = "manifest.json";
+const FORMAT: &str = "embedrt-onnx-export/1";
+
+pub struct ExportOptions {
+    pub precision: Precision,
+    pub opset: i64,
+}
+
+/// `manifest.json`: what the export is and how to check it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub source: String,
+    pub architecture: String,
+    pub precision: String,
+    pub opset: i64,
+    pub pooling: String,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+    pub hidden_size: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// sha256 of the source `model.safetensors`.
+    pub weights_sha256: String,
+    /// sha256 of the written `model.onnx`.
+    pub onnx_sha256: String,
+    pub tokenizer_sha256: String,
+    pub embedrt_version: String,
+}
+
+pub struct ExportReport {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub onnx_bytes: usize,
+}
+
+/// Exports `model` into `dir` (created if missing). `step` is told what is
+/// happening, for a progress display.
+pub fn export_dir(
+    model: &SentenceModel,
+    dir: &Path,
+    opts: &ExportOptions,
+    step: &dyn Fn(&str),
+) -> Result<ExportReport> {
+    check_opset(opts.opset)?;
+    step("loading the weights");
+    let weights = model
+        .load_weights()
+        .with_context(|| format!("loading the weights of {}", model.source))?;
+    step("hashing the weights");
+    let weights_sha256 = sha256_file(&model.weights_path())?;
+    prepare_dir(dir, &weights_sha256)?;
+
+    step("building the graph");
+    let onnx = build_model(model, &weights, opts.precision, opts.opset)?;
+    drop(weights);
+    let tokenizer = export_tokenizer(model)?;
+
+    step("writing");
+    write_atomic(&dir.join(MODEL_FILE), &onnx)?;
+    write_atomic(&dir.join(TOKENIZER_FILE), &tokenizer)?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        source: model.source.clone(),
+        architecture: model.config.architecture.name().into(),
+        precision: opts.precision.name().into(),
+        opset: opts.opset,
+        pooling: model.pooling.name().into(),
+        normalize: model.normalize,
+        max_seq_length: model.max_seq_length,
+        hidden_size: model.config.hidden_size,
+        inputs: vec![INPUT_IDS.into(), ATTENTION_MASK.into()],
+        outputs: vec![TOKEN_EMBEDDINGS.into(), SENTENCE_EMBEDDING.into()],
+        weights_sha256,
+        onnx_sha256: hex::encode(Sha256::digest(&onnx)),
+        tokenizer_sha256: hex::encode(Sha256::digest(&tokenizer)),
+        embedrt_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut json = serde_json::to_vec_pretty(&manifest)?;
+    json.push(b'\n');
+    write_atomic(&dir.join(MANIFEST_FILE), &json)?;
+    Ok(ExportReport {
+        dir: dir.to_path_buf(),
+        manifest,
+        onnx_bytes: onnx.len(),
+    })
+}
+
+/// Creates `dir` if needed and refuses one that holds an export of other
+/// weights (or an ONNX model nobody vouches for); re-exporting the same
+/// weights, in any precision, replaces the files.
+fn prepare_dir(dir: &Path, weights_sha256: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: exists and is not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if manifest_path.exists() {
+        let text = std::fs::read(&manifest_path)
+            .with_context(|| format!("{}: cannot read", manifest_path.display()))?;
+        let old: Manifest = serde_json::from_slice(&text).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: already holds a manifest.json that is not an embedrt export manifest; choose another output directory",
+                dir.display()
+            )
+        })?;
+        if old.weights_sha256 != weights_sha256 {
+            bail!(
+                "{}: already holds an export of a different model ({}, weights sha256 {}); choose another output directory or remove it",
+                dir.display(),
+                old.source,
+                &old.weights_sha256[..old.weights_sha256.len().min(12)]
+            );
+        }
+    } else if dir.join(MODEL_FILE).exists() {
+        bail!(
+            "{}: already holds a model.onnx without a manifest.json, so it may be a different model; choose another output directory or remove it",
+            dir.display()
+        );
+    }
+    // Fail before the expensive work if we cannot write here.
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: output directory is not writable", dir.display()))?;
+    Ok(())
+}
+
+/// The model's tokenizer.json, set up the way the graph expects its inputs:
+/// truncation at max_seq_length, and (if the file pads at all) padding to
+/// the longest sequence of the batch, which yields the attention mask.
+fn export_tokenizer(model: &SentenceModel) -> Result<Vec<u8>> {
+    let mut tok: serde_json::Value = serde_json::from_slice(&model.tokenizer_json)
+        .with_context(|| format!("{}: tokenizer.json is not JSON", model.dir.display()))?;
+    let Some(obj) = tok.as_object_mut() else {
+        bail!(
+            "{}: tokenizer.json is not a JSON object",
+            model.dir.display()
+        );
+    };
+    obj.insert(
+        "truncation".into(),
+        serde_json::json!({
+            "direction": "Right",
+            "max_length": model.max_seq_length,
+            "strategy": "LongestFirst",
+            "stride": 0
+        }),
+    );
+    if let Some(padding) = obj.get_mut("padding").and_then(|p| p.as_object_mut()) {
+        padding.insert("strategy".into(), serde_json::json!("BatchLongest"));
+    }
+    let mut bytes = serde_json::to_vec(&tok)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` via a temp file in the same directory and a
+/// rename, so `path` is either the old file or the complete new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("{}: output directory is not writable", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: writing failed", path.display()))?;
+    // Temp files are private (0600); an export is meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("{}: cannot set permissions", path.display()))?;
+    }
+    tmp.persist(path).map_err(|e| e.error).with_context(|| {
+        format!(
+            "{}: cannot rename the finished file into place",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("{}: read failed", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
