@@ -10,6 +10,7 @@
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod queue;
 mod routes;
 
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use model::{fingerprint_file, BatchSettings, LoadedModel, Loader, Target};
+pub use pool::Engine;
 
 use model::{Current, Slot};
 
