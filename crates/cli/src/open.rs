@@ -121,13 +121,17 @@ pub fn open_engines(args: &ModelArgs) -> Result<(Arc<SentenceModel>, Vec<embedrt
             .iter()
             .map(|&n| {
                 scope.spawn(move || {
-                    CudaEngine::load(plan, n).with_context(|| format!("loading the model onto cuda:{n}"))
+                    CudaEngine::load(plan, n)
+                        .with_context(|| format!("loading the model onto cuda:{n}"))
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a GPU loading thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a GPU loading thread panicked")))
+            })
             .collect()
     });
     let mut engines = Vec::new();
@@ -144,7 +148,11 @@ pub fn open_engines(args: &ModelArgs) -> Result<(Arc<SentenceModel>, Vec<embedrt
 /// `cuda:0` from an engine's `cuda:0 (NVIDIA H100 ...)`; `cpu` stays `cpu`.
 fn device_label(backend: &dyn Backend) -> String {
     let device = backend.info().device;
-    device.split_whitespace().next().unwrap_or("engine").to_string()
+    device
+        .split_whitespace()
+        .next()
+        .unwrap_or("engine")
+        .to_string()
 }
 
 /// The model and the plan every GPU of a set loads.
@@ -290,12 +298,28 @@ mod tests {
     #[test]
     fn device_sets_parse_and_bad_ones_are_refused() {
         assert_eq!(Devices::parse("cuda:all").unwrap(), Devices::AllGpus);
-        assert_eq!(Devices::parse("cuda:0,1").unwrap(), Devices::Gpus(vec![0, 1]));
-        assert_eq!(Devices::parse("cuda:3, 1").unwrap(), Devices::Gpus(vec![3, 1]));
-        assert_eq!(Devices::parse("cuda:2").unwrap(), Devices::One(Device::Cuda(2)));
+        assert_eq!(
+            Devices::parse("cuda:0,1").unwrap(),
+            Devices::Gpus(vec![0, 1])
+        );
+        assert_eq!(
+            Devices::parse("cuda:3, 1").unwrap(),
+            Devices::Gpus(vec![3, 1])
+        );
+        assert_eq!(
+            Devices::parse("cuda:2").unwrap(),
+            Devices::One(Device::Cuda(2))
+        );
         assert_eq!(Devices::parse("cpu").unwrap(), Devices::One(Device::Cpu));
         assert_eq!(Devices::parse("auto").unwrap(), Devices::One(Device::Auto));
-        for bad in ["cuda:0,0", "cuda:0,", "cuda:0,x", "cuda:", "cpu,cuda:0", "cuda:al"] {
+        for bad in [
+            "cuda:0,0",
+            "cuda:0,",
+            "cuda:0,x",
+            "cuda:",
+            "cpu,cuda:0",
+            "cuda:al",
+        ] {
             assert!(Devices::parse(bad).is_err(), "{bad} was accepted");
         }
         // One-device commands refuse a set with a pointer to `serve`.

@@ -312,11 +312,31 @@ impl Metrics {
         }
         type Field = fn(&DeviceCounters) -> String;
         let series: [(&str, &str, Field); 5] = [
-            ("embedrt_device_batches_total", "Engine calls by device.", |c| c.batches.to_string()),
-            ("embedrt_device_sequences_total", "Sequences embedded by device.", |c| c.sequences.to_string()),
-            ("embedrt_device_tokens_total", "Tokens embedded by device.", |c| c.tokens.to_string()),
-            ("embedrt_device_busy_seconds_total", "Seconds each device spent in engine calls.", |c| c.busy_seconds.to_string()),
-            ("embedrt_device_failures_total", "Engine failures by device (each takes that engine out of rotation).", |c| c.failures.to_string()),
+            (
+                "embedrt_device_batches_total",
+                "Engine calls by device.",
+                |c| c.batches.to_string(),
+            ),
+            (
+                "embedrt_device_sequences_total",
+                "Sequences embedded by device.",
+                |c| c.sequences.to_string(),
+            ),
+            (
+                "embedrt_device_tokens_total",
+                "Tokens embedded by device.",
+                |c| c.tokens.to_string(),
+            ),
+            (
+                "embedrt_device_busy_seconds_total",
+                "Seconds each device spent in engine calls.",
+                |c| c.busy_seconds.to_string(),
+            ),
+            (
+                "embedrt_device_failures_total",
+                "Engine failures by device (each takes that engine out of rotation).",
+                |c| c.failures.to_string(),
+            ),
         ];
         for (name, help, field) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -194,7 +194,9 @@ pub fn worker(queue: Arc<Queue>, pool: Arc<Pool>, index: usize, metrics: Arc<Met
             for item in batch {
                 item.fail(&why);
             }
-            queue.fail_all(&format!("every engine of this model has failed (last: {why}); reload the model"));
+            queue.fail_all(&format!(
+                "every engine of this model has failed (last: {why}); reload the model"
+            ));
         } else {
             let (again, twice): (Vec<Item>, Vec<Item>) =
                 batch.into_iter().partition(|i| !i.was_retried());

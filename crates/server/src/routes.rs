@@ -326,10 +326,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .as_ref()
         .and_then(|s| s.memory_in_use.as_ref())
         .and_then(|f| f());
-    let statuses = slot
-        .as_ref()
-        .map(|s| s.pool.statuses())
-        .unwrap_or_default();
+    let statuses = slot.as_ref().map(|s| s.pool.statuses()).unwrap_or_default();
     let engines: Vec<(&str, bool)> = statuses
         .iter()
         .map(|r| (r.label.as_str(), r.healthy))
