@@ -58,7 +58,10 @@ fn engines(model: &SentenceModel, devices: &str, precision: Precision) -> Result
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a loading thread panicked")))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a loading thread panicked"))
+            })
             .collect()
     });
     ordinals
