@@ -1,5 +1,5 @@
 #!/bin/bash
-# Two-GPU throughput (issue 7): W1 and W2 of the GPU benchmark through the server's queue and
+# Two-GPU throughput and failover (issue 7): W1 and W2 of the GPU benchmark through the server's queue and
 # engine pool, first on cuda:0 alone, then on cuda:0,1; then the same through `embedrt serve`
 # over HTTP with the load client. Needs a machine with >= 2 GPUs (device kind nvidia-h200-x2).
 # Builds nothing: binaries prebuilt (x86-64) in .gpu/ (bench/gpu/prepare_carry.sh, plus
@@ -16,6 +16,10 @@ timeout 200 python3 $G/make_mpnet.py /tmp/mpnet $G/tokenizer.json 2>&1 | tail -1
 for d in cuda:0 cuda:0,1; do
   timeout 280 $G/pool_bench /tmp/mpnet $G/stsb-en-dev.csv "$d" fp16 2>&1 | tee -a "$O/pool.jsonl"
 done
+# Failover with real CUDA engines: cuda:0 behind a fault injector fails from its 5th batch on;
+# W1 must complete (exit 0, every job answered) with cuda:0 out of rotation ("healthy": 1).
+timeout 200 $G/pool_bench /tmp/mpnet $G/stsb-en-dev.csv cuda:0,1 fp16 failover 2>&1 | tee "$O/failover.jsonl"
+echo "failover exit: ${PIPESTATUS[0]}" | tee -a "$O/failover.jsonl"
 python3 - "$O/pool.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]

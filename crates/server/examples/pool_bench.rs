@@ -3,20 +3,23 @@
 //! `embedrt serve --device cuda:0,1` over `cuda:0` can be measured without
 //! the HTTP client becoming the bottleneck.
 //!
-//!   pool_bench MODEL_DIR STSB_DEV_CSV DEVICES [fp16|fp32]
+//!   pool_bench MODEL_DIR STSB_DEV_CSV DEVICES [fp16|fp32] [failover]
 //!
 //! DEVICES: `cuda:0`, `cuda:0,1`, ... (one engine per GPU, the plan built
-//! once and loaded on each) or `cpu` (one CPU engine: a check that the
-//! bench runs, not a measurement). W1 = jobs of 256 × 128 random ids,
+//! once and loaded on each) or `cpu`, `cpu,cpu` (CPU engines: a check that
+//! the bench runs, not a measurement). `failover`: the first engine sits
+//! behind a fault injector that fails every batch from its 5th on; W1 must
+//! still complete with every job answered and that engine out of rotation. W1 = jobs of 256 × 128 random ids,
 //! 40 of them queued at once; W2 = the STS-B dev sentences (3,000) sorted
 //! by length as one job, in batches of at most 256 sentences so that the
 //! job spreads over the engines. Prints one JSON line per workload.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use embedrt_core::{sts, Backend, SentenceModel, TokenBatch};
+use embedrt_core::{sts, Backend, BackendInfo, SentenceModel, TokenBatch};
 use embedrt_cpu::CpuEngine;
 use embedrt_cuda::engine::random_batch;
 use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Precision};
@@ -26,13 +29,20 @@ use embedrt_server::Metrics;
 use serde_json::json;
 
 fn engines(model: &SentenceModel, devices: &str, precision: Precision) -> Result<Vec<Engine>> {
-    if devices == "cpu" {
-        let weights = model.load_weights()?;
-        let engine = CpuEngine::new(&model.config, weights, model.pooling, model.max_seq_length)?;
-        return Ok(vec![Engine {
-            label: "cpu".into(),
-            backend: Arc::new(engine),
-        }]);
+    if devices.split(',').all(|d| d == "cpu") {
+        return devices
+            .split(',')
+            .enumerate()
+            .map(|(i, _)| {
+                let weights = model.load_weights()?;
+                let engine =
+                    CpuEngine::new(&model.config, weights, model.pooling, model.max_seq_length)?;
+                Ok(Engine {
+                    label: format!("cpu:{i}"),
+                    backend: Arc::new(engine) as Arc<dyn Backend>,
+                })
+            })
+            .collect();
     }
     let Some(list) = devices.strip_prefix("cuda:") else {
         bail!("devices {devices:?}: use cpu or cuda:0,1,...");
@@ -98,6 +108,31 @@ fn run_jobs(queue: &Queue, jobs: &[Vec<Vec<u32>>]) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// A fault injector for the `failover` mode: a real engine that fails
+/// every batch from its `fail_from`-th call on, as a lost GPU does.
+struct FaultInjector {
+    inner: Arc<dyn Backend>,
+    calls: AtomicUsize,
+    fail_from: usize,
+}
+
+impl Backend for FaultInjector {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+    fn hidden_size(&self) -> usize {
+        self.inner.hidden_size()
+    }
+    fn embed(&self, batch: &TokenBatch) -> embedrt_core::Result<Vec<f32>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 >= self.fail_from {
+            return Err(embedrt_core::Error::Backend(
+                "fault injector: simulated lost device".into(),
+            ));
+        }
+        self.inner.embed(batch)
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -106,11 +141,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model_dir, csv, devices, rest @ ..] = args.as_slice() else {
-        bail!("usage: pool_bench MODEL_DIR STSB_DEV_CSV DEVICES [fp16|fp32]");
+        bail!("usage: pool_bench MODEL_DIR STSB_DEV_CSV DEVICES [fp16|fp32] [failover]");
     };
     let precision: Precision = rest.first().map_or("fp16", String::as_str).parse()?;
+    let failover = rest.get(1).is_some_and(|m| m == "failover");
     let model = SentenceModel::load(model_dir)?;
-    let engines = engines(&model, devices, precision)?;
+    let mut engines = engines(&model, devices, precision)?;
+    if failover {
+        if engines.len() < 2 {
+            bail!("failover needs two engines or more");
+        }
+        engines[0].backend = Arc::new(FaultInjector {
+            inner: engines[0].backend.clone(),
+            calls: AtomicUsize::new(0),
+            fail_from: 5,
+        });
+    }
     let max_tokens = engines
         .iter()
         .map(|e| e.backend.info().max_batch_tokens)
@@ -138,7 +184,12 @@ fn main() -> Result<()> {
         .collect();
     w2.sort_by_key(Vec::len);
 
-    for (name, jobs, per_batch, reps) in [("W1", w1, 256, 5), ("W2", vec![w2], 256, 7)] {
+    let workloads = if failover {
+        vec![("W1 failover", w1, 256, 1)]
+    } else {
+        vec![("W1", w1, 256, 5), ("W2", vec![w2], 256, 7)]
+    };
+    for (name, jobs, per_batch, reps) in workloads {
         let (queue, pool) = start(
             &engines,
             BatchLimits {
@@ -165,6 +216,7 @@ fn main() -> Result<()> {
                 "sequences_per_second": sequences as f64 / t,
                 "batches_per_device": pool.statuses().iter().map(|s| json!([s.label, s.batches])).collect::<Vec<_>>(),
                 "healthy": pool.healthy(),
+                "failed": pool.statuses().iter().filter_map(|s| s.error.clone()).collect::<Vec<_>>(),
             })
         );
     }
