@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use embedrt_core::Embedder;
+use embedrt_core::SentenceModel;
 use embedrt_server::{fingerprint_file, BatchSettings, LoadedModel, Options, Target};
 
-use crate::open::{open, ModelArgs};
+use crate::open::{open_engines, ModelArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// What to serve first (--model, and --plan where the build has plans),
-    /// and where; a reload keeps the device and overrides.
+    /// What to serve first (--model or --plan) and where (--device also
+    /// takes cuda:all or cuda:0,1,...: one engine per GPU); a reload keeps
+    /// the devices and overrides.
     #[command(flatten)]
     model: ModelArgs,
     #[arg(long, default_value = "127.0.0.1")]
@@ -71,9 +72,9 @@ fn args_for(base: &ModelArgs, target: &Target) -> Result<ModelArgs> {
 }
 
 /// A short hash of what was loaded: the weights file, or the plan file.
-fn fingerprint(target: &Target, embedder: &Embedder) -> Result<String> {
+fn fingerprint(target: &Target, model: &SentenceModel) -> Result<String> {
     let path = match target {
-        Target::Model(_) => embedder.model.weights_path(),
+        Target::Model(_) => model.weights_path(),
         Target::Plan(plan) => PathBuf::from(plan),
     };
     fingerprint_file(&path).with_context(|| format!("fingerprinting {}", path.display()))
@@ -83,13 +84,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let initial = initial_target(&args.model);
     let base = args.model.clone();
     let loader = Arc::new(move |target: &Target| -> Result<LoadedModel> {
-        let embedder = open(&args_for(&base, target)?)?;
-        let fingerprint = fingerprint(target, &embedder)?;
+        let (model, engines) = open_engines(&args_for(&base, target)?)?;
+        let fingerprint = fingerprint(target, &model)?;
         let name = match target {
             Target::Model(m) | Target::Plan(m) => m.clone(),
         };
         Ok(LoadedModel {
-            embedder,
+            model,
+            engines,
             name,
             fingerprint,
             memory_in_use: None,

@@ -47,6 +47,15 @@ impl ApiError {
         )
     }
 
+    /// Every engine of the serving model has failed.
+    pub fn no_engine() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "every engine of the serving model has failed; reload it (POST /admin/reload)",
+        )
+    }
+
     pub fn backend(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend", message)
     }

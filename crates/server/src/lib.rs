@@ -10,6 +10,7 @@
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod queue;
 mod routes;
 
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use model::{fingerprint_file, BatchSettings, LoadedModel, Loader, Target};
+pub use pool::Engine;
 
 use model::{Current, Slot};
 
@@ -272,6 +274,24 @@ async fn serve(options: Options, initial: Target, loader: Loader) -> Result<()> 
     let listener = tokio::net::TcpListener::bind((options.host.as_str(), options.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", options.host, options.port))?;
+    serve_on(listener, options, initial, loader, true, async {
+        stop_signal().await;
+        eprintln!("embedrt serve: stopping; finishing in-flight requests");
+    })
+    .await
+}
+
+/// Serves on `listener` until `stop` resolves (then finishes in-flight
+/// requests and returns `Ok`) or the first model fails to load (`Err`).
+/// `signals`: SIGHUP reloads. Tests run a server in-process through this.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    options: Options,
+    initial: Target,
+    loader: Loader,
+    signals: bool,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let addr: SocketAddr = listener.local_addr().context("the listening address")?;
     eprintln!("embedrt serve: listening on http://{addr} (loading {initial})");
     let state = Arc::new(AppState {
@@ -298,11 +318,13 @@ async fn serve(options: Options, initial: Target, loader: Loader) -> Result<()> 
             }
         });
     }
-    reload_on_sighup(state.clone());
+    if signals {
+        reload_on_sighup(state.clone());
+    }
 
     let shutdown = async move {
         tokio::select! {
-            _ = stop_signal() => eprintln!("embedrt serve: stopping; finishing in-flight requests"),
+            _ = stop => {}
             Ok(()) = failed_rx => {}
         }
     };

@@ -71,6 +71,16 @@ struct Batches {
     inference: Histogram,
 }
 
+/// What one device has done since the server started (across reloads).
+#[derive(Default)]
+struct DeviceCounters {
+    batches: u64,
+    sequences: u64,
+    tokens: u64,
+    busy_seconds: f64,
+    failures: u64,
+}
+
 /// Everything `/metrics` reports. Shared by the HTTP layer and the batchers.
 pub struct Metrics {
     /// (route, status) -> request latency.
@@ -80,6 +90,9 @@ pub struct Metrics {
     dropped_inputs: AtomicU64,
     models_loaded: AtomicI64,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    /// Device label -> its counters.
+    devices: Mutex<BTreeMap<String, DeviceCounters>>,
+    retried_inputs: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -101,6 +114,8 @@ impl Metrics {
             dropped_inputs: AtomicU64::new(0),
             models_loaded: AtomicI64::new(0),
             reloads: Mutex::new(BTreeMap::new()),
+            devices: Mutex::new(BTreeMap::new()),
+            retried_inputs: AtomicU64::new(0),
         }
     }
 
@@ -111,11 +126,31 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn batch_ran(&self, sequences: usize, tokens: usize, elapsed: Duration) {
-        let mut b = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-        b.size.observe(sequences as f64);
-        b.tokens.observe(tokens as f64);
-        b.inference.observe(elapsed.as_secs_f64());
+    /// One engine call on `device`, whatever its outcome.
+    pub fn batch_ran(&self, device: &str, sequences: usize, tokens: usize, elapsed: Duration) {
+        {
+            let mut b = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+            b.size.observe(sequences as f64);
+            b.tokens.observe(tokens as f64);
+            b.inference.observe(elapsed.as_secs_f64());
+        }
+        let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let c = d.entry(device.to_string()).or_default();
+        c.batches += 1;
+        c.sequences += sequences as u64;
+        c.tokens += tokens as u64;
+        c.busy_seconds += elapsed.as_secs_f64();
+    }
+
+    /// `device` failed and left the rotation.
+    pub fn engine_failed(&self, device: &str) {
+        let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        d.entry(device.to_string()).or_default().failures += 1;
+    }
+
+    /// Inputs handed back by a failed engine and queued again.
+    pub fn inputs_retried(&self, n: u64) {
+        self.retried_inputs.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn queue_changed(&self, delta: i64) {
@@ -136,8 +171,14 @@ impl Metrics {
     }
 
     /// The text exposition; `model` is (version, name, counter) of the model
-    /// now serving, `gpu_memory` the bytes its engine holds where it knows.
-    pub fn render(&self, model: Option<(&str, &str, u64)>, gpu_memory: Option<u64>) -> String {
+    /// now serving, `gpu_memory` the bytes its engine holds where it knows,
+    /// `engines` (device label, in rotation) for each of its engines.
+    pub fn render(
+        &self,
+        model: Option<(&str, &str, u64)>,
+        gpu_memory: Option<u64>,
+        engines: &[(&str, bool)],
+    ) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP embedrt_request_duration_seconds HTTP request latency by route and status.\n",
@@ -208,6 +249,7 @@ impl Metrics {
         {
             let _ = writeln!(out, "embedrt_reloads_total{{result=\"{result}\"}} {n}");
         }
+        self.render_devices(&mut out, engines);
         if let Some((version, name, counter)) = model {
             out.push_str("# HELP embedrt_model_info The model now serving.\n");
             out.push_str("# TYPE embedrt_model_info gauge\n");
@@ -234,6 +276,74 @@ impl Metrics {
             let _ = writeln!(out, "embedrt_gpu_memory_used_bytes {bytes}");
         }
         out
+    }
+}
+
+impl Metrics {
+    fn render_devices(&self, out: &mut String, engines: &[(&str, bool)]) {
+        out.push_str(
+            "# HELP embedrt_inputs_retried_total Inputs requeued for another engine after theirs failed.\n",
+        );
+        out.push_str("# TYPE embedrt_inputs_retried_total counter\n");
+        let _ = writeln!(
+            out,
+            "embedrt_inputs_retried_total {}",
+            self.retried_inputs.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP embedrt_engine_healthy 1 while the serving model's engine on this device is in rotation, 0 after it failed.\n",
+        );
+        out.push_str("# TYPE embedrt_engine_healthy gauge\n");
+        for (label, healthy) in engines {
+            let _ = writeln!(
+                out,
+                "embedrt_engine_healthy{{device=\"{}\"}} {}",
+                escape(label),
+                u8::from(*healthy)
+            );
+        }
+        let d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counters: BTreeMap<&str, &DeviceCounters> =
+            d.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        // A device that has not run a batch yet still gets its zeros.
+        let zero = DeviceCounters::default();
+        for (label, _) in engines {
+            counters.entry(label).or_insert(&zero);
+        }
+        type Field = fn(&DeviceCounters) -> String;
+        let series: [(&str, &str, Field); 5] = [
+            (
+                "embedrt_device_batches_total",
+                "Engine calls by device.",
+                |c| c.batches.to_string(),
+            ),
+            (
+                "embedrt_device_sequences_total",
+                "Sequences embedded by device.",
+                |c| c.sequences.to_string(),
+            ),
+            (
+                "embedrt_device_tokens_total",
+                "Tokens embedded by device.",
+                |c| c.tokens.to_string(),
+            ),
+            (
+                "embedrt_device_busy_seconds_total",
+                "Seconds each device spent in engine calls.",
+                |c| c.busy_seconds.to_string(),
+            ),
+            (
+                "embedrt_device_failures_total",
+                "Engine failures by device (each takes that engine out of rotation).",
+                |c| c.failures.to_string(),
+            ),
+        ];
+        for (name, help, field) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (label, c) in &counters {
+                let _ = writeln!(out, "{name}{{device=\"{}\"}} {}", escape(label), field(c));
+            }
+        }
     }
 }
 

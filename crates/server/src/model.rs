@@ -1,10 +1,10 @@
 //! Loaded models and the atomic switch between them.
 //!
-//! A [`Slot`] is one loaded model with its own queue and batcher thread.
-//! Requests take an `Arc<Slot>` when they start and keep it to the end, so a
+//! A [`Slot`] is one loaded model with its own queue and a pool of engines
+//! (one per device, each with its worker thread). Requests take an `Arc<Slot>` when they start and keep it to the end, so a
 //! reload only changes which slot *new* requests get; in-flight ones finish
 //! on the old slot. When the last request lets go of an old slot, its queue
-//! closes, its batcher thread ends and the engine is freed.
+//! closes, its worker threads end and the engines are freed.
 
 use std::io::Read;
 use std::path::Path;
@@ -16,7 +16,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
-use crate::queue::{batcher, BatchLimits, Queue};
+use crate::pool::{worker, Engine, Pool};
+use crate::queue::{BatchLimits, Queue};
 
 /// What to load: a model (directory or hub id) or a plan file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -35,15 +36,42 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A model the caller loaded, ready to be put into a slot.
+/// A model the caller loaded, ready to be put into a slot: the model (its
+/// tokenizer, config, pooling) and one engine per device, every engine
+/// holding the same weights.
 pub struct LoadedModel {
-    pub embedder: Embedder,
+    pub model: Arc<SentenceModel>,
+    pub engines: Vec<Engine>,
     /// What `/info` and the OpenAI route call the model.
     pub name: String,
     /// A short hash of the weights (or plan) file: changes when the file does.
     pub fingerprint: String,
     /// Device memory the engine holds, where it can tell.
     pub memory_in_use: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>>,
+}
+
+impl LoadedModel {
+    /// One engine: what `open` gives for a single device.
+    pub fn single(embedder: Embedder, name: String, fingerprint: String) -> LoadedModel {
+        let Embedder { model, backend } = embedder;
+        LoadedModel {
+            model,
+            engines: vec![Engine {
+                // `cuda:0` of `cuda:0 (NVIDIA ...)`; `cpu` stays `cpu`.
+                label: backend
+                    .info()
+                    .device
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("engine")
+                    .to_string(),
+                backend,
+            }],
+            name,
+            fingerprint,
+            memory_in_use: None,
+        }
+    }
 }
 
 /// Loads a target; runs on a blocking thread.
@@ -75,15 +103,20 @@ pub struct Slot {
     pub name: String,
     pub target: Target,
     pub model: Arc<SentenceModel>,
+    /// The limits every engine of the pool takes; `device` lists them all.
     pub info: BackendInfo,
     pub hidden_size: usize,
     pub queue: Arc<Queue>,
+    pub pool: Arc<Pool>,
+    /// Held by the slot and every worker: the model counts as loaded until
+    /// all of them are gone.
+    _unloaded: Arc<Unloaded>,
     pub memory_in_use: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // No request holds this slot any more: let the batcher drain and end.
+        // No request holds this slot any more: let the workers drain and end.
         self.queue.close();
     }
 }
@@ -110,8 +143,59 @@ fn warm_up(model: &SentenceModel, backend: &dyn Backend) -> Result<()> {
     Ok(())
 }
 
+/// Says when the last of a model's worker threads has ended.
+struct Unloaded {
+    metrics: Arc<Metrics>,
+    version: String,
+}
+
+impl Drop for Unloaded {
+    fn drop(&mut self) {
+        self.metrics.model_loaded(-1);
+        eprintln!("embedrt serve: model version {} unloaded", self.version);
+    }
+}
+
+/// The limits all engines take, and every engine's device.
+fn common_info(engines: &[Engine]) -> Result<BackendInfo> {
+    let infos: Vec<BackendInfo> = engines.iter().map(|e| e.backend.info()).collect();
+    let Some(first) = infos.first() else {
+        anyhow::bail!("the loader returned no engine");
+    };
+    let hidden = engines[0].backend.hidden_size();
+    if let Some(e) = engines.iter().find(|e| e.backend.hidden_size() != hidden) {
+        anyhow::bail!(
+            "{}: hidden size {} differs from {}'s {hidden}",
+            e.label,
+            e.backend.hidden_size(),
+            engines[0].label
+        );
+    }
+    let mut labels: Vec<&str> = engines.iter().map(|e| e.label.as_str()).collect();
+    labels.sort_unstable();
+    if labels.windows(2).any(|w| w[0] == w[1]) {
+        anyhow::bail!("two engines have the same device label");
+    }
+    Ok(BackendInfo {
+        device: if infos.len() == 1 {
+            first.device.clone()
+        } else {
+            engines
+                .iter()
+                .map(|e| e.label.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        precision: first.precision.clone(),
+        max_batch_size: infos.iter().map(|i| i.max_batch_size).min().unwrap_or(1),
+        max_batch_tokens: infos.iter().map(|i| i.max_batch_tokens).min().unwrap_or(1),
+        max_seq_len: infos.iter().map(|i| i.max_seq_len).min().unwrap_or(1),
+    })
+}
+
 impl Slot {
-    /// Warms the model up, then starts its batcher thread. Blocking.
+    /// Warms every engine up, then starts one worker thread per engine.
+    /// Blocking.
     pub fn start(
         loaded: LoadedModel,
         target: Target,
@@ -120,14 +204,17 @@ impl Slot {
         metrics: Arc<Metrics>,
     ) -> Result<Slot> {
         let LoadedModel {
-            embedder,
+            model,
+            engines,
             name,
             fingerprint,
             memory_in_use,
         } = loaded;
-        let Embedder { model, backend } = embedder;
-        warm_up(&model, backend.as_ref())?;
-        let info = backend.info();
+        let info = common_info(&engines)?;
+        for engine in &engines {
+            warm_up(&model, engine.backend.as_ref())
+                .with_context(|| format!("warming up {}", engine.label))?;
+        }
         let max_tokens = settings
             .max_batch_tokens
             .unwrap_or(16384)
@@ -146,18 +233,32 @@ impl Slot {
             metrics.clone(),
         ));
         let version = format!("{counter}-{fingerprint}");
-        let thread_queue = queue.clone();
-        let thread_version = version.clone();
-        let hidden_size = backend.hidden_size();
+        let hidden_size = engines[0].backend.hidden_size();
+        let pool = Arc::new(Pool::new(engines));
         metrics.model_loaded(1);
-        std::thread::Builder::new()
-            .name(format!("batcher-{counter}"))
-            .spawn(move || {
-                batcher(thread_queue, backend, metrics.clone());
-                metrics.model_loaded(-1);
-                eprintln!("embedrt serve: model version {thread_version} unloaded");
-            })
-            .context("starting the batcher thread")?;
+        let unloaded = Arc::new(Unloaded {
+            metrics: metrics.clone(),
+            version: version.clone(),
+        });
+        for (index, replica) in pool.replicas().iter().enumerate() {
+            let (q, p, m, u) = (
+                queue.clone(),
+                pool.clone(),
+                metrics.clone(),
+                unloaded.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("engine-{counter}-{}", replica.label))
+                .spawn(move || {
+                    worker(q, p, index, m);
+                    drop(u);
+                });
+            if let Err(e) = spawned {
+                // Workers already started end once the queue closes.
+                queue.close();
+                return Err(e).context("starting an engine worker thread");
+            }
+        }
         Ok(Slot {
             version,
             counter,
@@ -167,8 +268,15 @@ impl Slot {
             info,
             hidden_size,
             queue,
+            pool,
+            _unloaded: unloaded,
             memory_in_use,
         })
+    }
+
+    /// At least one engine still serves.
+    pub fn is_serving(&self) -> bool {
+        self.pool.healthy() > 0
     }
 }
 

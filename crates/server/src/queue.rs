@@ -1,7 +1,7 @@
-//! The batching queue: requests put their tokenized inputs in, one batcher
-//! thread per loaded model takes batches out under a token budget and a
-//! sequence cap, runs the blocking backend and hands each row back to the
-//! request it came from.
+//! The batching queue: requests put their tokenized inputs in; the worker
+//! threads of a loaded model's engines ([`crate::pool`]) take batches out
+//! under a token budget and a sequence cap, run their blocking engine and
+//! hand each row back to the request it came from.
 //!
 //! Inputs of one request are queued together and in order, so they may span
 //! batches; results are placed by index, so they come back in order whatever
@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use embedrt_core::{Backend, TokenBatch};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -74,11 +73,27 @@ pub struct Item {
     ids: Vec<u32>,
     index: usize,
     job: Arc<Job>,
+    /// Handed back once already by an engine that failed.
+    retried: bool,
 }
 
 impl Item {
     pub fn ids(&self) -> &[u32] {
         &self.ids
+    }
+
+    /// Hands this input's pooled vector to its request.
+    pub fn deliver(self, row: Vec<f32>) {
+        self.job.deliver(self.index, row);
+    }
+
+    /// Fails this input's whole request with `message`.
+    pub fn fail(self, message: &str) {
+        self.job.fail(message);
+    }
+
+    pub fn was_retried(&self) -> bool {
+        self.retried
     }
 }
 
@@ -125,6 +140,8 @@ struct State {
     items: VecDeque<Item>,
     tokens: usize,
     closed: bool,
+    /// Set when no engine is left to serve: new work fails with this.
+    failed: Option<String>,
 }
 
 pub struct Queue {
@@ -147,6 +164,7 @@ impl Queue {
                 items: VecDeque::new(),
                 tokens: 0,
                 closed: false,
+                failed: None,
             }),
             wake: Condvar::new(),
             limits: BatchLimits {
@@ -179,7 +197,10 @@ impl Queue {
             }
         } else {
             let mut st = lock(&self.state);
-            if st.closed {
+            if let Some(why) = st.failed.clone() {
+                drop(st);
+                job.fail(&why);
+            } else if st.closed {
                 drop(st);
                 job.fail("the model is being unloaded");
             } else {
@@ -189,6 +210,7 @@ impl Queue {
                         ids,
                         index,
                         job: job.clone(),
+                        retried: false,
                     });
                 }
                 self.metrics.queue_changed(n as i64);
@@ -203,6 +225,43 @@ impl Queue {
     pub fn close(&self) {
         lock(&self.state).closed = true;
         self.wake.notify_all();
+    }
+
+    /// Puts the inputs of a batch whose engine failed back at the front,
+    /// in their order, for another engine to take.
+    pub fn requeue(&self, items: Vec<Item>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if let Some(why) = st.failed.clone() {
+            drop(st);
+            items.into_iter().for_each(|i| i.fail(&why));
+            return;
+        }
+        let n = items.len();
+        for mut item in items.into_iter().rev() {
+            item.retried = true;
+            st.tokens += item.ids.len();
+            st.items.push_front(item);
+        }
+        self.metrics.queue_changed(n as i64);
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    /// No engine is left: fails everything queued and all later work.
+    pub fn fail_all(&self, message: &str) {
+        let mut st = lock(&self.state);
+        st.failed = Some(message.to_string());
+        let items: Vec<Item> = st.items.drain(..).collect();
+        st.tokens = 0;
+        self.metrics.queue_changed(-(items.len() as i64));
+        drop(st);
+        self.wake.notify_all();
+        for item in items {
+            item.job.fail(message);
+        }
     }
 
     fn purge_cancelled(&self, st: &mut State) {
@@ -236,7 +295,7 @@ impl Queue {
         loop {
             self.purge_cancelled(&mut st);
             if st.items.is_empty() {
-                if st.closed {
+                if st.closed || st.failed.is_some() {
                     return None;
                 }
                 st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -275,50 +334,13 @@ impl Queue {
             }
             st.tokens -= tokens;
             self.metrics.queue_changed(-(batch.len() as i64));
+            let more = !st.items.is_empty();
+            drop(st);
+            if more {
+                // Another idle engine may take the rest.
+                self.wake.notify_one();
+            }
             return Some(batch);
         }
-    }
-}
-
-/// Runs one batch on the engine and hands every row to its request.
-pub fn run_batch(backend: &dyn Backend, batch: Vec<Item>, metrics: &Metrics) {
-    let mut tokens = TokenBatch::new();
-    for item in &batch {
-        tokens.push(&item.ids);
-    }
-    let start = Instant::now();
-    let result = backend.embed(&tokens);
-    metrics.batch_ran(batch.len(), tokens.total_tokens(), start.elapsed());
-    let hidden = backend.hidden_size();
-    match result {
-        Ok(pooled) if pooled.len() == batch.len() * hidden => {
-            for (item, row) in batch.into_iter().zip(pooled.chunks_exact(hidden)) {
-                item.job.deliver(item.index, row.to_vec());
-            }
-        }
-        Ok(pooled) => {
-            let msg = format!(
-                "the engine returned {} values for {} sequences of width {hidden}",
-                pooled.len(),
-                batch.len()
-            );
-            for item in batch {
-                item.job.fail(&msg);
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            for item in batch {
-                item.job.fail(&msg);
-            }
-        }
-    }
-}
-
-/// The batcher loop of one loaded model; returns when the queue is closed
-/// and drained, dropping its reference to the engine.
-pub fn batcher(queue: Arc<Queue>, backend: Arc<dyn Backend>, metrics: Arc<Metrics>) {
-    while let Some(batch) = queue.next_batch() {
-        run_batch(backend.as_ref(), batch, &metrics);
     }
 }

@@ -88,6 +88,9 @@ fn admit(state: &AppState) -> Result<Admitted, ApiError> {
         ))
     })?;
     let slot = state.current.get().ok_or_else(ApiError::not_ready)?;
+    if !slot.is_serving() {
+        return Err(ApiError::no_engine().with_version(&slot.version));
+    }
     Ok(Admitted {
         _permit: permit,
         slot,
@@ -259,6 +262,21 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     let slot = state.current.get().ok_or_else(ApiError::not_ready)?;
     let limits = slot.queue.limits();
     let o = &state.options;
+    let devices: Vec<serde_json::Value> = slot
+        .pool
+        .statuses()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "device": r.label,
+                "engine": r.device,
+                "state": if r.healthy { "healthy" } else { "failed" },
+                "batches": r.batches,
+                "failures": u8::from(!r.healthy),
+                "error": r.error,
+            })
+        })
+        .collect();
     let body = json!({
         "model_id": slot.name,
         "model_version": slot.version,
@@ -269,6 +287,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
         "hidden_size": slot.hidden_size,
         "precision": slot.info.precision,
         "device": slot.info.device,
+        "devices": devices,
         "max_input_length": slot.info.max_seq_len.min(slot.model.max_seq_length),
         "max_batch_tokens": limits.max_tokens,
         "max_batch_requests": limits.max_sequences,
@@ -287,6 +306,9 @@ pub async fn health() -> Response {
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.current.get() {
+        Some(slot) if !slot.is_serving() => ApiError::no_engine()
+            .with_version(&slot.version)
+            .into_response(),
         Some(slot) => with_version(
             Json(json!({"status": "ready", "model_version": slot.version})).into_response(),
             &slot,
@@ -304,7 +326,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .as_ref()
         .and_then(|s| s.memory_in_use.as_ref())
         .and_then(|f| f());
-    let text = state.metrics.render(model, memory);
+    let statuses = slot.as_ref().map(|s| s.pool.statuses()).unwrap_or_default();
+    let engines: Vec<(&str, bool)> = statuses
+        .iter()
+        .map(|r| (r.label.as_str(), r.healthy))
+        .collect();
+    let text = state.metrics.render(model, memory, &engines);
     (
         [(
             header::CONTENT_TYPE,

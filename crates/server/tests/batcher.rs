@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use embedrt_core::{Backend, SentenceModel, TokenBatch};
 use embedrt_cpu::CpuEngine;
-use embedrt_server::queue::{batcher, BatchLimits, Queue};
+use embedrt_server::pool::{run_batch, worker, Engine, Pool};
+use embedrt_server::queue::{BatchLimits, Queue};
 use embedrt_server::Metrics;
 
 fn fixture() -> (SentenceModel, Arc<dyn Backend>) {
@@ -69,8 +70,12 @@ fn spawn_batcher(
     backend: &Arc<dyn Backend>,
     metrics: &Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
-    let (q, b, m) = (queue.clone(), backend.clone(), metrics.clone());
-    std::thread::spawn(move || batcher(q, b, m))
+    let pool = Arc::new(Pool::new(vec![Engine {
+        label: "cpu".into(),
+        backend: backend.clone(),
+    }]));
+    let (q, m) = (queue.clone(), metrics.clone());
+    std::thread::spawn(move || worker(q, pool, 0, m))
 }
 
 #[test]
@@ -88,7 +93,7 @@ fn requests_spanning_batches_come_back_in_order_and_match_the_engine() {
     assert_close(&tb.wait_blocking().unwrap(), &alone(backend.as_ref(), &b));
     queue.close();
     worker.join().unwrap();
-    let text = metrics.render(None, None);
+    let text = metrics.render(None, None, &[]);
     // 27 sequences at 3 per batch: 9 engine calls.
     assert!(text.contains("embedrt_batch_size_count 9"), "{text}");
     assert!(text.contains("embedrt_queue_depth 0"), "{text}");
@@ -147,12 +152,12 @@ fn work_of_a_dropped_request_never_reaches_the_engine() {
     let batch = queue.next_batch().unwrap();
     let ids: Vec<Vec<u32>> = batch.iter().map(|i| i.ids().to_vec()).collect();
     assert_eq!(ids, kept);
-    embedrt_server::queue::run_batch(backend.as_ref(), batch, &metrics);
+    let _ = run_batch(backend.as_ref(), "cpu", batch, &metrics);
     assert_close(
         &ticket_kept.wait_blocking().unwrap(),
         &alone(backend.as_ref(), &kept),
     );
-    let text = metrics.render(None, None);
+    let text = metrics.render(None, None, &[]);
     assert!(text.contains("embedrt_dropped_inputs_total 6"), "{text}");
     assert!(text.contains("embedrt_queue_depth 0"), "{text}");
 }
