@@ -42,19 +42,25 @@ pub unsafe fn matmul(
     );
 }
 
-/// `y = x W^T + b` for `x: [rows, in]`, `W: [out, in]` (PyTorch layout),
-/// written into `y: [rows, out]`. If `residual` is given it is added too
-/// (the post-attention / post-FFN skip connection).
+/// `y = x W^T + b` for `x: [rows, in]` and the weight given TRANSPOSED,
+/// `w_t = W^T: [in, out]` (see [`transpose`]), written into `y: [rows, out]`.
+/// If `residual` is given it is added too (the post-attention / post-FFN
+/// skip connection).
+///
+/// Why transposed: `gemm` turns this row-major problem into
+/// `y^T = W x^T` and packs `W` into column panels on every call; from
+/// PyTorch's `[out, in]` layout that packing is a strided transpose (it was
+/// ~12 % of the engine's time), from `[in, out]` it is a contiguous copy.
 pub fn linear(
     x: &[f32],
     rows: usize,
-    weight: &[f32],
+    w_t: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
     y: &mut [f32],
 ) {
     let out = bias.len();
-    let inp = weight.len() / out;
+    let inp = w_t.len() / out;
     assert_eq!(x.len(), rows * inp);
     assert_eq!(y.len(), rows * out);
     // Seed the output with bias (+ residual) and let the GEMM accumulate.
@@ -80,16 +86,27 @@ pub fn linear(
                 rs: inp as isize,
                 cs: 1,
             },
-            // W^T[k, n] = W[n, k]
             View {
-                ptr: weight.as_ptr(),
-                rs: 1,
-                cs: inp as isize,
+                ptr: w_t.as_ptr(),
+                rs: out as isize,
+                cs: 1,
             },
             1.0,
             true,
         );
     }
+}
+
+/// `[rows, cols]` row-major -> `[cols, rows]` row-major.
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(m.len(), rows * cols);
+    let mut t = vec![0.0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 /// LayerNorm over each row of `x` in place (biased variance, as PyTorch).
@@ -241,7 +258,7 @@ mod tests {
         let b = vec![0.5, -1.0, 2.0];
         let res: Vec<f32> = (0..rows * out).map(|i| i as f32).collect();
         let mut y = vec![f32::NAN; rows * out];
-        linear(&x, rows, &w, &b, Some(&res), &mut y);
+        linear(&x, rows, &transpose(&w, out, inp), &b, Some(&res), &mut y);
         for r in 0..rows {
             for o in 0..out {
                 let mut want = b[o] + res[r * out + o];
@@ -292,13 +309,19 @@ mod tests {
         gelu_portable(&mut want);
         let mut got = x.clone();
         gelu_in_place(&mut got);
-        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             let mut got = x.clone();
             // SAFETY: AVX2 checked just above.
             unsafe { gelu_avx2(&mut got) };
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 
