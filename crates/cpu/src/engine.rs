@@ -6,13 +6,14 @@ use embedrt_core::{
 };
 use rayon::prelude::*;
 
-use crate::math::{gelu_in_place, layer_norm_rows, linear, matmul, softmax, View};
+use crate::math::{gelu_in_place, layer_norm_rows, linear, matmul, softmax, transpose, View};
 
 /// Rows per rayon task for the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
+/// Weights are stored transposed, `[in, out]` (see `math::linear`).
 struct Layer {
-    /// Query, key and value stacked: `[3H, H]`, so one GEMM makes all three.
+    /// Query, key and value stacked: `[H, 3H]`, so one GEMM makes all three.
     qkv_w: Vec<f32>,
     qkv_b: Vec<f32>,
     o_w: Vec<f32>,
@@ -64,15 +65,17 @@ impl CpuEngine {
                 let mut qkv_b = l.query.bias.data;
                 qkv_b.extend_from_slice(&l.key.bias.data);
                 qkv_b.extend_from_slice(&l.value.bias.data);
+                // PyTorch's [out, in] -> [in, out].
+                let t = |w: &[f32], out: usize| transpose(w, out, w.len() / out);
                 Layer {
-                    qkv_w,
+                    qkv_w: t(&qkv_w, qkv_b.len()),
                     qkv_b,
-                    o_w: l.attn_out.weight.data,
+                    o_w: t(&l.attn_out.weight.data, l.attn_out.bias.data.len()),
                     o_b: l.attn_out.bias.data,
                     attn_norm: (l.attn_norm.gamma.data, l.attn_norm.beta.data),
-                    ffn_in_w: l.ffn_in.weight.data,
+                    ffn_in_w: t(&l.ffn_in.weight.data, l.ffn_in.bias.data.len()),
                     ffn_in_b: l.ffn_in.bias.data,
-                    ffn_out_w: l.ffn_out.weight.data,
+                    ffn_out_w: t(&l.ffn_out.weight.data, l.ffn_out.bias.data.len()),
                     ffn_out_b: l.ffn_out.bias.data,
                     ffn_norm: (l.ffn_norm.gamma.data, l.ffn_norm.beta.data),
                 }
