@@ -66,9 +66,7 @@ impl Embedder {
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
         let split_tokens = if slots > 1 {
             let total: usize = order.iter().map(|&i| len_of(i)).sum();
-            total
-                .div_ceil(2 * slots)
-                .max(MIN_PIPELINED_BATCH_TOKENS)
+            total.div_ceil(2 * slots).max(MIN_PIPELINED_BATCH_TOKENS)
         } else {
             usize::MAX
         };
@@ -224,7 +222,11 @@ mod tests {
         let refs: Vec<&[u32]> = s.iter().map(|v| v.as_slice()).collect();
         let done = std::cell::Cell::new(0);
         let r = e.embed_ids(&refs, batch, false, &|n| done.set(done.get() + n))?;
-        assert_eq!(done.get(), s.len(), "progress must count every sequence once");
+        assert_eq!(
+            done.get(),
+            s.len(),
+            "progress must count every sequence once"
+        );
         Ok(r)
     }
 
