@@ -91,6 +91,10 @@ struct Gpu {
     graphs: std::collections::HashMap<(usize, usize), cu::CUgraphExec>,
     use_graphs: bool,
     use_tc_attention: bool,
+    /// `EMBEDRT_GELU=tanh`: GELU as cuBLASLt's tanh approximation in the
+    /// FFN-in epilogue instead of the exact-erf pass (an experiment: what a
+    /// fused epilogue saves; not the models' definition).
+    tanh_gelu: bool,
     /// The weight blob (owned by slot 0's allocations).
     weights: u64,
     kernels_from_cache: bool,
@@ -256,6 +260,7 @@ impl CudaEngine {
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("EMBEDRT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             use_tc_attention: std::env::var("EMBEDRT_ATTENTION").map_or(true, |v| v != "scalar"),
+            tanh_gelu: std::env::var("EMBEDRT_GELU").is_ok_and(|v| v == "tanh"),
             weights: 0,
             kernels_from_cache: false,
         };
@@ -391,6 +396,7 @@ impl CudaEngine {
             gpu.b.gemm_ws,
             GEMM_WORKSPACE_BYTES,
             &h.gemm_algos,
+            gpu.tanh_gelu,
         )?);
         gpu.weights = weights;
         gpu.kernels_from_cache = cubin.from_cache;
@@ -777,17 +783,20 @@ impl CudaEngine {
                     stream as _,
                 )?;
                 mark("gemm ffn_in (+bias)")?;
-                let gelu_blocks = (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
-                cr::launch_kernel(
-                    g.f.gelu,
-                    (gelu_blocks, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.inter, inter_n],
-                )
-                .map_err(drv("gelu kernel"))?;
-                mark("gelu")?;
+                if !g.tanh_gelu {
+                    let gelu_blocks =
+                        (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+                    cr::launch_kernel(
+                        g.f.gelu,
+                        (gelu_blocks, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        stream,
+                        kargs![b.inter, inter_n],
+                    )
+                    .map_err(drv("gelu kernel"))?;
+                    mark("gelu")?;
+                }
                 gemms.run(
                     li,
                     GemmKind::FfnOut,

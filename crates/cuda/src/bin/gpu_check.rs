@@ -325,12 +325,16 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         drop(engine);
         if precision == Precision::Fp16 {
             // Ablations from the same plan file, one switch at a time.
-            let variants: [(&[(&str, &str)], &str); 2] = [
+            let variants: [(&[(&str, &str)], &str); 3] = [
                 (
                     &[("EMBEDRT_CUDA_SLOTS", "1")],
                     "fp16 one slot (no pipelining)",
                 ),
                 (&[("EMBEDRT_CUDA_GRAPHS", "0")], "fp16 no graphs"),
+                (
+                    &[("EMBEDRT_GELU", "tanh")],
+                    "fp16 tanh-GELU in the GEMM epilogue",
+                ),
             ];
             for (vars, label) in variants {
                 for (k, v) in vars {
@@ -347,6 +351,8 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                 let b: Vec<Vec<f32>> = out.chunks(h).map(<[f32]>::to_vec).collect();
                 rec["precision"] = json!(label);
                 rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
+                let f32s: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
+                rec["mixed_fp16_min_cos_vs_fp32"] = json!(min_cosine(&b, &f32s));
                 rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
                 rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
                 println!("{rec}");
