@@ -34,7 +34,7 @@ for r in lines("ours.jsonl"):
           f"W3 p50 {r['w3_p50_ms']:.3f} p99 {r['w3_p99_ms']:.3f} ms"
           + (f"  weights {r['weight_bytes']/2**20:.0f} MiB workspace {r['workspace_bytes']/2**20:.0f} MiB"
              f" load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'weight_bytes' in r else "")
-          + (f"  mixed<= {r['mixed_lengths_max']} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
+          + (f"  mixed<= {r.get('mixed_lengths_max', 512)} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
           + (f"  cos vs default {r['min_cos_vs_default_fp16']:.6f}" if 'min_cos_vs_default_fp16' in r else "")
           + (f"  slots {r['slots']} load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'slots' in r else ""))
     for key in ("stages_w1_ms", "stages_w2_batch256_ms", "stages_w3_ms"):

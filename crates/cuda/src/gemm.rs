@@ -116,6 +116,7 @@ unsafe impl Send for Gemms {}
 
 impl Gemms {
     /// `biases[layer][kind]` are device pointers of each GEMM's bias.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         precision: Precision,
         hidden: usize,
