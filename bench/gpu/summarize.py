@@ -34,8 +34,9 @@ for r in lines("ours.jsonl"):
           f"W3 p50 {r['w3_p50_ms']:.3f} p99 {r['w3_p99_ms']:.3f} ms"
           + (f"  weights {r['weight_bytes']/2**20:.0f} MiB workspace {r['workspace_bytes']/2**20:.0f} MiB"
              f" load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'weight_bytes' in r else "")
-          + (f"  mixed<= {r['mixed_lengths_max']} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
-          + (f"  cos vs default {r['min_cos_vs_default_fp16']:.6f}" if 'min_cos_vs_default_fp16' in r else ""))
+          + (f"  mixed<= {r.get('mixed_lengths_max', 512)} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
+          + (f"  cos vs default {r['min_cos_vs_default_fp16']:.6f}" if 'min_cos_vs_default_fp16' in r else "")
+          + (f"  slots {r['slots']} load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'slots' in r else ""))
     for key in ("stages_w1_ms", "stages_w2_batch256_ms", "stages_w3_ms"):
         if key in r:
             print(f"   {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in r[key]))
@@ -48,3 +49,9 @@ for r in lines("peer.jsonl"):
         continue
     print(f"pytorch fp16: W1 {r['w1_seq_per_s']:.0f} seq/s  W2 {r['w2_sent_per_s']:.0f} sent/s  "
           f"W3 p50 {r['w3_p50_ms']:.3f} p99 {r['w3_p99_ms']:.3f} ms  peak alloc {r['max_memory_allocated_bytes']/2**20:.0f} MiB")
+for r in lines("load.jsonl"):
+    if r.get("kind") == "engine":
+        print(f"engine alone (embedrt bench --plan, batch {r.get('batch_size', '?')}): {r.get('sentences_per_s', 0):.0f} sent/s ({r.get('seconds', 0):.3f} s)")
+    elif r.get("kind") == "http":
+        print(f"http batch {r.get('batch')} c={r.get('concurrency')}: {r.get('requests_per_s', 0):.0f} req/s "
+              f"{r.get('sentences_per_s', 0):.0f} sent/s p50 {r.get('p50_ms', 0):.2f} p99 {r.get('p99_ms', 0):.2f} ms errors {r.get('errors')}")

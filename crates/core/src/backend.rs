@@ -119,4 +119,12 @@ pub trait Backend: Send + Sync {
     /// Pooled, not yet normalized embeddings, `[batch.len(), hidden]`
     /// row-major. A failure fails this batch only; the engine stays usable.
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>>;
+
+    /// How many `embed` calls can usefully run at the same time (a GPU
+    /// engine with several execution slots overlaps one batch's copies and
+    /// host work with another's compute). The `Embedder` drives that many
+    /// batches at once from its own threads.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }

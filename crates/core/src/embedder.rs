@@ -1,13 +1,20 @@
 //! Text in, vectors out: tokenization, length-sorted batching within the
 //! engine's limits, the engine, normalization, original order restored.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use crate::backend::{Backend, TokenBatch};
 use crate::error::Result;
 use crate::model::SentenceModel;
 use crate::pooling::normalize;
 use crate::tokenizer::Encoded;
+
+/// With several engine slots a job is cut into at least two batches per
+/// slot (so one batch's copy-out and normalization overlap the next one's
+/// compute), but never into batches smaller than this many tokens, where
+/// the GEMMs would lose efficiency.
+const MIN_PIPELINED_BATCH_TOKENS: usize = 4096;
 
 pub struct Embedder {
     pub model: Arc<SentenceModel>,
@@ -41,6 +48,8 @@ impl Embedder {
 
     /// Embeds already tokenized sequences. Longest first, so each batch
     /// holds sequences of similar length; results come back in input order.
+    /// When the backend takes several batches at once, that many worker
+    /// threads drive it while this thread normalizes and places results.
     pub fn embed_ids(
         &self,
         seqs: &[&[u32]],
@@ -51,36 +60,200 @@ impl Embedder {
         let info = self.backend.info();
         let hidden = self.backend.hidden_size();
         let max_seqs = batch_size.clamp(1, info.max_batch_size.max(1));
+        let slots = self.backend.concurrency().max(1);
+        let len_of = |i: usize| seqs[i].len().min(info.max_seq_len);
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        let mut out = vec![Vec::new(); seqs.len()];
-        let mut batch = TokenBatch::new();
-        let mut members = Vec::with_capacity(max_seqs);
+        let split_tokens = if slots > 1 {
+            let total: usize = order.iter().map(|&i| len_of(i)).sum();
+            total.div_ceil(2 * slots).max(MIN_PIPELINED_BATCH_TOKENS)
+        } else {
+            usize::MAX
+        };
+        // Batch membership first (cheap), then the engine calls.
+        let mut batches: Vec<Vec<usize>> = Vec::new();
         let mut start = 0;
         while start < order.len() {
-            batch.clear();
-            members.clear();
+            let mut members = Vec::with_capacity(max_seqs.min(order.len() - start));
+            let mut tokens = 0;
             for &i in &order[start..] {
-                let len = seqs[i].len().min(info.max_seq_len);
+                let len = len_of(i);
                 let full = members.len() == max_seqs
-                    || (!members.is_empty() && batch.total_tokens() + len > info.max_batch_tokens);
+                    || (!members.is_empty()
+                        && (tokens + len > info.max_batch_tokens || tokens >= split_tokens));
                 if full {
                     break;
                 }
-                batch.push(&seqs[i][..len]);
+                tokens += len;
                 members.push(i);
             }
-            let pooled = self.backend.embed(&batch)?;
-            for (row, &i) in pooled.chunks_exact(hidden).zip(&members) {
+            start += members.len();
+            batches.push(members);
+        }
+        let make_batch = |members: &[usize]| {
+            let mut b = TokenBatch::new();
+            for &i in members {
+                b.push(&seqs[i][..len_of(i)]);
+            }
+            b
+        };
+        let mut out = vec![Vec::new(); seqs.len()];
+        let mut place = |members: &[usize], pooled: &[f32]| {
+            for (row, &i) in pooled.chunks_exact(hidden).zip(members) {
                 let mut v = row.to_vec();
                 if normalize_output {
                     normalize(&mut v);
                 }
                 out[i] = v;
             }
-            start += members.len();
             progress(members.len());
+        };
+        let workers = slots.min(batches.len());
+        if workers <= 1 {
+            for members in &batches {
+                let pooled = self.backend.embed(&make_batch(members))?;
+                place(members, &pooled);
+            }
+            return Ok(out);
         }
-        Ok(out)
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let backend = &*self.backend;
+        let mut first_err = None;
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (next, failed, batches, make_batch) = (&next, &failed, &batches, &make_batch);
+                s.spawn(move || loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= batches.len() || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = backend.embed(&make_batch(&batches[k]));
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((k, r)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            for (k, r) in rx {
+                match r {
+                    Ok(pooled) => place(&batches[k], &pooled),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendInfo;
+    use crate::error::Error;
+
+    /// A deterministic engine: each sequence's vector is (length, sum of
+    /// ids, first id); the batch it came in must not matter.
+    struct Summing {
+        slots: usize,
+        max_tokens: usize,
+        fail_on_id: Option<u32>,
+    }
+
+    impl Backend for Summing {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                device: "test".into(),
+                precision: "fp32".into(),
+                max_batch_size: 64,
+                max_batch_tokens: self.max_tokens,
+                max_seq_len: 50,
+            }
+        }
+        fn hidden_size(&self) -> usize {
+            3
+        }
+        fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            for i in 0..batch.len() {
+                let s = batch.seq(i);
+                if self.fail_on_id.is_some_and(|f| s.contains(&f)) {
+                    return Err(Error::Backend("bad id".into()));
+                }
+                v.extend([s.len() as f32, s.iter().sum::<u32>() as f32, s[0] as f32]);
+            }
+            Ok(v)
+        }
+        fn concurrency(&self) -> usize {
+            self.slots
+        }
+    }
+
+    fn seqs() -> Vec<Vec<u32>> {
+        (0..700u32)
+            .map(|i| (0..1 + (i * 37) % 80).map(|j| i * 3 + j).collect())
+            .collect()
+    }
+
+    fn run(slots: usize, batch: usize, fail: Option<u32>) -> Result<Vec<Vec<f32>>> {
+        let model = SentenceModel::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/tiny-bert-max")
+                .display()
+                .to_string(),
+        )?;
+        let backend = Summing {
+            slots,
+            max_tokens: 2000,
+            fail_on_id: fail,
+        };
+        let e = Embedder::new(model, Arc::new(backend));
+        let s = seqs();
+        let refs: Vec<&[u32]> = s.iter().map(|v| v.as_slice()).collect();
+        let done = std::cell::Cell::new(0);
+        let r = e.embed_ids(&refs, batch, false, &|n| done.set(done.get() + n))?;
+        assert_eq!(
+            done.get(),
+            s.len(),
+            "progress must count every sequence once"
+        );
+        Ok(r)
+    }
+
+    #[test]
+    fn several_slots_give_the_same_results_in_input_order() {
+        let s = seqs();
+        for batch in [1, 7, 64] {
+            let one = run(1, batch, None).unwrap();
+            for slots in [2, 3] {
+                assert_eq!(run(slots, batch, None).unwrap(), one);
+            }
+            for (v, q) in one.iter().zip(&s) {
+                let q = &q[..q.len().min(50)];
+                assert_eq!(v[0], q.len() as f32);
+                assert_eq!(v[2], q[0] as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_batch_fails_the_job_with_several_slots() {
+        let bad = seqs()[300][0];
+        for slots in [1, 2] {
+            match run(slots, 16, Some(bad)) {
+                Err(e) => assert!(e.to_string().contains("bad id"), "{e}"),
+                Ok(_) => panic!("a failing batch must fail the job"),
+            }
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! copies pooled vectors out.
 
 use std::ffi::{c_void, CString};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use cudarc::driver::{result as cr, sys as cu, CudaContext};
 use embedrt_core::{
@@ -27,7 +28,11 @@ fn drv(what: &str) -> impl Fn(cr::DriverError) -> Error + '_ {
 pub struct LoadReport {
     pub device: String,
     pub weight_bytes: usize,
+    /// Per execution slot.
     pub workspace_bytes: usize,
+    /// Execution slots (own stream, activations, pinned staging, graphs;
+    /// weights shared): that many batches can be in flight at once.
+    pub slots: usize,
     pub kernels_from_cache: bool,
 }
 
@@ -86,6 +91,13 @@ struct Gpu {
     graphs: std::collections::HashMap<(usize, usize), cu::CUgraphExec>,
     use_graphs: bool,
     use_tc_attention: bool,
+    /// `EMBEDRT_GELU=tanh`: GELU as cuBLASLt's tanh approximation in the
+    /// FFN-in epilogue instead of the exact-erf pass (an experiment: what a
+    /// fused epilogue saves; not the models' definition).
+    tanh_gelu: bool,
+    /// The weight blob (owned by slot 0's allocations).
+    weights: u64,
+    kernels_from_cache: bool,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -99,8 +111,16 @@ pub struct CudaEngine {
     max: Shape,
     device: String,
     report: LoadReport,
-    gpu: Mutex<Gpu>,
+    /// Slot 0 owns the weights; slots are dropped last to first.
+    slots: Vec<Mutex<Gpu>>,
+    next_slot: AtomicUsize,
 }
+
+/// Execution slots made by default (`EMBEDRT_CUDA_SLOTS` overrides, 1..=4):
+/// two let one batch's copies and host work overlap another's compute.
+const DEFAULT_SLOTS: usize = 2;
+/// Free memory left over after all slots, below which fewer slots are made.
+const SLOT_MARGIN_BYTES: usize = 512 << 20;
 
 /// Kernel argument list: pointers to the values, as cuLaunchKernel wants.
 macro_rules! kargs {
@@ -143,6 +163,16 @@ impl CudaEngine {
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
         let needed = h.weight_bytes + workspace_bytes;
         let (free, total) = cr::mem_get_info().map_err(drv("memory info"))?;
+        let wanted = std::env::var("EMBEDRT_CUDA_SLOTS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_SLOTS)
+            .clamp(1, 4);
+        // Extra slots only where they fit with room to spare; one must fit.
+        let slots = (1..=wanted)
+            .rev()
+            .find(|&n| h.weight_bytes + n * workspace_bytes + SLOT_MARGIN_BYTES <= free)
+            .unwrap_or(1);
         if needed > free {
             return Err(Error::Backend(format!(
                 "out of GPU memory: the plan needs {needed} bytes ({} weights + {workspace_bytes} \
@@ -152,6 +182,46 @@ impl CudaEngine {
             )));
         }
         let device = format!("cuda:{ordinal} ({name})");
+        let mut gpus = vec![Self::make_slot(plan, &ctx, cc, &layout, None)?];
+        let weights = gpus[0].weights;
+        for _ in 1..slots {
+            gpus.push(Self::make_slot(plan, &ctx, cc, &layout, Some(weights))?);
+        }
+        let kernels_from_cache = gpus[0].kernels_from_cache;
+        let report = LoadReport {
+            device: device.clone(),
+            weight_bytes: h.weight_bytes,
+            workspace_bytes,
+            slots,
+            kernels_from_cache,
+        };
+        let engine = CudaEngine {
+            config,
+            precision: h.precision,
+            pooling: h.pooling,
+            max,
+            device,
+            report,
+            slots: gpus.into_iter().map(Mutex::new).collect(),
+            next_slot: AtomicUsize::new(0),
+        };
+        engine.capture_small_graphs()?;
+        Ok(engine)
+    }
+
+    /// One execution slot: stream, activation buffers, pinned staging,
+    /// kernels and GEMM handles; the weights are uploaded by the first slot
+    /// and shared by the others.
+    fn make_slot(
+        plan: &Plan,
+        ctx: &Arc<CudaContext>,
+        cc: (i32, i32),
+        layout: &[(&'static str, usize)],
+        shared_weights: Option<u64>,
+    ) -> Result<Gpu> {
+        let h = &plan.header;
+        let config = &h.config;
+        let max = h.profile.max;
         let mut gpu = Gpu {
             ctx: ctx.clone(),
             stream: std::ptr::null_mut(),
@@ -190,6 +260,9 @@ impl CudaEngine {
             graphs: std::collections::HashMap::new(),
             use_graphs: std::env::var("EMBEDRT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             use_tc_attention: std::env::var("EMBEDRT_ATTENTION").map_or(true, |v| v != "scalar"),
+            tanh_gelu: std::env::var("EMBEDRT_GELU").is_ok_and(|v| v == "tanh"),
+            weights: 0,
+            kernels_from_cache: false,
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
         gpu.stream =
@@ -205,11 +278,17 @@ impl CudaEngine {
             gpu.allocations.push(p);
             Ok(p)
         };
-        let weights = alloc(&mut gpu, "weights", h.weight_bytes)?;
-        // SAFETY: weights has weight_bytes bytes; the plan's blob is that long.
-        unsafe { cr::memcpy_htod_sync(weights, &plan.weights) }.map_err(drv("weight upload"))?;
+        let weights = match shared_weights {
+            Some(w) => w,
+            None => {
+                let w = alloc(&mut gpu, "weights", h.weight_bytes)?;
+                // SAFETY: w has weight_bytes bytes; the plan's blob is that long.
+                unsafe { cr::memcpy_htod_sync(w, &plan.weights) }.map_err(drv("weight upload"))?;
+                w
+            }
+        };
         let mut bufs = Vec::new();
-        for (what, bytes) in &layout {
+        for (what, bytes) in layout {
             bufs.push((*what, alloc(&mut gpu, what, *bytes)?));
         }
         let get = |n: &str| {
@@ -317,36 +396,25 @@ impl CudaEngine {
             gpu.b.gemm_ws,
             GEMM_WORKSPACE_BYTES,
             &h.gemm_algos,
+            gpu.tanh_gelu,
         )?);
-        let report = LoadReport {
-            device: device.clone(),
-            weight_bytes: h.weight_bytes,
-            workspace_bytes,
-            kernels_from_cache: cubin.from_cache,
-        };
-        let engine = CudaEngine {
-            config,
-            precision: h.precision,
-            pooling: h.pooling,
-            max,
-            device,
-            report,
-            gpu: Mutex::new(gpu),
-        };
-        engine.capture_small_graphs()?;
-        Ok(engine)
+        gpu.weights = weights;
+        gpu.kernels_from_cache = cubin.from_cache;
+        Ok(gpu)
     }
 
     /// Single short sentences are the latency case: their graphs are
     /// captured at load so the first request costs one launch too.
     fn capture_small_graphs(&self) -> Result<()> {
-        let mut g = self.lock()?;
-        if !g.use_graphs {
-            return Ok(());
-        }
-        for tp in [16, 32, 64, 128] {
-            if tp <= self.max.seq {
-                self.graph_for(&mut g, tp, 1)?;
+        for slot in &self.slots {
+            let mut g = Self::bound(slot)?;
+            if !g.use_graphs {
+                return Ok(());
+            }
+            for tp in [16, 32, 64, 128] {
+                if tp <= self.max.seq {
+                    self.graph_for(&mut g, tp, 1)?;
+                }
             }
         }
         Ok(())
@@ -356,12 +424,33 @@ impl CudaEngine {
         &self.report
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Gpu>> {
+    /// Slot 0 (tuning, stage timing).
+    fn lock(&self) -> Result<MutexGuard<'_, Gpu>> {
+        Self::bound(&self.slots[0])
+    }
+
+    fn bound(slot: &Mutex<Gpu>) -> Result<MutexGuard<'_, Gpu>> {
         // A panic inside a batch poisons the lock; the GPU state itself is
         // still consistent (every batch starts from scratch), so go on.
-        let g = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        let g = slot.lock().unwrap_or_else(|p| p.into_inner());
         g.ctx.bind_to_thread().map_err(drv("bind context"))?;
         Ok(g)
+    }
+
+    /// A free slot if there is one, else waits for the next in turn.
+    fn acquire(&self) -> Result<MutexGuard<'_, Gpu>> {
+        let n = self.slots.len();
+        let first = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let g = match self.slots[(first + k) % n].try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            g.ctx.bind_to_thread().map_err(drv("bind context"))?;
+            return Ok(g);
+        }
+        Self::bound(&self.slots[first % n])
     }
 
     /// Chooses cuBLASLt algorithms by timing the top heuristic candidates on
@@ -403,7 +492,10 @@ impl CudaEngine {
                         .gemms
                         .as_mut()
                         .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
-                    let candidates = gemms.heuristics(kind, tokens, 6)?;
+                    // Small token counts (the latency case) get a wider search: split-K
+                    // and small-tile variants rank low in the heuristic there.
+                    let count = if tokens <= 256 { 24 } else { 6 };
+                    let candidates = gemms.heuristics(kind, tokens, count)?;
                     let mut best: Option<(f32, usize)> = None;
                     for (ci, algo) in candidates.iter().enumerate() {
                         let run = |gemms: &mut Gemms| {
@@ -499,19 +591,24 @@ impl CudaEngine {
         let (tp, np, graph) = self.run_shape(g, t, n);
         let staged = self.stage(g, batch, tp, np);
         let stream = g.stream;
+        if graph {
+            // The graph holds the copy in and the copy out too: one launch.
+            let exec = self.graph_for(g, tp, np)?;
+            // SAFETY: exec was captured from this slot's buffers; pinned_out
+            // holds max.batch * h floats >= n * h.
+            unsafe {
+                cr::graph::launch(exec, stream).map_err(drv("graph launch"))?;
+                cr::stream::synchronize(stream).map_err(drv("batch"))?;
+                return Ok(std::slice::from_raw_parts(g.pinned_out, n * h).to_vec());
+            }
+        }
         // SAFETY: pinned staging and device buffers sized for MAX; the copy
         // is ordered before the compute on the same stream.
         unsafe {
             let src = std::slice::from_raw_parts(g.pinned_in, staged);
             cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
         }
-        if graph {
-            let exec = self.graph_for(g, tp, np)?;
-            // SAFETY: exec was captured from this engine's stream and buffers.
-            unsafe { cr::graph::launch(exec, stream) }.map_err(drv("graph launch"))?;
-        } else {
-            self.enqueue(g, tp, np, batch.max_seq_len(), None)?;
-        }
+        self.enqueue(g, tp, np, batch.max_seq_len(), None)?;
         // SAFETY: pinned_out holds max.batch * h floats >= n * h.
         unsafe {
             let out = std::slice::from_raw_parts_mut(g.pinned_out, n * h);
@@ -535,7 +632,16 @@ impl CudaEngine {
                 cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
             )
             .map_err(drv("graph capture"))?;
-            let enq = self.enqueue(g, tp, np, max_len, None);
+            // Copy in (ids | positions | offsets as staged for (tp, np)),
+            // the encoder, copy out of the np pooled rows: all in the graph.
+            let enq = (|| -> Result<()> {
+                let src = std::slice::from_raw_parts(g.pinned_in, 2 * tp + np + 1);
+                cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
+                self.enqueue(g, tp, np, max_len, None)?;
+                let h = self.config.hidden_size;
+                let out = std::slice::from_raw_parts_mut(g.pinned_out, np * h);
+                cr::memcpy_dtoh_async(out, g.b.pooled, stream).map_err(drv("copy out"))
+            })();
             let graph = cr::stream::end_capture(stream);
             enq?;
             let graph = graph.map_err(drv("graph capture"))?;
@@ -677,17 +783,20 @@ impl CudaEngine {
                     stream as _,
                 )?;
                 mark("gemm ffn_in (+bias)")?;
-                let gelu_blocks = (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
-                cr::launch_kernel(
-                    g.f.gelu,
-                    (gelu_blocks, 1, 1),
-                    (256, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.inter, inter_n],
-                )
-                .map_err(drv("gelu kernel"))?;
-                mark("gelu")?;
+                if !g.tanh_gelu {
+                    let gelu_blocks =
+                        (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+                    cr::launch_kernel(
+                        g.f.gelu,
+                        (gelu_blocks, 1, 1),
+                        (256, 1, 1),
+                        0,
+                        stream,
+                        kargs![b.inter, inter_n],
+                    )
+                    .map_err(drv("gelu kernel"))?;
+                    mark("gelu")?;
+                }
                 gemms.run(
                     li,
                     GemmKind::FfnOut,
@@ -805,12 +914,16 @@ impl Backend for CudaEngine {
         self.config.hidden_size
     }
 
+    fn concurrency(&self) -> usize {
+        self.slots.len()
+    }
+
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
         batch.validate(self.config.vocab_size, self.max.seq)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut g = self.lock()?;
+        let mut g = self.acquire()?;
         let r = self.forward(&mut g, batch);
         if r.is_err() {
             // Leave the stream idle for the next batch; a sticky error
@@ -819,6 +932,15 @@ impl Backend for CudaEngine {
             let _ = unsafe { cr::stream::synchronize(g.stream) };
         }
         r
+    }
+}
+
+impl Drop for CudaEngine {
+    fn drop(&mut self) {
+        // Slot 0 owns the weights the others use: it goes last.
+        while let Some(slot) = self.slots.pop() {
+            drop(slot);
+        }
     }
 }
 

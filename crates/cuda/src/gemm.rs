@@ -116,6 +116,7 @@ unsafe impl Send for Gemms {}
 
 impl Gemms {
     /// `biases[layer][kind]` are device pointers of each GEMM's bias.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         precision: Precision,
         hidden: usize,
@@ -124,6 +125,7 @@ impl Gemms {
         workspace: u64,
         workspace_bytes: usize,
         choices: &[GemmChoice],
+        tanh_gelu: bool,
     ) -> Result<Self> {
         let mut handle: sys::cublasLtHandle_t = std::ptr::null_mut();
         // SAFETY: out-parameter.
@@ -181,8 +183,9 @@ impl Gemms {
         }
         for layer in biases {
             let mut row = [std::ptr::null_mut(); 4];
-            for (slot, &bias) in row.iter_mut().zip(layer) {
-                *slot = me.make_desc(bias)?;
+            for ((slot, &bias), kind) in row.iter_mut().zip(layer).zip(GemmKind::ALL) {
+                let gelu = tanh_gelu && kind == GemmKind::FfnIn;
+                *slot = me.make_desc(bias, gelu)?;
             }
             me.descs.push(row);
         }
@@ -201,7 +204,7 @@ impl Gemms {
         Ok(me)
     }
 
-    fn make_desc(&self, bias: u64) -> Result<sys::cublasLtMatmulDesc_t> {
+    fn make_desc(&self, bias: u64, gelu: bool) -> Result<sys::cublasLtMatmulDesc_t> {
         let mut desc: sys::cublasLtMatmulDesc_t = std::ptr::null_mut();
         // SAFETY: out-parameter; attribute values are live locals.
         unsafe {
@@ -225,7 +228,12 @@ impl Gemms {
                 &ta as *const _ as *const c_void,
                 std::mem::size_of_val(&ta),
             )?;
-            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            // The tanh-approximated GELU (an opt-in: the models use exact erf).
+            let epi = if gelu {
+                sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS
+            } else {
+                sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+            };
             set(
                 sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
                 &epi as *const _ as *const c_void,

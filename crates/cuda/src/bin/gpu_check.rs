@@ -305,6 +305,7 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         rec["build_seconds"] = json!(build_s);
         rec["weight_bytes"] = json!(plan.header.weight_bytes);
         rec["workspace_bytes"] = json!(plan.header.workspace_bytes);
+        rec["slots"] = json!(engine.report().slots);
         rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
         rec["gpu_total_bytes"] = json!(total);
         rec["w2_tokens"] = json!(w2_tokens);
@@ -324,27 +325,34 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         drop(engine);
         if precision == Precision::Fp16 {
             // Ablations from the same plan file, one switch at a time.
-            let variants: [(&[(&str, &str)], &str); 2] = [
+            let variants: [(&[(&str, &str)], &str); 3] = [
+                (
+                    &[("EMBEDRT_CUDA_SLOTS", "1")],
+                    "fp16 one slot (no pipelining)",
+                ),
                 (&[("EMBEDRT_CUDA_GRAPHS", "0")], "fp16 no graphs"),
                 (
-                    &[
-                        ("EMBEDRT_CUDA_GRAPHS", "0"),
-                        ("EMBEDRT_ATTENTION", "scalar"),
-                    ],
-                    "fp16 no graphs, scalar attention",
+                    &[("EMBEDRT_GELU", "tanh")],
+                    "fp16 tanh-GELU in the GEMM epilogue",
                 ),
             ];
             for (vars, label) in variants {
                 for (k, v) in vars {
                     std::env::set_var(k, v);
                 }
+                let (free0, _) = cudarc_mem()?;
                 let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
+                let (free1, _) = cudarc_mem()?;
                 let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
+                rec["slots"] = json!(engine.report().slots);
+                rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
                 let out = engine.embed(&mixed)?;
                 let a: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
                 let b: Vec<Vec<f32>> = out.chunks(h).map(<[f32]>::to_vec).collect();
                 rec["precision"] = json!(label);
                 rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
+                let f32s: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
+                rec["mixed_fp16_min_cos_vs_fp32"] = json!(min_cosine(&b, &f32s));
                 rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
                 rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
                 println!("{rec}");
