@@ -89,12 +89,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let name = match target {
             Target::Model(m) | Target::Plan(m) => m.clone(),
         };
+        // What the engines hold on their GPUs (None on the CPU).
+        let backends: Vec<_> = engines.iter().map(|e| e.backend.clone()).collect();
+        let memory_in_use: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>> =
+            if backends.iter().any(|b| b.device_memory_bytes().is_some()) {
+                Some(Arc::new(move || {
+                    Some(backends.iter().filter_map(|b| b.device_memory_bytes()).sum())
+                }))
+            } else {
+                None
+            };
         Ok(LoadedModel {
             model,
             engines,
             name,
             fingerprint,
-            memory_in_use: None,
+            memory_in_use,
         })
     });
     let options = Options {

@@ -127,4 +127,10 @@ pub trait Backend: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+
+    /// Device memory the engine holds (weights and preallocated buffers),
+    /// for engines on a GPU; `None` for host engines.
+    fn device_memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }

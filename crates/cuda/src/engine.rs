@@ -918,6 +918,11 @@ impl Backend for CudaEngine {
         self.slots.len()
     }
 
+    fn device_memory_bytes(&self) -> Option<u64> {
+        let r = &self.report;
+        Some((r.weight_bytes + self.slots.len() * r.workspace_bytes) as u64)
+    }
+
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
         batch.validate(self.config.vocab_size, self.max.seq)?;
         if batch.is_empty() {
