@@ -94,7 +94,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let memory_in_use: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>> =
             if backends.iter().any(|b| b.device_memory_bytes().is_some()) {
                 Some(Arc::new(move || {
-                    Some(backends.iter().filter_map(|b| b.device_memory_bytes()).sum())
+                    Some(
+                        backends
+                            .iter()
+                            .filter_map(|b| b.device_memory_bytes())
+                            .sum(),
+                    )
                 }))
             } else {
                 None

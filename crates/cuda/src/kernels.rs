@@ -95,16 +95,7 @@ fn store_entry(path: &std::path::Path, image: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut bytes = image.to_vec();
     bytes.extend_from_slice(&Sha256::digest(image));
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), fastrand_suffix()));
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-fn fastrand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    embedrt_core::fsutil::write_atomic(path, &bytes)
 }
 
 fn compile(source: &str, defines: &[String], arch: &str) -> Result<Vec<u8>> {

@@ -13,7 +13,6 @@
 //! Nothing here needs a GPU, so the format and its error messages are tested
 //! on any machine.
 
-use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -31,40 +30,7 @@ pub const TENSOR_ALIGN: usize = 16;
 /// cuBLASLt workspace, part of the workspace bytes.
 pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp32,
-    Fp16,
-}
-
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-        }
-    }
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::Fp32 => 4,
-            Precision::Fp16 => 2,
-        }
-    }
-}
-
-impl FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            other => Err(Error::Input(format!(
-                "unknown precision {other:?}; supported: fp32, fp16"
-            ))),
-        }
-    }
-}
+pub use embedrt_core::Precision;
 
 /// One `BATCHxSEQ` point of a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,25 +177,7 @@ impl Plan {
         bytes.extend_from_slice(&self.weights);
         let sum = Sha256::digest(&bytes);
         bytes.extend_from_slice(&sum);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plan".into());
-        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        embedrt_core::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
     }
 
     /// Reads and verifies a plan: magic, format version, length, checksum.

@@ -2,7 +2,6 @@
 //! `manifest.json`, each atomically (temp file in the directory, then
 //! rename), so a reader never sees a half-written file.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -174,41 +173,14 @@ fn export_tokenizer(model: &SentenceModel) -> Result<Vec<u8>> {
 /// Writes `bytes` to `path` via a temp file in the same directory and a
 /// rename, so `path` is either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: output directory is not writable", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("{}: writing failed", path.display()))?;
-    // Temp files are private (0600); an export is meant to be shared.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("{}: cannot set permissions", path.display()))?;
-    }
-    tmp.persist(path).map_err(|e| e.error).with_context(|| {
+    embedrt_core::fsutil::write_atomic(path, bytes).with_context(|| {
         format!(
-            "{}: cannot rename the finished file into place",
+            "{}: cannot write (is the output directory writable?)",
             path.display()
         )
-    })?;
-    Ok(())
+    })
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: read failed", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    embedrt_core::fsutil::sha256_file(path).with_context(|| format!("{}", path.display()))
 }

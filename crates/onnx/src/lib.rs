@@ -17,8 +17,6 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
-use std::str::FromStr;
-
 use anyhow::{bail, Result};
 use embedrt_core::{SentenceModel, TransformerWeights};
 use prost::Message;
@@ -36,31 +34,7 @@ pub const DEFAULT_OPSET: i64 = 17;
 /// ONNX external data, which this exporter does not write.
 const PROTOBUF_LIMIT: usize = (2 << 30) - (16 << 20);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Fp32,
-    Fp16,
-}
-
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-        }
-    }
-}
-
-impl FromStr for Precision {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            other => bail!("unknown precision {other:?}; supported: fp32, fp16"),
-        }
-    }
-}
+pub use embedrt_core::Precision;
 
 pub fn check_opset(opset: i64) -> Result<()> {
     if opset < MIN_OPSET {

@@ -6,14 +6,12 @@
 //! on the old slot. When the last request lets go of an old slot, its queue
 //! closes, its worker threads end and the engines are freed.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use embedrt_core::{Backend, BackendInfo, Embedder, SentenceModel, TokenBatch};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 use crate::pool::{worker, Engine, Pool};
@@ -79,20 +77,9 @@ pub type Loader = Arc<dyn Fn(&Target) -> Result<LoadedModel> + Send + Sync>;
 
 /// The first 12 hex digits of the SHA-256 of a file.
 pub fn fingerprint_file(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize())[..12].to_string())
+    let hex = embedrt_core::fsutil::sha256_file(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(hex[..12].to_string())
 }
 
 /// One loaded model with its queue.
