@@ -227,23 +227,27 @@ impl Slot {
             metrics: metrics.clone(),
             version: version.clone(),
         });
+        // One worker per execution slot of each engine (`Backend::concurrency`):
+        // an engine with two slots computes one batch while the next is staged.
         for (index, replica) in pool.replicas().iter().enumerate() {
-            let (q, p, m, u) = (
-                queue.clone(),
-                pool.clone(),
-                metrics.clone(),
-                unloaded.clone(),
-            );
-            let spawned = std::thread::Builder::new()
-                .name(format!("engine-{counter}-{}", replica.label))
-                .spawn(move || {
-                    worker(q, p, index, m);
-                    drop(u);
-                });
-            if let Err(e) = spawned {
-                // Workers already started end once the queue closes.
-                queue.close();
-                return Err(e).context("starting an engine worker thread");
+            for lane in 0..replica.backend.concurrency().max(1) {
+                let (q, p, m, u) = (
+                    queue.clone(),
+                    pool.clone(),
+                    metrics.clone(),
+                    unloaded.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name(format!("engine-{counter}-{}-{lane}", replica.label))
+                    .spawn(move || {
+                        worker(q, p, index, m);
+                        drop(u);
+                    });
+                if let Err(e) = spawned {
+                    // Workers already started end once the queue closes.
+                    queue.close();
+                    return Err(e).context("starting an engine worker thread");
+                }
             }
         }
         Ok(Slot {

@@ -175,7 +175,18 @@ pub fn run_batch(
 /// idle, until the queue is closed and drained or the engine fails.
 pub fn worker(queue: Arc<Queue>, pool: Arc<Pool>, index: usize, metrics: Arc<Metrics>) {
     let replica = &pool.replicas[index];
-    while let Some(batch) = queue.next_batch() {
+    // A sibling worker of the same engine may have taken it out of rotation.
+    let in_rotation = || {
+        replica
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    };
+    while in_rotation() {
+        let Some(batch) = queue.next_batch() else {
+            return;
+        };
         replica.batches.fetch_add(1, Ordering::Relaxed);
         let Outcome::EngineFailed(batch, why) =
             run_batch(replica.backend.as_ref(), &replica.label, batch, &metrics)
