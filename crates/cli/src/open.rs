@@ -155,16 +155,16 @@ fn device_label(backend: &dyn Backend) -> String {
         .to_string()
 }
 
+/// The `--pooling` and `--precision` overrides, parsed.
+fn overrides(args: &ModelArgs) -> Result<(Option<PoolingMode>, Option<Precision>)> {
+    let pooling = args.pooling.as_deref().map(str::parse).transpose()?;
+    let precision = args.precision.as_deref().map(str::parse).transpose()?;
+    Ok((pooling, precision))
+}
+
 /// The model and the plan every GPU of a set loads.
 fn gpu_plan(args: &ModelArgs, first: usize) -> Result<(SentenceModel, Plan)> {
-    let pooling = match &args.pooling {
-        Some(p) => Some(p.parse::<PoolingMode>()?),
-        None => None,
-    };
-    let precision = match &args.precision {
-        Some(p) => Some(p.parse::<Precision>()?),
-        None => None,
-    };
+    let (pooling, precision) = overrides(args)?;
     if let Some(path) = &args.plan {
         let plan = read_plan(path, pooling, precision)?;
         let model = model_from_plan(&plan, path)?;
@@ -189,14 +189,7 @@ fn gpu_plan(args: &ModelArgs, first: usize) -> Result<(SentenceModel, Plan)> {
 
 pub fn open(args: &ModelArgs) -> Result<Embedder> {
     let device = Device::parse(&args.device)?;
-    let pooling = match &args.pooling {
-        Some(p) => Some(p.parse::<PoolingMode>()?),
-        None => None,
-    };
-    let precision = match &args.precision {
-        Some(p) => Some(p.parse::<Precision>()?),
-        None => None,
-    };
+    let (pooling, precision) = overrides(args)?;
     if let Some(path) = &args.plan {
         return open_plan(path, device, pooling, precision);
     }
