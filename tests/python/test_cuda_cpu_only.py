@@ -1,22 +1,15 @@
 """The CUDA engine's behaviour on a machine without a GPU (CI): device selection and
 plan-file errors through the real `embedrt` binary. Plans are assembled without a GPU
 by `embedrt-gpu-check assemble-plan`."""
-import ctypes
 import json
 import pathlib
 import subprocess
 
 import pytest
 
+from cuda_probe import has_cuda
+
 FIXTURE = "tiny-mpnet-mean-norm"
-
-
-def has_cuda() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
 
 
 def run(binary, *args, stdin=""):

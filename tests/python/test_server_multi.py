@@ -2,22 +2,14 @@
 only the device options and the per-device reporting of one CPU engine can be
 checked here; failover with two engines under load is tested in Rust
 (crates/server/tests/pool.rs) with real CPU engines and a fault injector."""
-import ctypes
 import subprocess
 
 import pytest
 
+from cuda_probe import has_cuda
 from server_helpers import Server
 
 TINY = "tiny-bert-mean-norm"
-
-
-def has_cuda() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
 
 
 def serve_fails(binary, fixtures_dir, device):
