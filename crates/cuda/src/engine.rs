@@ -710,6 +710,20 @@ impl CudaEngine {
             let (rb, bk) = (g.rel_bias, b.bucket);
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
             let warps = max_len_batch.div_ceil(16).clamp(1, 8) as u32;
+            // Post-attention and post-FFN LayerNorm: scratch (sum with the
+            // residual, from the GEMM epilogue) normalized into hidden.
+            let layernorm_fn = g.f.layernorm;
+            let layernorm = |(ga, be): (u64, u64)| {
+                cr::launch_kernel(
+                    layernorm_fn,
+                    (row_blocks, 1, 1),
+                    (128, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
+                )
+                .map_err(drv("layernorm kernel"))
+            };
             for (li, l) in g.layers.iter().enumerate() {
                 let gemms = g
                     .gemms
@@ -761,16 +775,7 @@ impl CudaEngine {
                     stream as _,
                 )?;
                 mark("gemm attn_out (+bias+residual)")?;
-                let (ga, be) = l.attn_norm;
-                cr::launch_kernel(
-                    g.f.layernorm,
-                    (row_blocks, 1, 1),
-                    (128, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
-                )
-                .map_err(drv("layernorm kernel"))?;
+                layernorm(l.attn_norm)?;
                 mark("layernorm")?;
                 gemms.run(
                     li,
@@ -808,16 +813,7 @@ impl CudaEngine {
                     stream as _,
                 )?;
                 mark("gemm ffn_out (+bias+residual)")?;
-                let (ga, be) = l.ffn_norm;
-                cr::launch_kernel(
-                    g.f.layernorm,
-                    (row_blocks, 1, 1),
-                    (128, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
-                )
-                .map_err(drv("layernorm kernel"))?;
+                layernorm(l.ffn_norm)?;
                 mark("layernorm")?;
             }
             let mode: i32 = match self.pooling {
