@@ -30,13 +30,19 @@ for name in ("parity.jsonl", "minilm.jsonl"):
               + (f" rho cpu/32/16={r['cpu_spearman']:.4f}/{r['fp32_spearman']:.4f}/{r['fp16_spearman']:.4f}"
                  if "fp16_spearman" in r else ""))
 for r in lines("ours.jsonl"):
+    if "error" in r:
+        print(f"embedrt {r['precision']}: ERROR {r['error']}")
+        continue
     print(f"embedrt {r['precision']}: W1 {r['w1_seq_per_s']:.0f} seq/s  W2 {r['w2_sent_per_s']:.0f} sent/s  "
           f"W3 p50 {r['w3_p50_ms']:.3f} p99 {r['w3_p99_ms']:.3f} ms"
           + (f"  weights {r['weight_bytes']/2**20:.0f} MiB workspace {r['workspace_bytes']/2**20:.0f} MiB"
              f" load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'weight_bytes' in r else "")
           + (f"  mixed<= {r.get('mixed_lengths_max', 512)} cos16 {r['mixed_fp16_min_cos_vs_fp32']:.6f}" if 'mixed_fp16_min_cos_vs_fp32' in r else "")
           + (f"  cos vs default {r['min_cos_vs_default_fp16']:.6f}" if 'min_cos_vs_default_fp16' in r else "")
-          + (f"  slots {r['slots']} load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'slots' in r else ""))
+          + (f"  slots {r['slots']} load took {r['gpu_bytes_taken_by_load']/2**20:.0f} MiB" if 'slots' in r else "")
+          + (f"  W1 one engine call {r['w1_engine_call_ms']:.2f} ms" if 'w1_engine_call_ms' in r else "")
+          + (f"  W3 cos16/32 {r['w3_fp16_cos_vs_fp32']:.6f}" if 'w3_fp16_cos_vs_fp32' in r else "")
+          + (f"  W3 cos vs default {r['w3_cos_vs_default_fp16']:.6f}" if 'w3_cos_vs_default_fp16' in r else ""))
     for key in ("stages_w1_ms", "stages_w2_batch256_ms", "stages_w3_ms"):
         if key in r:
             print(f"   {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in r[key]))

@@ -120,6 +120,16 @@ pub trait Backend: Send + Sync {
     /// row-major. A failure fails this batch only; the engine stays usable.
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>>;
 
+    /// Like `embed`, each row L2-normalized. Engines that can fuse the
+    /// normalization into their pooling step override this.
+    fn embed_normalized(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        let mut v = self.embed(batch)?;
+        let hidden = self.hidden_size().max(1);
+        v.chunks_exact_mut(hidden)
+            .for_each(crate::pooling::normalize);
+        Ok(v)
+    }
+
     /// How many `embed` calls can usefully run at the same time (a GPU
     /// engine with several execution slots overlaps one batch's copies and
     /// host work with another's compute). The `Embedder` drives that many

@@ -7,14 +7,15 @@ use std::sync::{mpsc, Arc};
 use crate::backend::{Backend, TokenBatch};
 use crate::error::Result;
 use crate::model::SentenceModel;
-use crate::pooling::normalize;
 use crate::tokenizer::Encoded;
 
 /// With several engine slots a job is cut into at least two batches per
 /// slot (so one batch's copy-out and normalization overlap the next one's
-/// compute), but never into batches smaller than this many tokens, where
-/// the GEMMs would lose efficiency.
-const MIN_PIPELINED_BATCH_TOKENS: usize = 4096;
+/// compute), but never into batches smaller than this many tokens: measured
+/// on the H200 (docs/perf/gpu.md, run 12), 256 x 128 tokens cut into four
+/// 8,192-token batches ran 3–4% slower than as one batch, and the host work
+/// that pipelining hides is small next to a 16,384-token batch.
+const MIN_PIPELINED_BATCH_TOKENS: usize = 16384;
 
 pub struct Embedder {
     pub model: Arc<SentenceModel>,
@@ -97,40 +98,43 @@ impl Embedder {
             }
             b
         };
+        let run = |b: &TokenBatch| {
+            if normalize_output {
+                self.backend.embed_normalized(b)
+            } else {
+                self.backend.embed(b)
+            }
+        };
         let mut out = vec![Vec::new(); seqs.len()];
         let mut place = |members: &[usize], pooled: &[f32]| {
             for (row, &i) in pooled.chunks_exact(hidden).zip(members) {
-                let mut v = row.to_vec();
-                if normalize_output {
-                    normalize(&mut v);
-                }
-                out[i] = v;
+                out[i] = row.to_vec();
             }
             progress(members.len());
         };
         let workers = slots.min(batches.len());
         if workers <= 1 {
             for members in &batches {
-                let pooled = self.backend.embed(&make_batch(members))?;
+                let pooled = run(&make_batch(members))?;
                 place(members, &pooled);
             }
             return Ok(out);
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let backend = &*self.backend;
         let mut first_err = None;
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             for _ in 0..workers {
                 let tx = tx.clone();
-                let (next, failed, batches, make_batch) = (&next, &failed, &batches, &make_batch);
+                let (next, failed, batches, make_batch, run) =
+                    (&next, &failed, &batches, &make_batch, &run);
                 s.spawn(move || loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= batches.len() || failed.load(Ordering::Relaxed) {
                         break;
                     }
-                    let r = backend.embed(&make_batch(&batches[k]));
+                    let r = run(&make_batch(&batches[k]));
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -206,6 +210,15 @@ mod tests {
     }
 
     fn run(slots: usize, batch: usize, fail: Option<u32>) -> Result<Vec<Vec<f32>>> {
+        run_with(slots, batch, fail, false)
+    }
+
+    fn run_with(
+        slots: usize,
+        batch: usize,
+        fail: Option<u32>,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let model = SentenceModel::load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../tests/fixtures/tiny-bert-max")
@@ -221,7 +234,7 @@ mod tests {
         let s = seqs();
         let refs: Vec<&[u32]> = s.iter().map(|v| v.as_slice()).collect();
         let done = std::cell::Cell::new(0);
-        let r = e.embed_ids(&refs, batch, false, &|n| done.set(done.get() + n))?;
+        let r = e.embed_ids(&refs, batch, normalize, &|n| done.set(done.get() + n))?;
         assert_eq!(
             done.get(),
             s.len(),
@@ -242,6 +255,20 @@ mod tests {
                 let q = &q[..q.len().min(50)];
                 assert_eq!(v[0], q.len() as f32);
                 assert_eq!(v[2], q[0] as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn normalized_jobs_are_the_raw_vectors_divided_by_their_norm() {
+        for slots in [1, 2] {
+            let raw = run_with(slots, 16, None, false).unwrap();
+            let unit = run_with(slots, 16, None, true).unwrap();
+            for (r, u) in raw.iter().zip(&unit) {
+                let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+                for (a, b) in r.iter().zip(u) {
+                    assert!((a / norm - b).abs() <= 1e-6, "{a} / {norm} vs {b}");
+                }
             }
         }
     }

@@ -141,6 +141,8 @@ extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __rest
 // Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in place (the bias was added by
 // the GEMM epilogue; cuBLASLt's own GELU is the tanh approximation).
 // 16-byte loads and stores; a scalar tail if n is not a multiple of VEC.
+// On the H200 this pass is as much compute-bound (erff) as memory-bound:
+// two vectors in flight and packed conversions did not make it faster.
 #define VEC (16 / (int)sizeof(st_t))
 __device__ __forceinline__ float gelu1(float v) {
     return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
@@ -242,11 +244,16 @@ attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int hea
 }
 
 // Sentence pooling over each sequence's tokens, fp32 out [sequences, HIDDEN].
-// mode: 0 mean, 1 cls, 2 max, 3 mean / sqrt(len). One block per sequence.
+// mode: 0 mean, 1 cls, 2 max, 3 mean / sqrt(len). One block per sequence
+// (at most 256 threads). With *normalize set, the row is then divided by its
+// L2 norm (at least 1e-12), as the host's normalize does.
 extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __restrict__ offsets,
-                                int mode, float* __restrict__ out) {
+                                int mode, const unsigned* __restrict__ normalize,
+                                float* __restrict__ out) {
     const int seq = blockIdx.x;
     const int start = offsets[seq], len = offsets[seq + 1] - start;
+    float* row = out + (size_t)seq * HIDDEN;
+    float ss = 0.f;
     for (int c = threadIdx.x; c < HIDDEN; c += blockDim.x) {
         const st_t* col = hidden + (size_t)start * HIDDEN + c;
         float r;
@@ -260,210 +267,36 @@ extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __re
             for (int i = 0; i < len; ++i) r += ld(col[(size_t)i * HIDDEN]);
             r = mode == 0 ? r / (float)len : r / sqrtf((float)len);
         }
-        out[(size_t)seq * HIDDEN + c] = r;
+        row[c] = r;
+        ss += r * r;
     }
+    if (!*normalize) return;
+    __shared__ float warp_ss[8];
+    ss = warp_sum(ss);
+    if (threadIdx.x % WARP == 0) warp_ss[threadIdx.x / WARP] = ss;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < (int)(blockDim.x + WARP - 1) / WARP; ++w) total += warp_ss[w];
+    const float norm = fmaxf(sqrtf(total), 1e-12f);
+    // Each thread rescales the values it wrote itself.
+    for (int c = threadIdx.x; c < HIDDEN; c += blockDim.x) row[c] = row[c] / norm;
 }
 
 // ---------------------------------------------------------------------------
-// Tensor-core fused attention (fp16, sm_80+): FlashAttention-2 style. Each
-// warp owns 16 query rows; a block of up to 8 warps shares K and V tiles of
-// 64 keys in shared memory. S = Q K^T and O += P V run on mma.m16n8k16 with
-// fp32 accumulation; softmax is online in fp32. MPNet's relative position
-// bias is added per (query, key) from the bucket table inside the kernel.
-// Grid: (query tiles of 16*warps, heads, sequences).
-#if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-#define ATT_KT 64
-#define KPAD (HEAD_DIM + 8)
-#define MAX_BUCKETS 64
-
+#if EMBEDRT_FP16 && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+// Tensor-core helpers shared by the attention and the small-token linear kernels.
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return (unsigned)cv(lo) | ((unsigned)cv(hi) << 16);
 }
 
+// c += a (16x16, row) * b (16x8, col); fp16 in, fp32 accumulate.
 __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                          unsigned b1) {
-#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    unsigned long long d;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(d) : "l"(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)d), "l"(src),
-                 "r"(valid ? 16 : 0));
-}
-
-// B fragments of V (keys x dims, "col") straight from row-major V in shared
-// memory: ldmatrix with .trans hands each thread V[2*tig..2*tig+1][g].
-__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const void* p) {
-    unsigned long long s;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
-                 : "=r"(b0), "=r"(b1)
-                 : "r"((unsigned)s));
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
-             int max_len, int num_buckets, st_t* __restrict__ ctx) {
-    const int seq = blockIdx.z, head = blockIdx.y;
-    const int start = offsets[seq];
-    const int len = offsets[seq + 1] - start;
-    const int warps = blockDim.x / WARP;
-    const int q0 = blockIdx.x * 16 * warps;
-    if (q0 >= len) return;
-    const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
-    const int g = lane >> 2, tig = lane & 3;
-    const int stride = 3 * HIDDEN;
-
-    // Two buffers: the next key tile streams in (cp.async) while this one is used.
-    __shared__ __align__(16) unsigned short ks[2][ATT_KT][KPAD];
-    __shared__ __align__(16) unsigned short vs[2][ATT_KT][KPAD];
-    __shared__ float bias_s[MAX_BUCKETS];
-    if (rel_bias) {
-        for (int b = tid; b < num_buckets; b += blockDim.x) bias_s[b] = ld(rel_bias[b * heads + head]);
-    }
-
-    const int qw = q0 + warp * 16;
-    const int r0 = qw + g, r1 = qw + g + 8;
-    unsigned qa[HEAD_DIM / 16][4];
-    {
-        const unsigned* q_0 =
-            (const unsigned*)(qkv + (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM);
-        const unsigned* q_1 =
-            (const unsigned*)(qkv + (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM);
-#pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-            qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
-            qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
-            qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
-            qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
-        }
-    }
-    float o[HEAD_DIM / 8][4];
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-    float m0 = -1e30f, m1 = -1e30f, l0 = 0.f, l1 = 0.f;
-
-    // Keys [k0, k0 + rows) of a tile, rows rounded up to 16 (what the MMAs
-    // read); keys past the sequence are zero-filled (cp.async src-size 0).
-    auto load_tile = [&](int k0, int buf) {
-        const int rows = min(ATT_KT, ((len - k0 + 15) / 16) * 16);
-        for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
-            const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
-            const bool valid = k0 + j < len;
-            const st_t* src = qkv + (size_t)(start + (valid ? k0 + j : 0)) * stride + HIDDEN +
-                              head * HEAD_DIM + d8;
-            cp_async16(&ks[buf][j][d8], src, valid);
-            cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
-        }
-        asm volatile("cp.async.commit_group;\n" ::);
-    };
-    load_tile(0, 0);
-    for (int k0 = 0, it = 0; k0 < len; k0 += ATT_KT, ++it) {
-        const int buf = it & 1;
-        if (k0 + ATT_KT < len) {
-            load_tile(k0 + ATT_KT, buf ^ 1);
-            asm volatile("cp.async.wait_group 1;\n" ::);
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        }
-        __syncthreads();
-        if (qw < len) {
-        const int nb = min(8, (len - k0 + 7) / 8);
-        float s[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-            if (j < nb) {
-#pragma unroll
-                for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-                    const unsigned b0 = *(const unsigned*)&ks[buf][j * 8 + g][kk * 16 + tig * 2];
-                    const unsigned b1 = *(const unsigned*)&ks[buf][j * 8 + g][kk * 16 + 8 + tig * 2];
-                    mma16816(s[j], qa[kk], b0, b1);
-                }
-            }
-        }
-        float mx0 = -1e30f, mx1 = -1e30f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = k0 + j * 8 + tig * 2 + (e & 1);
-                const int row = e < 2 ? r0 : r1;
-                float v = s[j][e] * scale;
-                if (key >= len) {
-                    v = -1e30f;
-                } else if (rel_bias && row < len) {
-                    v += bias_s[bucket_of[key - row + max_len - 1]];
-                }
-                s[j][e] = v;
-            }
-            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-        }
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float c0 = __expf(m0 - mn0), c1 = __expf(m1 - mn1);
-        l0 *= c0;
-        l1 *= c1;
-#pragma unroll
-        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-            o[nd][0] *= c0;
-            o[nd][1] *= c0;
-            o[nd][2] *= c1;
-            o[nd][3] *= c1;
-        }
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            s[j][0] = __expf(s[j][0] - mn0);
-            s[j][1] = __expf(s[j][1] - mn0);
-            s[j][2] = __expf(s[j][2] - mn1);
-            s[j][3] = __expf(s[j][3] - mn1);
-            l0 += s[j][0] + s[j][1];
-            l1 += s[j][2] + s[j][3];
-        }
-        m0 = mn0;
-        m1 = mn1;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-            if (2 * t < nb) {
-                const unsigned pa[4] = {pack2(s[2 * t][0], s[2 * t][1]), pack2(s[2 * t][2], s[2 * t][3]),
-                                        pack2(s[2 * t + 1][0], s[2 * t + 1][1]),
-                                        pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
-#pragma unroll
-                for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-                    unsigned b0, b1;
-                    ldmatrix_x2_trans(b0, b1, &vs[buf][t * 16 + (lane & 15)][nd * 8]);
-                    mma16816(o[nd], pa, b0, b1);
-                }
-            }
-        }
-        }
-        __syncthreads();
-    }
-    if (qw >= len) return;
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
-        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
-    }
 }
 #endif
+

@@ -43,6 +43,8 @@ struct LayerPtrs {
     ffn_in_w: u64,
     ffn_out_w: u64,
     ffn_norm: (u64, u64),
+    /// qkv, attn_out, ffn_in, ffn_out biases (the small-token path adds them itself).
+    biases: [u64; 4],
 }
 
 struct Functions {
@@ -53,6 +55,9 @@ struct Functions {
     /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
     attention_tc: Option<cu::CUfunction>,
     pool: cu::CUfunction,
+    /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
+    /// tokens (fp16, sm_80+); empty where they do not apply.
+    small_linear: Vec<cu::CUfunction>,
 }
 
 #[derive(Clone, Copy)]
@@ -81,7 +86,7 @@ struct Gpu {
     emb_norm: (u64, u64),
     layers: Vec<LayerPtrs>,
     rel_bias: u64,
-    /// Pinned staging: ids | positions | offsets in, pooled out.
+    /// Pinned staging: ids | positions | offsets | normalize flag in, pooled out.
     pinned_in: *mut u32,
     pinned_in_len: usize,
     pinned_out: *mut f32,
@@ -98,6 +103,11 @@ struct Gpu {
     /// The weight blob (owned by slot 0's allocations).
     weights: u64,
     kernels_from_cache: bool,
+    /// One u32, zero between launches: the small-token LayerNorm's ticket.
+    ticket: u64,
+    /// Batches of at most this many tokens (graph buckets) run their linear
+    /// layers through the small-token kernels (`EMBEDRT_SMALL_LINEAR`, 0 = off).
+    small_max_tokens: usize,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -233,6 +243,7 @@ impl CudaEngine {
                 attention: std::ptr::null_mut(),
                 attention_tc: None,
                 pool: std::ptr::null_mut(),
+                small_linear: Vec::new(),
             },
             allocations: Vec::new(),
             b: Buffers {
@@ -263,6 +274,8 @@ impl CudaEngine {
             tanh_gelu: std::env::var("EMBEDRT_GELU").is_ok_and(|v| v == "tanh"),
             weights: 0,
             kernels_from_cache: false,
+            ticket: 0,
+            small_max_tokens: env_usize("EMBEDRT_SMALL_LINEAR").unwrap_or(SMALL_LINEAR_MAX_TOKENS),
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
         gpu.stream =
@@ -287,6 +300,9 @@ impl CudaEngine {
                 w
             }
         };
+        gpu.ticket = alloc(&mut gpu, "LayerNorm ticket", 4)?;
+        // SAFETY: a 256-byte allocation (alloc rounds up).
+        unsafe { cr::memset_d8_sync(gpu.ticket, 0, 4) }.map_err(drv("memset"))?;
         let mut bufs = Vec::new();
         for (what, bytes) in layout {
             bufs.push((*what, alloc(&mut gpu, what, *bytes)?));
@@ -332,6 +348,12 @@ impl CudaEngine {
         let mut biases = Vec::new();
         for i in 0..config.num_hidden_layers {
             let lt = |w: &str| t(&layer_tensor(i, w));
+            let b = [
+                lt("qkv.bias")?,
+                lt("attn_out.bias")?,
+                lt("ffn_in.bias")?,
+                lt("ffn_out.bias")?,
+            ];
             gpu.layers.push(LayerPtrs {
                 qkv_w: lt("qkv.weight")?,
                 attn_out_w: lt("attn_out.weight")?,
@@ -339,16 +361,12 @@ impl CudaEngine {
                 ffn_in_w: lt("ffn_in.weight")?,
                 ffn_out_w: lt("ffn_out.weight")?,
                 ffn_norm: (lt("ffn_norm.gamma")?, lt("ffn_norm.beta")?),
+                biases: b,
             });
-            biases.push([
-                lt("qkv.bias")?,
-                lt("attn_out.bias")?,
-                lt("ffn_in.bias")?,
-                lt("ffn_out.bias")?,
-            ]);
+            biases.push(b);
         }
         // Pinned host staging.
-        gpu.pinned_in_len = 2 * max.tokens() + max.batch + 1;
+        gpu.pinned_in_len = 2 * max.tokens() + max.batch + 2;
         gpu.pinned_out_len = max.batch * config.hidden_size;
         // SAFETY: page-locked host allocations, freed in Gpu::drop.
         unsafe {
@@ -377,16 +395,34 @@ impl CudaEngine {
             layernorm: func(gpu.module, "layernorm")?,
             gelu: func(gpu.module, "gelu")?,
             attention: func(gpu.module, "attention")?,
+            // MPNet's bias table per block holds up to 1,024 key - query values.
             attention_tc: if cc.0 >= 8
                 && h.precision == Precision::Fp16
                 && config.head_dim().is_multiple_of(16)
-                && config.relative_attention_num_buckets <= 64
+                && (config.architecture != Architecture::Mpnet || max.seq <= 768)
             {
                 func(gpu.module, "attention_tc").ok()
             } else {
                 None
             },
             pool: func(gpu.module, "pool")?,
+            small_linear: if cc.0 >= 8
+                && h.precision == Precision::Fp16
+                && config.hidden_size.is_multiple_of(32)
+                && config.intermediate_size.is_multiple_of(32)
+            {
+                [
+                    "small_linear_m16",
+                    "small_linear_m32",
+                    "small_linear_m48",
+                    "small_linear_m64",
+                ]
+                .iter()
+                .map(|n| func(gpu.module, n))
+                .collect::<Result<Vec<_>>>()?
+            } else {
+                Vec::new()
+            },
         };
         gpu.gemms = Some(Gemms::new(
             h.precision,
@@ -556,11 +592,19 @@ impl CudaEngine {
         (tp, np, true)
     }
 
-    /// ids | positions | offsets into pinned memory, padded to (tp, np):
-    /// padding tokens are id 0 at position 0, padding sequences are empty.
-    fn stage(&self, g: &mut Gpu, batch: &TokenBatch, tp: usize, np: usize) -> usize {
+    /// ids | positions | offsets | normalize flag into pinned memory, padded
+    /// to (tp, np): padding tokens are id 0 at position 0, padding sequences
+    /// are empty. The flag is data, not a kernel argument, so one captured
+    /// graph serves both.
+    fn stage(
+        &self,
+        g: &mut Gpu,
+        batch: &TokenBatch,
+        (tp, np): (usize, usize),
+        normalize: bool,
+    ) -> usize {
         let (n, t) = (batch.len(), batch.total_tokens());
-        let staged = 2 * tp + np + 1;
+        let staged = staged_len(tp, np);
         // SAFETY: pinned_in holds pinned_in_len >= staged u32s (tp, np within MAX).
         let stage = unsafe { std::slice::from_raw_parts_mut(g.pinned_in, staged) };
         stage[..t].copy_from_slice(&batch.ids);
@@ -575,11 +619,12 @@ impl CudaEngine {
         for (o, &v) in stage[2 * tp..2 * tp + n + 1].iter_mut().zip(&batch.offsets) {
             *o = v as u32;
         }
-        stage[2 * tp + n + 1..].fill(t as u32);
+        stage[2 * tp + n + 1..staged - 1].fill(t as u32);
+        stage[staged - 1] = normalize as u32;
         staged
     }
 
-    fn forward(&self, g: &mut Gpu, batch: &TokenBatch) -> Result<Vec<f32>> {
+    fn forward(&self, g: &mut Gpu, batch: &TokenBatch, normalize: bool) -> Result<Vec<f32>> {
         let (n, t) = (batch.len(), batch.total_tokens());
         let h = self.config.hidden_size;
         if n > self.max.batch || t > self.max.tokens() {
@@ -589,7 +634,7 @@ impl CudaEngine {
             )));
         }
         let (tp, np, graph) = self.run_shape(g, t, n);
-        let staged = self.stage(g, batch, tp, np);
+        let staged = self.stage(g, batch, (tp, np), normalize);
         let stream = g.stream;
         if graph {
             // The graph holds the copy in and the copy out too: one launch.
@@ -635,7 +680,7 @@ impl CudaEngine {
             // Copy in (ids | positions | offsets as staged for (tp, np)),
             // the encoder, copy out of the np pooled rows: all in the graph.
             let enq = (|| -> Result<()> {
-                let src = std::slice::from_raw_parts(g.pinned_in, 2 * tp + np + 1);
+                let src = std::slice::from_raw_parts(g.pinned_in, staged_len(tp, np));
                 cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
                 self.enqueue(g, tp, np, max_len, None)?;
                 let h = self.config.hidden_size;
@@ -705,7 +750,6 @@ impl CudaEngine {
             let scale = 1.0f32 / (c.head_dim() as f32).sqrt();
             let max_len = self.max.seq as i32;
             let buckets = c.relative_attention_num_buckets as i32;
-            let inter_n = (tp * c.intermediate_size) as i64;
             let b = g.b;
             let (rb, bk) = (g.rel_bias, b.bucket);
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
@@ -724,21 +768,73 @@ impl CudaEngine {
                 )
                 .map_err(drv("layernorm kernel"))
             };
+            let (hid, inter) = (h, c.intermediate_size);
+            // Small batches (graph buckets of 16..64 tokens): linear layers with the bias,
+            // GELU, residual and LayerNorm fused in (kernels/small_linear.cu).
+            let small = match tp {
+                16 | 32 | 48 | 64 if tp <= g.small_max_tokens => {
+                    g.f.small_linear.get(tp / 16 - 1).copied()
+                }
+                _ => None,
+            };
+            let ticket = g.ticket;
+            let small_linear = |f: cu::CUfunction,
+                                (x, w, bias, res, y): (u64, u64, u64, u64, u64),
+                                (n, k): (usize, usize),
+                                epilogue: i32,
+                                (gamma, beta): (u64, u64)| {
+                let warps = (k / 32).div_ceil(4).clamp(4, 16) as u32;
+                let (n_i, k_i) = (n as i32, k as i32);
+                let ln_out = b.hidden;
+                cr::launch_kernel(
+                    f,
+                    ((n / 8) as u32, 1, 1),
+                    (32 * warps, 1, 1),
+                    0,
+                    stream,
+                    kargs![
+                        x, w, bias, res, y, n_i, k_i, epilogue, gamma, beta, eps, ticket, ln_out
+                    ],
+                )
+                .map_err(drv("small linear kernel"))
+            };
+            let gelu_fn = g.f.gelu;
+            let gelu = |x: u64, n: i64| {
+                let blocks = (n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+                cr::launch_kernel(
+                    gelu_fn,
+                    (blocks, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    stream,
+                    kargs![x, n],
+                )
+                .map_err(drv("gelu kernel"))
+            };
             for (li, l) in g.layers.iter().enumerate() {
                 let gemms = g
                     .gemms
                     .as_mut()
                     .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
-                gemms.run(
-                    li,
-                    GemmKind::Qkv,
-                    tp,
-                    l.qkv_w,
-                    b.hidden,
-                    None,
-                    b.qkv,
-                    stream as _,
-                )?;
+                match small {
+                    Some(f) => small_linear(
+                        f,
+                        (b.hidden, l.qkv_w, l.biases[0], 0, b.qkv),
+                        (3 * hid, hid),
+                        0,
+                        (0, 0),
+                    )?,
+                    None => gemms.run(
+                        li,
+                        GemmKind::Qkv,
+                        tp,
+                        l.qkv_w,
+                        b.hidden,
+                        None,
+                        b.qkv,
+                        stream as _,
+                    )?,
+                }
                 mark("gemm qkv")?;
                 match tc {
                     Some(f) => cr::launch_kernel(
@@ -764,6 +860,33 @@ impl CudaEngine {
                 }
                 .map_err(drv("attention kernel"))?;
                 mark("attention")?;
+                if let Some(f) = small {
+                    small_linear(
+                        f,
+                        (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch),
+                        (hid, hid),
+                        2,
+                        l.attn_norm,
+                    )?;
+                    mark("small attn_out+layernorm")?;
+                    small_linear(
+                        f,
+                        (b.hidden, l.ffn_in_w, l.biases[2], 0, b.inter),
+                        (inter, hid),
+                        1,
+                        (0, 0),
+                    )?;
+                    mark("small ffn_in+gelu")?;
+                    small_linear(
+                        f,
+                        (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch),
+                        (hid, inter),
+                        2,
+                        l.ffn_norm,
+                    )?;
+                    mark("small ffn_out+layernorm")?;
+                    continue;
+                }
                 gemms.run(
                     li,
                     GemmKind::AttnOut,
@@ -789,17 +912,7 @@ impl CudaEngine {
                 )?;
                 mark("gemm ffn_in (+bias)")?;
                 if !g.tanh_gelu {
-                    let gelu_blocks =
-                        (inter_n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
-                    cr::launch_kernel(
-                        g.f.gelu,
-                        (gelu_blocks, 1, 1),
-                        (256, 1, 1),
-                        0,
-                        stream,
-                        kargs![b.inter, inter_n],
-                    )
-                    .map_err(drv("gelu kernel"))?;
+                    gelu(b.inter, (tp * inter) as i64)?;
                     mark("gelu")?;
                 }
                 gemms.run(
@@ -823,13 +936,14 @@ impl CudaEngine {
                 PoolingMode::MeanSqrtLen => 3,
             };
             let threads = h.next_multiple_of(32).min(256) as u32;
+            let normalize_flag = g.b.tokens + 4 * (staged_len(tp, np) - 1) as u64;
             cr::launch_kernel(
                 g.f.pool,
                 (np as u32, 1, 1),
                 (threads, 1, 1),
                 0,
                 stream,
-                kargs![b.hidden, offs, mode, b.pooled],
+                kargs![b.hidden, offs, mode, normalize_flag, b.pooled],
             )
             .map_err(drv("pooling kernel"))?;
             mark("pooling")?;
@@ -843,7 +957,7 @@ impl CudaEngine {
         batch.validate(self.config.vocab_size, self.max.seq)?;
         let mut g = self.lock()?;
         let (n, t) = (batch.len(), batch.total_tokens());
-        let staged = self.stage(&mut g, batch, t, n);
+        let staged = self.stage(&mut g, batch, (t, n), false);
         let stream = g.stream;
         let mut events = Vec::new();
         // SAFETY: as in forward.
@@ -874,6 +988,20 @@ impl CudaEngine {
 
 /// Batches up to this many tokens run as one CUDA graph launch.
 const GRAPH_MAX_TOKENS: usize = 2048;
+
+/// Default for `EMBEDRT_SMALL_LINEAR`: graph buckets up to this many tokens
+/// use the small-token linear kernels (the kernels exist for 16 to 64).
+const SMALL_LINEAR_MAX_TOKENS: usize = 64;
+
+/// u32s staged per batch: ids and positions (tp each), np + 1 offsets, the
+/// normalize flag.
+fn staged_len(tp: usize, np: usize) -> usize {
+    2 * tp + np + 2
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
 
 /// A deterministic batch of random token ids (for warm-up and tuning).
 pub fn random_batch(config: &ModelConfig, n: usize, len: usize, seed: u64) -> TokenBatch {
@@ -920,12 +1048,23 @@ impl Backend for CudaEngine {
     }
 
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        self.run(batch, false)
+    }
+
+    /// L2 normalization inside the pooling kernel.
+    fn embed_normalized(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        self.run(batch, true)
+    }
+}
+
+impl CudaEngine {
+    fn run(&self, batch: &TokenBatch, normalize: bool) -> Result<Vec<f32>> {
         batch.validate(self.config.vocab_size, self.max.seq)?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let mut g = self.acquire()?;
-        let r = self.forward(&mut g, batch);
+        let r = self.forward(&mut g, batch, normalize);
         if r.is_err() {
             // Leave the stream idle for the next batch; a sticky error
             // (the context is lost) will show up there too.

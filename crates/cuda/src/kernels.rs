@@ -13,7 +13,13 @@ use cudarc::nvrtc::sys as nvrtc;
 use embedrt_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
-pub const ENCODER_SOURCE: &str = include_str!("../kernels/encoder.cu");
+/// The encoder's kernels, one NVRTC program: the shared helpers and the plain kernels,
+/// the tensor-core attention, and the small-token linear layers.
+pub const ENCODER_SOURCE: &str = concat!(
+    include_str!("../kernels/encoder.cu"),
+    include_str!("../kernels/attention_tc.cu"),
+    include_str!("../kernels/small_linear.cu"),
+);
 
 /// Where compiled kernels live: `$EMBEDRT_KERNEL_CACHE`, else
 /// `$XDG_CACHE_HOME/embedrt/kernels`, else `~/.cache/embedrt/kernels`.

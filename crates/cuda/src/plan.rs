@@ -416,8 +416,8 @@ pub fn workspace_layout(
         ("context", t * h * s),
         ("scratch", t * h * s),
         ("intermediate", t * config.intermediate_size * s),
-        // ids, positions, offsets: one upload.
-        ("tokens", (2 * t + max.batch + 1) * 4),
+        // ids, positions, offsets, the normalize flag: one upload.
+        ("tokens", (2 * t + max.batch + 2) * 4),
         ("pooled", max.batch * h * 4),
         ("gemm_workspace", GEMM_WORKSPACE_BYTES),
     ];

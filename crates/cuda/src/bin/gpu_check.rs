@@ -13,6 +13,10 @@
 //! W2 (STS-B dev sentences as one job), W3 (one 16-token sentence latency)
 //! in fp32 and fp16, GPU memory, fp16-vs-fp32 cosine on mixed lengths up to
 //! the model's max. One JSON line per precision.
+//!
+//! `embedrt-gpu-check profile PLAN`: loads a plan and runs the W1 batch
+//! (256 x 128) and the W3 sentence (16 tokens) a few times each, nothing
+//! else: a short program for `ncu` to look at single kernels.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         Some("assemble-plan") if args.len() >= 3 => {
             assemble(Path::new(&args[1]), Path::new(&args[2]), args.get(3))
         }
+        Some("profile") if args.len() >= 2 => profile(Path::new(&args[1])),
         Some("bench") if args.len() >= 4 => bench(
             Path::new(&args[1]),
             Path::new(&args[2]),
@@ -41,7 +46,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: embedrt-gpu-check parity MODEL_DIR [STS_CSV] | bench MODEL_DIR STS_CSV PLAN_DIR \
-                 | assemble-plan MODEL_DIR OUT_PLAN [CC]"
+                 | assemble-plan MODEL_DIR OUT_PLAN [CC] | profile PLAN"
             );
             return ExitCode::from(2);
         }
@@ -53,6 +58,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn profile(plan_path: &Path) -> Result<()> {
+    let plan = Plan::read(plan_path)?;
+    let engine = CudaEngine::load(&plan, 0)?;
+    let cfg = &plan.header.config;
+    let w1 = random_batch(cfg, 256, 128, 11);
+    let w3 = random_batch(cfg, 1, 16, 13);
+    for _ in 0..3 {
+        engine.embed(&w1)?;
+    }
+    for _ in 0..3 {
+        engine.embed(&w3)?;
+    }
+    Ok(())
 }
 
 fn assemble(dir: &Path, out: &Path, cc: Option<&String>) -> Result<()> {
@@ -278,6 +298,8 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
     }
     mixed.push(rb.seq(0));
     let mut mixed_fp32: Vec<f32> = Vec::new();
+    let mut w3_fp32: Vec<f32> = Vec::new();
+    let mut w3_default: Vec<f32> = Vec::new();
     // MAX batch 1024 so W2 (3,000 sentences) runs as 3 batches.
     let profile = format!("1x8:256x128:1024x{}", model.max_seq_length.min(512));
     std::fs::create_dir_all(plan_dir)?;
@@ -312,9 +334,15 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         rec["stages_w1_ms"] = stages(&w1)?;
         rec["stages_w2_batch256_ms"] = stages(&w2_first)?;
         rec["stages_w3_ms"] = stages(&w3)?;
+        let w3_out = engine.embed(&w3)?;
         match precision {
-            Precision::Fp32 => mixed_fp32 = mixed_out.clone(),
+            Precision::Fp32 => {
+                mixed_fp32 = mixed_out.clone();
+                w3_fp32 = w3_out;
+            }
             Precision::Fp16 => {
+                rec["w3_fp16_cos_vs_fp32"] = json!(embedrt_core::sts::cosine(&w3_out, &w3_fp32));
+                w3_default = w3_out;
                 let a: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
                 let b: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
                 rec["mixed_lengths_max"] = json!(mixed.max_seq_len());
@@ -330,7 +358,10 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                     &[("EMBEDRT_CUDA_SLOTS", "1")],
                     "fp16 one slot (no pipelining)",
                 ),
-                (&[("EMBEDRT_CUDA_GRAPHS", "0")], "fp16 no graphs"),
+                (
+                    &[("EMBEDRT_SMALL_LINEAR", "0")],
+                    "fp16 small-token kernels off (cuBLASLt + separate LayerNorm/GELU)",
+                ),
                 (
                     &[("EMBEDRT_GELU", "tanh")],
                     "fp16 tanh-GELU in the GEMM epilogue",
@@ -340,21 +371,29 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                 for (k, v) in vars {
                     std::env::set_var(k, v);
                 }
-                let (free0, _) = cudarc_mem()?;
-                let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
-                let (free1, _) = cudarc_mem()?;
-                let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
-                rec["slots"] = json!(engine.report().slots);
-                rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
-                let out = engine.embed(&mixed)?;
-                let a: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
-                let b: Vec<Vec<f32>> = out.chunks(h).map(<[f32]>::to_vec).collect();
+                // A failing variant is reported, not fatal: the rest still runs.
+                let r = (|| -> Result<serde_json::Value> {
+                    let (free0, _) = cudarc_mem()?;
+                    let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
+                    let (free1, _) = cudarc_mem()?;
+                    let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
+                    rec["slots"] = json!(engine.report().slots);
+                    rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
+                    let out = engine.embed(&mixed)?;
+                    let a: Vec<Vec<f32>> = mixed_out.chunks(h).map(<[f32]>::to_vec).collect();
+                    let b: Vec<Vec<f32>> = out.chunks(h).map(<[f32]>::to_vec).collect();
+                    rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
+                    let f32s: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
+                    rec["mixed_fp16_min_cos_vs_fp32"] = json!(min_cosine(&b, &f32s));
+                    let single = engine.embed(&w3)?;
+                    rec["w3_cos_vs_default_fp16"] =
+                        json!(embedrt_core::sts::cosine(&single, &w3_default));
+                    rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
+                    rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
+                    Ok(rec)
+                })();
+                let mut rec = r.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
                 rec["precision"] = json!(label);
-                rec["min_cos_vs_default_fp16"] = json!(min_cosine(&b, &a));
-                let f32s: Vec<Vec<f32>> = mixed_fp32.chunks(h).map(<[f32]>::to_vec).collect();
-                rec["mixed_fp16_min_cos_vs_fp32"] = json!(min_cosine(&b, &f32s));
-                rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
-                rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
                 println!("{rec}");
                 for (k, _) in vars {
                     std::env::remove_var(k);
@@ -392,6 +431,16 @@ fn measure(
         w1_t.push(t.elapsed().as_secs_f64());
     }
     let w1_s = percentile(&mut w1_t, 0.5);
+    // The same 256 sequences as one engine call (no Embedder: no sorting, splitting,
+    // normalization): what the engine alone takes.
+    let w1_batch = TokenBatch::from_sequences(w1);
+    let mut w1e_t = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        engine.embed(&w1_batch)?;
+        w1e_t.push(t.elapsed().as_secs_f64());
+    }
+    let w1e_s = percentile(&mut w1e_t, 0.5);
     let w2_batch = engine.info().max_batch_size;
     emb.embed_ids(w2, w2_batch, true, &|_| {})?;
     let mut w2_t = Vec::new();
@@ -414,6 +463,7 @@ fn measure(
     let p99 = percentile(&mut w3_t, 0.99);
     Ok(json!({
         "w1_seq_per_s": w1.len() as f64 / w1_s, "w1_ms": w1_s * 1e3,
+        "w1_engine_call_ms": w1e_s * 1e3,
         "w2_sent_per_s": w2.len() as f64 / w2_s, "w2_ms": w2_s * 1e3, "w2_batch": w2_batch,
         "w3_p50_ms": p50, "w3_p99_ms": p99,
     }))

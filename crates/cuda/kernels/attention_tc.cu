@@ -1,0 +1,248 @@
+// ---------------------------------------------------------------------------
+// Tensor-core fused attention (fp16, sm_80+), FlashAttention-2 style, over packed unpadded
+// sequences. qkv is [tokens, 3*HIDDEN] (Q | K | V), ctx is [tokens, HIDDEN].
+// Grid: (query tiles of 16*warps, heads, sequences). Each warp owns 16 query rows; the
+// block shares K and V tiles of 64 keys, streamed through shared memory with cp.async
+// (double-buffered) and read as mma fragments with ldmatrix. S = Q K^T and O += P V run on
+// mma.m16n8k16 with fp32 accumulation; the softmax is online, in fp32 and in the exp2
+// domain (scale * log2 e folded into one multiply).
+// MPNet's relative position bias depends only on key - query: each block first gathers the
+// value for every key - query it will meet (bucket table, then the [buckets, heads] bias)
+// into shared memory, so a score costs one shared load for its bias; no
+// [batch, heads, seq, seq] tensor exists anywhere.
+#if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+#define ATT_KT 64
+#define KPAD (HEAD_DIM + 8)
+// Bias values a block can meet: len + 16 * warps - 1, plus reads past the sequence end in
+// a partial tile (discarded). The host uses this kernel for MPNet only up to 768 tokens.
+#define ATT_REL_MAX 1024
+#define ATT_LOG2E 1.4426950408889634f
+#define ATT_MASKED (-1e30f)
+
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    return (unsigned)s;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+
+// Four 8x8 fp16 matrices from shared memory; lane l gives the row address of matrix l / 8.
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+struct AttRows {
+    float m0, m1, l0, l1;  // running max (exp2 domain) and sum for rows g and g + 8
+};
+
+// One tile of up to 64 keys for one warp's 16 query rows. FULL: all 64 keys are in the
+// sequence (no masking); BIAS: add the relative position bias (rel0: bias of row g at the
+// tile's key 2 * tig, already times log2 e; row g + 8 is 8 entries lower).
+template <bool FULL, bool BIAS>
+__device__ __forceinline__ void att_tile(const unsigned (&qa)[HEAD_DIM / 16][4],
+                                         float (&o)[HEAD_DIM / 8][4], AttRows& st,
+                                         const unsigned short (*ks)[KPAD],
+                                         const unsigned short (*vs)[KPAD], const float* rel0,
+                                         int keys_left, float qk_scale, int lane) {
+    const int tig = lane & 3, mi = lane >> 3, mr = lane & 7;
+    const int nb = FULL ? 8 : min(8, (keys_left + 7) / 8);
+    float s[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        s[j + 1][0] = s[j + 1][1] = s[j + 1][2] = s[j + 1][3] = 0.f;
+        // Key blocks j and j + 1 lie in one 16-row group, loaded whole (zeros past the end).
+        if (FULL || j < nb) {
+#pragma unroll
+            for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+                unsigned b[4];
+                ldsm_x4(b, &ks[(j + (mi >> 1)) * 8 + mr][kk * 16 + (mi & 1) * 8]);
+                mma16816(s[j], qa[kk], b[0], b[1]);
+                mma16816(s[j + 1], qa[kk], b[2], b[3]);
+            }
+        }
+    }
+    float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float v = s[j][e] * qk_scale;
+            if (BIAS) v += rel0[j * 8 + (e & 1) - (e < 2 ? 0 : 8)];
+            if (!FULL && j * 8 + tig * 2 + (e & 1) >= keys_left) v = ATT_MASKED;
+            s[j][e] = v;
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(st.m0, mx0), mn1 = fmaxf(st.m1, mx1);
+    const float c0 = exp2_approx(st.m0 - mn0), c1 = exp2_approx(st.m1 - mn1);
+    st.l0 *= c0;
+    st.l1 *= c1;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        o[nd][0] *= c0;
+        o[nd][1] *= c0;
+        o[nd][2] *= c1;
+        o[nd][3] *= c1;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        s[j][0] = exp2_approx(s[j][0] - mn0);
+        s[j][1] = exp2_approx(s[j][1] - mn0);
+        s[j][2] = exp2_approx(s[j][2] - mn1);
+        s[j][3] = exp2_approx(s[j][3] - mn1);
+        st.l0 += s[j][0] + s[j][1];
+        st.l1 += s[j][2] + s[j][3];
+    }
+    st.m0 = mn0;
+    st.m1 = mn1;
+    // O += P V: P is the A operand straight from registers, 16 keys per MMA.
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        if (FULL || 2 * t < nb) {
+            const unsigned pa[4] = {pack2(s[2 * t][0], s[2 * t][1]), pack2(s[2 * t][2], s[2 * t][3]),
+                                    pack2(s[2 * t + 1][0], s[2 * t + 1][1]),
+                                    pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
+                unsigned b[4];
+                ldsm_x4_trans(b, &vs[t * 16 + (mi & 1) * 8 + mr][(nd + (mi >> 1)) * 8]);
+                mma16816(o[nd], pa, b[0], b[1]);
+                mma16816(o[nd + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+}
+
+// Two blocks of 8 warps per SM (registers capped at 128).
+extern "C" __global__ void __launch_bounds__(256, 2)
+attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+             int max_len, int num_buckets, st_t* __restrict__ ctx) {
+    const int seq = blockIdx.z, head = blockIdx.y;
+    const int start = offsets[seq];
+    const int len = offsets[seq + 1] - start;
+    const int warps = blockDim.x / WARP;
+    const int qspan = 16 * warps;
+    const int q0 = blockIdx.x * qspan;
+    if (q0 >= len) return;
+    const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
+    const int g = lane >> 2, tig = lane & 3;
+    const int stride = 3 * HIDDEN;
+
+    __shared__ __align__(16) unsigned short ks[2][ATT_KT][KPAD];
+    __shared__ __align__(16) unsigned short vs[2][ATT_KT][KPAD];
+    __shared__ float rel_s[ATT_REL_MAX];
+
+    // Keys [k0, k0 + rows) of a tile, rows rounded up to 16 (what the MMAs read); keys past
+    // the sequence are zero-filled (cp.async src-size 0).
+    auto load_tile = [&](int k0, int buf) {
+        const int rows = min(ATT_KT, ((len - k0 + 15) / 16) * 16);
+        for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
+            const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
+            const bool valid = k0 + j < len;
+            const st_t* src = qkv + (size_t)(start + (valid ? k0 + j : 0)) * stride + HIDDEN +
+                              head * HEAD_DIM + d8;
+            cp_async16(&ks[buf][j][d8], src, valid);
+            cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    load_tile(0, 0);
+
+    // rel_s[i]: bias (times log2 e) for key - query = i - (q0 + qspan - 1).
+    if (rel_bias) {
+        const int rel_lo = -(q0 + qspan - 1);
+        for (int i = tid; i < len + qspan - 1; i += blockDim.x) {
+            const int bi = min(max(rel_lo + i + max_len - 1, 0), 2 * max_len - 2);
+            rel_s[i] = ld(rel_bias[bucket_of[bi] * heads + head]) * ATT_LOG2E;
+        }
+    }
+
+    const int qw = q0 + warp * 16;
+    const int r0 = qw + g, r1 = qw + g + 8;
+    unsigned qa[HEAD_DIM / 16][4];
+    {
+        const unsigned* q_0 =
+            (const unsigned*)(qkv + (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM);
+        const unsigned* q_1 =
+            (const unsigned*)(qkv + (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM);
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+            qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
+            qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
+            qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
+            qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
+        }
+    }
+    float o[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    AttRows st = {ATT_MASKED, ATT_MASKED, 0.f, 0.f};
+    const float qk_scale = scale * ATT_LOG2E;
+
+    for (int k0 = 0, it = 0; k0 < len; k0 += ATT_KT, ++it) {
+        const int buf = it & 1;
+        if (k0 + ATT_KT < len) {
+            load_tile(k0 + ATT_KT, buf ^ 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();
+        if (qw < len) {
+            const float* rel0 = rel_s + (k0 + 2 * tig - r0 + q0 + qspan - 1);
+            const int left = len - k0;
+            if (rel_bias) {
+                if (left >= ATT_KT)
+                    att_tile<true, true>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                else
+                    att_tile<false, true>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+            } else {
+                if (left >= ATT_KT)
+                    att_tile<true, false>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                else
+                    att_tile<false, false>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+            }
+        }
+        __syncthreads();
+    }
+    if (qw >= len) return;
+    float l0 = st.l0, l1 = st.l1;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
+        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
+    }
+}
+#endif

@@ -1,0 +1,152 @@
+// ---------------------------------------------------------------------------
+// Linear layers for a few tokens (fp16, sm_80+), the latency case:
+//   y[M, N] = x[M, K] w[N, K]^T + bias, then the layer's next step fused in:
+//   epilogue 0: nothing (QKV), 1: exact GELU (FFN-in),
+//   2: + residual, then LayerNorm of the whole rows into ln_out (attention-out, FFN-out).
+// M = 16 * MT tokens (the graph buckets pad to a multiple of 16). At these sizes a GEMM only
+// streams its weights once, so the work is spread over features and K: each block owns 8
+// output features, its warps take 32-wide K chunks round-robin, and the tensor cores do the
+// dot products (mma.m16n8k16, fp32 accumulation). A thread reads one 16-byte vector of a
+// weight row and of each x row per chunk; the mma's k order is permuted the same way in x
+// and w, which leaves every dot product unchanged.
+// LayerNorm needs whole rows: every block takes a ticket after writing its features; the
+// last one normalizes all M rows and resets the ticket for the next launch.
+// Needs: K a multiple of 32, N a multiple of 8, N == HIDDEN for epilogue 2 (host checks).
+#if EMBEDRT_FP16 && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+#define SL_MAX_WARPS 16
+
+// Weights are read once per launch: no L1 allocation.
+__device__ __forceinline__ uint4 ld_stream16(const st_t* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// Rows other blocks wrote in this launch: read from L2, never a stale L1 line.
+__device__ __forceinline__ void add_row_l2(float (&x)[VPL * LVEC], const st_t* src, int k,
+                                           int vi) {
+    uint4 q;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
+                 : "l"(((const uint4*)src) + vi));
+    const st_t* e = (const st_t*)&q;
+#pragma unroll
+    for (int i = 0; i < LVEC; ++i) x[k * LVEC + i] += ld(e[i]);
+}
+
+template <int MT, int UNROLL>
+__device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
+                                             const st_t* __restrict__ w,
+                                             const st_t* __restrict__ bias,
+                                             const st_t* residual, st_t* y, int n, int k,
+                                             int epilogue, const st_t* __restrict__ gamma,
+                                             const st_t* __restrict__ beta, float eps,
+                                             unsigned* ticket, st_t* ln_out) {
+    const int warps = blockDim.x / WARP;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane >> 2, tig = lane & 3;
+    const int n0 = blockIdx.x * 8;
+    const int chunks = k / 32;
+    float acc[MT][4];
+#pragma unroll
+    for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    const st_t* wrow = w + (size_t)(n0 + g) * k + tig * 8;
+    const st_t* xrow = x + (size_t)g * k + tig * 8;
+    for (int c0 = warp; c0 < chunks; c0 += warps * UNROLL) {
+        uint4 wv[UNROLL], xv[UNROLL][MT][2];
+        // All loads of the unrolled chunks first, so they are in flight together.
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int c = c0 + u * warps;
+            if (c < chunks) {
+                wv[u] = ld_stream16(wrow + c * 32);
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    xv[u][t][0] = *(const uint4*)(xrow + (size_t)(16 * t) * k + c * 32);
+                    xv[u][t][1] = *(const uint4*)(xrow + (size_t)(16 * t + 8) * k + c * 32);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            if (c0 + u * warps < chunks) {
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    const uint4 r0 = xv[u][t][0], r1 = xv[u][t][1];
+                    const unsigned a_lo[4] = {r0.x, r1.x, r0.y, r1.y};
+                    const unsigned a_hi[4] = {r0.z, r1.z, r0.w, r1.w};
+                    mma16816(acc[t], a_lo, wv[u].x, wv[u].y);
+                    mma16816(acc[t], a_hi, wv[u].z, wv[u].w);
+                }
+            }
+        }
+    }
+    // Sum the warps' partial dot products.
+    __shared__ float part[SL_MAX_WARPS * 4 * 4 * WARP];
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[((warp * MT + t) * 4 + e) * WARP + lane] = acc[t][e];
+    }
+    __syncthreads();
+    // One thread per pair of neighbouring features in a row: (t, half, lane).
+    for (int p = threadIdx.x; p < MT * 2 * WARP; p += blockDim.x) {
+        const int pl = p % WARP, half = (p / WARP) % 2, t = p / (2 * WARP);
+        float v0 = 0.f, v1 = 0.f;
+        for (int wp = 0; wp < warps; ++wp) {
+            v0 += part[((wp * MT + t) * 4 + 2 * half) * WARP + pl];
+            v1 += part[((wp * MT + t) * 4 + 2 * half + 1) * WARP + pl];
+        }
+        const int row = 16 * t + (pl >> 2) + 8 * half;
+        const int col = n0 + 2 * (pl & 3);
+        v0 += ld(bias[col]);
+        v1 += ld(bias[col + 1]);
+        if (epilogue == 1) {
+            v0 = gelu1(v0);
+            v1 = gelu1(v1);
+        } else if (epilogue == 2) {
+            const unsigned r = *(const unsigned*)&residual[(size_t)row * n + col];
+            v0 += ld((st_t)(r & 0xffffu));
+            v1 += ld((st_t)(r >> 16));
+        }
+        *(unsigned*)&y[(size_t)row * n + col] = (unsigned)cv(v0) | ((unsigned)cv(v1) << 16);
+    }
+    if (epilogue != 2) return;
+    // LayerNorm: the last block to finish has every row.
+    __shared__ unsigned is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int row = warp; row < 16 * MT; row += warps) {
+        float v[VPL * LVEC];
+#pragma unroll
+        for (int i = 0; i < VPL * LVEC; ++i) v[i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < VPL; ++kk) {
+            const int vi = lane + kk * WARP;
+            if (vi < NVEC) add_row_l2(v, y + (size_t)row * HIDDEN, kk, vi);
+        }
+        ln_store(v, gamma, beta, ln_out + (size_t)row * HIDDEN, eps);
+    }
+    if (threadIdx.x == 0) *ticket = 0u;
+}
+
+#define SMALL_LINEAR(NAME, MT, UNROLL)                                                         \
+    extern "C" __global__ void __launch_bounds__(SL_MAX_WARPS * WARP) NAME(                    \
+        const st_t* __restrict__ x, const st_t* __restrict__ w, const st_t* __restrict__ bias, \
+        const st_t* residual, st_t* y, int n, int k, int epilogue,                             \
+        const st_t* __restrict__ gamma, const st_t* __restrict__ beta, float eps,              \
+        unsigned* ticket, st_t* ln_out) {                                                      \
+        small_linear<MT, UNROLL>(x, w, bias, residual, y, n, k, epilogue, gamma, beta, eps,    \
+                                 ticket, ln_out);                                              \
+    }
+SMALL_LINEAR(small_linear_m16, 1, 4)
+SMALL_LINEAR(small_linear_m32, 2, 4)
+SMALL_LINEAR(small_linear_m48, 3, 2)
+SMALL_LINEAR(small_linear_m64, 4, 2)
+#endif

@@ -1,0 +1,119 @@
+"""The embedded CUDA kernels compile with NVRTC 13.0 (what the GPU machines run) for every
+architecture the engine supports, in both precisions and for the model sizes we ship, and every
+kernel the engine looks up is there. Runs without a GPU: NVRTC comes from the PyPI wheel
+nvidia-cuda-nvrtc. This is what catches a broken kernel before a device run does."""
+import ctypes
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CUDA = os.path.join(ROOT, "crates", "cuda")
+
+
+def nvrtc():
+    try:
+        import nvidia.cu13  # the wheel's namespace package
+    except ImportError:
+        pytest.fail("nvidia-cuda-nvrtc is not installed: run scripts/setup-test-env.sh")
+    lib = os.path.join(list(nvidia.cu13.__path__)[0], "lib")
+    # libnvrtc dlopens its builtins by soname: load them first, globally.
+    ctypes.CDLL(os.path.join(lib, "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(os.path.join(lib, "libnvrtc.so.13"))
+
+
+def source():
+    """The kernel files in the order kernels.rs concatenates them."""
+    rs = open(os.path.join(CUDA, "src", "kernels.rs")).read()
+    files = re.findall(r'include_str!\("\.\./kernels/([a-z_]+\.cu)"\)', rs)
+    assert files, "kernels.rs no longer include_str!s its kernel files"
+    return "".join(open(os.path.join(CUDA, "kernels", f)).read() for f in files)
+
+
+def looked_up():
+    """Kernel names engine.rs asks the module for."""
+    rs = open(os.path.join(CUDA, "src", "engine.rs")).read()
+    names = set(re.findall(r'func\(gpu\.module, "([a-z_0-9]+)"\)', rs))
+    names |= set(re.findall(r'"(small_linear_m\d+)"', rs))
+    assert {"embed_layernorm", "layernorm", "gelu", "attention", "pool", "attention_tc"} <= names
+    return names
+
+
+def compile_ptx(lib, src, arch, defines):
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"encoder.cu", 0, None, None) == 0
+    opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"] + [f"-D{d}".encode() for d in defines]
+    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    n = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+    log = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    ptx = b""
+    if rc == 0:
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
+        buf = ctypes.create_string_buffer(n.value)
+        lib.nvrtcGetPTX(prog, buf)
+        ptx = buf.value
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc, log.value.decode(errors="replace"), ptx.decode(errors="replace")
+
+
+# (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
+SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
+ARCHS = ["compute_75", "compute_80", "compute_90"]
+
+
+def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
+    lib, src, names = nvrtc(), source(), looked_up()
+    jobs = [(arch, fp16, h, d) for arch in ARCHS for fp16 in (1, 0) for h, d in SIZES]
+
+    def one(job):
+        arch, fp16, h, d = job
+        rc, log, ptx = compile_ptx(lib, src, arch, [f"EMBEDRT_FP16={fp16}", f"HIDDEN={h}", f"HEAD_DIM={d}"])
+        return job, rc, log, set(re.findall(r"\.entry\s+([A-Za-z_0-9]+)", ptx))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, jobs))
+    for (arch, fp16, h, d), rc, log, entries in results:
+        where = f"{arch} fp16={fp16} hidden={h} head_dim={d}"
+        assert rc == 0, f"{where}: NVRTC failed:\n{log}"
+        always = {"embed_layernorm", "layernorm", "gelu", "attention", "pool"}
+        assert always <= entries, f"{where}: missing {always - entries}"
+        tensor_cores = fp16 == 1 and arch != "compute_75"
+        small = {n for n in names if n.startswith("small_linear_")}
+        if tensor_cores:
+            assert small <= entries, f"{where}: missing {small - entries}"
+            assert ("attention_tc" in entries) == (d % 16 == 0), f"{where}: attention_tc presence"
+        else:
+            assert not (small | {"attention_tc"}) & entries, f"{where}: tensor-core kernels built"
+
+
+def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
+    """ptxas for sm_90 with MPNet-base sizes: the GELU, LayerNorm, pooling and small-token
+    kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
+    lib, src = nvrtc(), source()
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"encoder.cu", 0, None, None) == 0
+    opts = [b"--gpu-architecture=sm_90", b"--std=c++17", b"--ptxas-options=--verbose",
+            b"-DEMBEDRT_FP16=1", b"-DHIDDEN=768", b"-DHEAD_DIM=64"]
+    assert lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)) == 0
+    n = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+    log = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    report = {}
+    current = None
+    for line in log.value.decode().splitlines():
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and current:
+            report[current] = int(m.group(1))
+    hot = ["gelu", "layernorm", "embed_layernorm", "pool"] + [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
+    for k in hot:
+        assert k in report, f"no ptxas report for {k}"
+        assert report[k] == 0, f"{k} spills {report[k]} bytes"
