@@ -62,7 +62,8 @@ def compile_ptx(lib, src, arch, defines):
 
 # (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
 SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
-ARCHS = ["compute_75", "compute_80", "compute_90"]
+# compute_90a: Hopper's arch-specific target, which the engine uses on compute capability 9.0.
+ARCHS = ["compute_75", "compute_80", "compute_90a"]
 
 
 def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
@@ -88,15 +89,17 @@ def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
             assert ("attention_tc" in entries) == (d % 16 == 0), f"{where}: attention_tc presence"
         else:
             assert not (small | {"attention_tc"}) & entries, f"{where}: tensor-core kernels built"
+        hopper = fp16 == 1 and arch == "compute_90a"
+        assert ("ffn_in_gelu_sm90" in entries) == hopper, f"{where}: ffn_in_gelu_sm90 presence"
 
 
 def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
-    """ptxas for sm_90 with MPNet-base sizes: the GELU, LayerNorm, pooling and small-token
-    kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
+    """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token and
+    FFN-in GEMM kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
     lib, src = nvrtc(), source()
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"encoder.cu", 0, None, None) == 0
-    opts = [b"--gpu-architecture=sm_90", b"--std=c++17", b"--ptxas-options=--verbose",
+    opts = [b"--gpu-architecture=sm_90a", b"--std=c++17", b"--ptxas-options=--verbose",
             b"-DEMBEDRT_FP16=1", b"-DHIDDEN=768", b"-DHEAD_DIM=64"]
     assert lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)) == 0
     n = ctypes.c_size_t()
@@ -113,7 +116,8 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
         m = re.search(r"(\d+) bytes spill stores", line)
         if m and current:
             report[current] = int(m.group(1))
-    hot = ["gelu", "layernorm", "embed_layernorm", "pool"] + [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
+    hot = ["gelu", "layernorm", "embed_layernorm", "pool", "ffn_in_gelu_sm90"]
+    hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
     for k in hot:
         assert k in report, f"no ptxas report for {k}"
         assert report[k] == 0, f"{k} spills {report[k]} bytes"

@@ -289,6 +289,14 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return (unsigned)cv(lo) | ((unsigned)cv(hi) << 16);
 }
 
+// Shared-memory address of a generic pointer, as the async copy and matrix
+// instructions take it.
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    return (unsigned)s;
+}
+
 // c += a (16x16, row) * b (16x8, col); fp16 in, fp32 accumulate.
 __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                          unsigned b1) {

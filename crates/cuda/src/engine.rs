@@ -11,6 +11,7 @@ use embedrt_core::{
     Architecture, Backend, BackendInfo, Error, ModelConfig, PoolingMode, Result, TokenBatch,
 };
 
+use crate::ffn_sm90::FfnInGeluSm90;
 use crate::gemm::{algo_to_hex, GemmKind, Gemms};
 use crate::kernels;
 use crate::plan::{
@@ -105,6 +106,9 @@ struct Gpu {
     kernels_from_cache: bool,
     /// One u32, zero between launches: the small-token LayerNorm's ticket.
     ticket: u64,
+    /// Hopper: FFN-in with the exact GELU fused (our wgmma GEMM) instead of
+    /// cuBLASLt + the GELU pass (`EMBEDRT_FFN_GEMM=cublaslt` turns it off).
+    ffn_sm90: Option<FfnInGeluSm90>,
     /// Batches of at most this many tokens (graph buckets) run their linear
     /// layers through the small-token kernels (`EMBEDRT_SMALL_LINEAR`, 0 = off).
     small_max_tokens: usize,
@@ -275,6 +279,7 @@ impl CudaEngine {
             weights: 0,
             kernels_from_cache: false,
             ticket: 0,
+            ffn_sm90: None,
             small_max_tokens: env_usize("EMBEDRT_SMALL_LINEAR").unwrap_or(SMALL_LINEAR_MAX_TOKENS),
         };
         // From here on, Gpu's Drop frees whatever was made if a step fails.
@@ -424,6 +429,24 @@ impl CudaEngine {
                 Vec::new()
             },
         };
+        let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
+        let fp16 = h.precision == Precision::Fp16;
+        let (hid, inter) = (config.hidden_size, config.intermediate_size);
+        let wanted = std::env::var("EMBEDRT_FFN_GEMM").map_or(true, |v| v != "cublaslt");
+        if wanted && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
+            let f = func(gpu.module, "ffn_in_gelu_sm90")?;
+            let sms = ctx
+                .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(drv("device attribute"))?;
+            gpu.ffn_sm90 = Some(FfnInGeluSm90::new(
+                f,
+                sms as usize,
+                gpu.b.hidden,
+                max.tokens(),
+                (hid, inter),
+                &ffn_in,
+            )?);
+        }
         gpu.gemms = Some(Gemms::new(
             h.precision,
             config.hidden_size,
@@ -900,20 +923,25 @@ impl CudaEngine {
                 mark("gemm attn_out (+bias+residual)")?;
                 layernorm(l.attn_norm)?;
                 mark("layernorm")?;
-                gemms.run(
-                    li,
-                    GemmKind::FfnIn,
-                    tp,
-                    l.ffn_in_w,
-                    b.hidden,
-                    None,
-                    b.inter,
-                    stream as _,
-                )?;
-                mark("gemm ffn_in (+bias)")?;
-                if !g.tanh_gelu {
-                    gelu(b.inter, (tp * inter) as i64)?;
-                    mark("gelu")?;
+                if let Some(ffn) = &g.ffn_sm90 {
+                    ffn.launch(li, l.biases[2], b.inter, tp, stream)?;
+                    mark("ffn_in+gelu (own wgmma GEMM)")?;
+                } else {
+                    gemms.run(
+                        li,
+                        GemmKind::FfnIn,
+                        tp,
+                        l.ffn_in_w,
+                        b.hidden,
+                        None,
+                        b.inter,
+                        stream as _,
+                    )?;
+                    mark("gemm ffn_in (+bias)")?;
+                    if !g.tanh_gelu {
+                        gelu(b.inter, (tp * inter) as i64)?;
+                        mark("gelu")?;
+                    }
                 }
                 gemms.run(
                     li,

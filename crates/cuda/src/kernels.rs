@@ -14,11 +14,12 @@ use embedrt_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
 /// The encoder's kernels, one NVRTC program: the shared helpers and the plain kernels,
-/// the tensor-core attention, and the small-token linear layers.
+/// the tensor-core attention, the small-token linear layers, and Hopper's FFN-in GEMM.
 pub const ENCODER_SOURCE: &str = concat!(
     include_str!("../kernels/encoder.cu"),
     include_str!("../kernels/attention_tc.cu"),
     include_str!("../kernels/small_linear.cu"),
+    include_str!("../kernels/ffn_gemm_sm90.cu"),
 );
 
 /// Where compiled kernels live: `$EMBEDRT_KERNEL_CACHE`, else
@@ -50,10 +51,20 @@ pub struct Cubin {
     pub key: String,
 }
 
-/// Compiles `source` with `defines` for `sm_{cc}` or takes it from the cache.
+/// The NVRTC target for compute capability `cc`: `sm_XY`, and on Hopper
+/// `sm_90a`, whose wgmma and TMA instructions the FFN-in kernel uses (the
+/// plan is built for one GPU, so the arch-specific target costs nothing).
+pub fn target_arch(cc: (i32, i32)) -> String {
+    match cc {
+        (9, 0) => "sm_90a".into(),
+        (major, minor) => format!("sm_{major}{minor}"),
+    }
+}
+
+/// Compiles `source` with `defines` for [`target_arch`] or takes it from the cache.
 pub fn compile_cached(source: &str, defines: &[String], cc: (i32, i32)) -> Result<Cubin> {
     let nv = nvrtc_version()?;
-    let arch = format!("sm_{}{}", cc.0, cc.1);
+    let arch = target_arch(cc);
     let mut h = Sha256::new();
     h.update(source.as_bytes());
     for d in defines {

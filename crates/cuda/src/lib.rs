@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod engine;
+mod ffn_sm90;
 pub mod gemm;
 pub mod kernels;
 pub mod plan;

@@ -353,7 +353,7 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         drop(engine);
         if precision == Precision::Fp16 {
             // Ablations from the same plan file, one switch at a time.
-            let variants: [(&[(&str, &str)], &str); 3] = [
+            let variants: [(&[(&str, &str)], &str); 4] = [
                 (
                     &[("EMBEDRT_CUDA_SLOTS", "1")],
                     "fp16 one slot (no pipelining)",
@@ -361,6 +361,10 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                 (
                     &[("EMBEDRT_SMALL_LINEAR", "0")],
                     "fp16 small-token kernels off (cuBLASLt + separate LayerNorm/GELU)",
+                ),
+                (
+                    &[("EMBEDRT_FFN_GEMM", "cublaslt")],
+                    "fp16 FFN-in through cuBLASLt + separate exact GELU (no own wgmma GEMM)",
                 ),
                 (
                     &[("EMBEDRT_GELU", "tanh")],
