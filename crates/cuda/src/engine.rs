@@ -106,8 +106,9 @@ struct Gpu {
     kernels_from_cache: bool,
     /// One u32, zero between launches: the small-token LayerNorm's ticket.
     ticket: u64,
-    /// Hopper: FFN-in with the exact GELU fused (our wgmma GEMM) instead of
-    /// cuBLASLt + the GELU pass (`EMBEDRT_FFN_GEMM=cublaslt` turns it off).
+    /// Hopper, opt-in (`EMBEDRT_FFN_GEMM=own`): FFN-in with the exact GELU
+    /// fused, through our wgmma GEMM instead of cuBLASLt + the GELU pass.
+    /// Correct, but slower than cuBLASLt + GELU so far (docs/perf/gpu.md run 16).
     ffn_sm90: Option<FfnInGeluSm90>,
     /// Batches of at most this many tokens (graph buckets) run their linear
     /// layers through the small-token kernels (`EMBEDRT_SMALL_LINEAR`, 0 = off).
@@ -432,7 +433,7 @@ impl CudaEngine {
         let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
         let fp16 = h.precision == Precision::Fp16;
         let (hid, inter) = (config.hidden_size, config.intermediate_size);
-        let wanted = std::env::var("EMBEDRT_FFN_GEMM").map_or(true, |v| v != "cublaslt");
+        let wanted = std::env::var("EMBEDRT_FFN_GEMM").is_ok_and(|v| v == "own");
         if wanted && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
             let f = func(gpu.module, "ffn_in_gelu_sm90")?;
             let sms = ctx

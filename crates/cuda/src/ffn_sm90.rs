@@ -3,6 +3,11 @@
 //! GELU is the tanh approximation and the models use erf. The kernel reads
 //! its operands through TMA tensor maps, made once at load: one over the
 //! slot's activation buffer (MAX tokens rows), one per layer's weights.
+//!
+//! Opt-in (`EMBEDRT_FFN_GEMM=own`): it gives the same answers, but with
+//! 128 x 128 tiles and no cluster multicast it is L2-bound at ~400 TFLOP/s,
+//! where cuBLASLt (256 x 128 tiles, 2-CTA clusters) reaches ~680; fused, it
+//! is still slower than cuBLASLt + the separate GELU pass (docs/perf/gpu.md).
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -134,7 +139,9 @@ fn tensor_map(ptr: u64, rows: usize, cols: usize, box_rows: usize) -> Result<cu:
         )
     };
     if r != cu::CUresult::CUDA_SUCCESS {
-        return Err(Error::Backend(format!("cuTensorMapEncodeTiled failed: {r:?}")));
+        return Err(Error::Backend(format!(
+            "cuTensorMapEncodeTiled failed: {r:?}"
+        )));
     }
     // SAFETY: initialized by the successful call above.
     Ok(unsafe { map.assume_init() })
