@@ -27,7 +27,7 @@ def nvrtc():
 def source():
     """The kernel files in the order kernels.rs concatenates them."""
     rs = open(os.path.join(CUDA, "src", "kernels.rs")).read()
-    files = re.findall(r'include_str!\("\.\./kernels/([a-z_]+\.cu)"\)', rs)
+    files = re.findall(r'include_str!\("\.\./kernels/([a-z_0-9]+\.cu)"\)', rs)
     assert files, "kernels.rs no longer include_str!s its kernel files"
     return "".join(open(os.path.join(CUDA, "kernels", f)).read() for f in files)
 

@@ -81,12 +81,43 @@ __device__ __forceinline__ void ln_store(float (&x)[VPL * LVEC], const st_t* gam
     }
 }
 
-// Adds row vector vi of `src` into x.
+// Adds row vector vi of `src` into x. FROM_L2: the row was written by other
+// blocks of this launch, so read it through L2, never from a stale L1 line.
+template <bool FROM_L2 = false>
 __device__ __forceinline__ void add_row(float (&x)[VPL * LVEC], const st_t* src, int k, int vi) {
-    const uint4 q = ((const uint4*)src)[vi];
+    uint4 q;
+    if (FROM_L2) {
+        asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
+                     : "l"(((const uint4*)src) + vi));
+    } else {
+        q = ((const uint4*)src)[vi];
+    }
     const st_t* e = (const st_t*)&q;
 #pragma unroll
     for (int i = 0; i < LVEC; ++i) x[k * LVEC + i] += ld(e[i]);
+}
+
+// out = LayerNorm(a + b + c) for one row, by one warp; b and c may be null.
+template <bool FROM_L2 = false>
+__device__ __forceinline__ void layernorm_row(const st_t* a, const st_t* b, const st_t* c,
+                                              const st_t* __restrict__ gamma,
+                                              const st_t* __restrict__ beta, st_t* out,
+                                              float eps) {
+    const int lane = threadIdx.x % WARP;
+    float v[VPL * LVEC];
+#pragma unroll
+    for (int k = 0; k < VPL * LVEC; ++k) v[k] = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPL; ++k) {
+        const int vi = lane + k * WARP;
+        if (vi < NVEC) {
+            add_row<FROM_L2>(v, a, k, vi);
+            if (b) add_row<FROM_L2>(v, b, k, vi);
+            if (c) add_row<FROM_L2>(v, c, k, vi);
+        }
+    }
+    ln_store(v, gamma, beta, out, eps);
 }
 
 // Word + position (+ BERT token type 0) embedding, then LayerNorm.
@@ -101,22 +132,8 @@ extern "C" __global__ void embed_layernorm(const unsigned* __restrict__ ids,
                                            float eps) {
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= tokens) return;
-    const int lane = threadIdx.x % WARP;
-    const st_t* w = word + (size_t)ids[row] * HIDDEN;
-    const st_t* p = position + (size_t)pos[row] * HIDDEN;
-    float x[VPL * LVEC];
-#pragma unroll
-    for (int k = 0; k < VPL * LVEC; ++k) x[k] = 0.f;
-#pragma unroll
-    for (int k = 0; k < VPL; ++k) {
-        const int vi = lane + k * WARP;
-        if (vi < NVEC) {
-            add_row(x, w, k, vi);
-            add_row(x, p, k, vi);
-            if (type0) add_row(x, type0, k, vi);
-        }
-    }
-    ln_store(x, gamma, beta, out + (size_t)row * HIDDEN, eps);
+    layernorm_row(word + (size_t)ids[row] * HIDDEN, position + (size_t)pos[row] * HIDDEN, type0,
+                  gamma, beta, out + (size_t)row * HIDDEN, eps);
 }
 
 // out = LayerNorm(x) row by row; x already holds GEMM + bias + residual.
@@ -125,17 +142,8 @@ extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __rest
                                      const st_t* __restrict__ beta, st_t* out, float eps) {
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= rows) return;
-    const int lane = threadIdx.x % WARP;
-    const st_t* in = x + (size_t)row * HIDDEN;
-    float v[VPL * LVEC];
-#pragma unroll
-    for (int k = 0; k < VPL * LVEC; ++k) v[k] = 0.f;
-#pragma unroll
-    for (int k = 0; k < VPL; ++k) {
-        const int vi = lane + k * WARP;
-        if (vi < NVEC) add_row(v, in, k, vi);
-    }
-    ln_store(v, gamma, beta, out + (size_t)row * HIDDEN, eps);
+    layernorm_row(x + (size_t)row * HIDDEN, nullptr, nullptr, gamma, beta,
+                  out + (size_t)row * HIDDEN, eps);
 }
 
 // Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in place (the bias was added by

@@ -24,18 +24,6 @@ __device__ __forceinline__ uint4 ld_stream16(const st_t* p) {
     return v;
 }
 
-// Rows other blocks wrote in this launch: read from L2, never a stale L1 line.
-__device__ __forceinline__ void add_row_l2(float (&x)[VPL * LVEC], const st_t* src, int k,
-                                           int vi) {
-    uint4 q;
-    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w)
-                 : "l"(((const uint4*)src) + vi));
-    const st_t* e = (const st_t*)&q;
-#pragma unroll
-    for (int i = 0; i < LVEC; ++i) x[k * LVEC + i] += ld(e[i]);
-}
-
 template <int MT, int UNROLL>
 __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
                                              const st_t* __restrict__ w,
@@ -122,17 +110,10 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    for (int row = warp; row < 16 * MT; row += warps) {
-        float v[VPL * LVEC];
-#pragma unroll
-        for (int i = 0; i < VPL * LVEC; ++i) v[i] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < VPL; ++kk) {
-            const int vi = lane + kk * WARP;
-            if (vi < NVEC) add_row_l2(v, y + (size_t)row * HIDDEN, kk, vi);
-        }
-        ln_store(v, gamma, beta, ln_out + (size_t)row * HIDDEN, eps);
-    }
+    // Rows the other blocks wrote: read through L2.
+    for (int row = warp; row < 16 * MT; row += warps)
+        layernorm_row<true>(y + (size_t)row * HIDDEN, nullptr, nullptr, gamma, beta,
+                            ln_out + (size_t)row * HIDDEN, eps);
     if (threadIdx.x == 0) *ticket = 0u;
 }
 
