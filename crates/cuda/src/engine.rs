@@ -15,7 +15,7 @@ use crate::ffn_sm90::FfnInGeluSm90;
 use crate::gemm::{algo_to_hex, GemmKind, Gemms};
 use crate::kernels;
 use crate::plan::{
-    check_target, layer_tensor, workspace_layout, GemmChoice, Plan, Precision, Shape,
+    check_target, layer_tensor, staged_u32s, workspace_layout, GemmChoice, Plan, Precision, Shape,
     GEMM_WORKSPACE_BYTES,
 };
 use crate::probe;
@@ -372,7 +372,7 @@ impl CudaEngine {
             biases.push(b);
         }
         // Pinned host staging.
-        gpu.pinned_in_len = 2 * max.tokens() + max.batch + 2;
+        gpu.pinned_in_len = staged_u32s(max.tokens(), max.batch);
         gpu.pinned_out_len = max.batch * config.hidden_size;
         // SAFETY: page-locked host allocations, freed in Gpu::drop.
         unsafe {
@@ -628,7 +628,7 @@ impl CudaEngine {
         normalize: bool,
     ) -> usize {
         let (n, t) = (batch.len(), batch.total_tokens());
-        let staged = staged_len(tp, np);
+        let staged = staged_u32s(tp, np);
         // SAFETY: pinned_in holds pinned_in_len >= staged u32s (tp, np within MAX).
         let stage = unsafe { std::slice::from_raw_parts_mut(g.pinned_in, staged) };
         stage[..t].copy_from_slice(&batch.ids);
@@ -704,7 +704,7 @@ impl CudaEngine {
             // Copy in (ids | positions | offsets as staged for (tp, np)),
             // the encoder, copy out of the np pooled rows: all in the graph.
             let enq = (|| -> Result<()> {
-                let src = std::slice::from_raw_parts(g.pinned_in, staged_len(tp, np));
+                let src = std::slice::from_raw_parts(g.pinned_in, staged_u32s(tp, np));
                 cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
                 self.enqueue(g, tp, np, max_len, None)?;
                 let h = self.config.hidden_size;
@@ -965,7 +965,7 @@ impl CudaEngine {
                 PoolingMode::MeanSqrtLen => 3,
             };
             let threads = h.next_multiple_of(32).min(256) as u32;
-            let normalize_flag = g.b.tokens + 4 * (staged_len(tp, np) - 1) as u64;
+            let normalize_flag = g.b.tokens + 4 * (staged_u32s(tp, np) - 1) as u64;
             cr::launch_kernel(
                 g.f.pool,
                 (np as u32, 1, 1),
@@ -1021,12 +1021,6 @@ const GRAPH_MAX_TOKENS: usize = 2048;
 /// Default for `EMBEDRT_SMALL_LINEAR`: graph buckets up to this many tokens
 /// use the small-token linear kernels (the kernels exist for 16 to 64).
 const SMALL_LINEAR_MAX_TOKENS: usize = 64;
-
-/// u32s staged per batch: ids and positions (tp each), np + 1 offsets, the
-/// normalize flag.
-fn staged_len(tp: usize, np: usize) -> usize {
-    2 * tp + np + 2
-}
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

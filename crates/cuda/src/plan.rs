@@ -416,8 +416,7 @@ pub fn workspace_layout(
         ("context", t * h * s),
         ("scratch", t * h * s),
         ("intermediate", t * config.intermediate_size * s),
-        // ids, positions, offsets, the normalize flag: one upload.
-        ("tokens", (2 * t + max.batch + 2) * 4),
+        ("tokens", staged_u32s(t, max.batch) * 4),
         ("pooled", max.batch * h * 4),
         ("gemm_workspace", GEMM_WORKSPACE_BYTES),
     ];
@@ -425,6 +424,13 @@ pub fn workspace_layout(
         v.push(("bucket_table", (2 * max.seq).saturating_sub(1) * 4));
     }
     v
+}
+
+/// u32s staged for one upload of a batch of `tokens` tokens in `seqs`
+/// sequences: ids and positions (`tokens` each), `seqs + 1` offsets, the
+/// normalize flag (last).
+pub fn staged_u32s(tokens: usize, seqs: usize) -> usize {
+    2 * tokens + seqs + 2
 }
 
 pub fn workspace_bytes(config: &ModelConfig, max: Shape, precision: Precision) -> usize {
