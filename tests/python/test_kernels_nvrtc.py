@@ -2,26 +2,24 @@
 architecture the engine supports, in both precisions and for the model sizes we ship, and every
 kernel the engine looks up is there. Runs without a GPU: NVRTC comes from the PyPI wheel
 nvidia-cuda-nvrtc. This is what catches a broken kernel before a device run does."""
-import ctypes
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA = os.path.join(ROOT, "crates", "cuda")
+sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
+import nvrtc_check  # noqa: E402  (the NVRTC loader and compile call, shared with the dev tool)
 
 
 def nvrtc():
     try:
-        import nvidia.cu13  # the wheel's namespace package
+        return nvrtc_check.load_nvrtc()
     except ImportError:
         pytest.fail("nvidia-cuda-nvrtc is not installed: run scripts/setup-test-env.sh")
-    lib = os.path.join(list(nvidia.cu13.__path__)[0], "lib")
-    # libnvrtc dlopens its builtins by soname: load them first, globally.
-    ctypes.CDLL(os.path.join(lib, "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
-    return ctypes.CDLL(os.path.join(lib, "libnvrtc.so.13"))
 
 
 def source():
@@ -41,25 +39,6 @@ def looked_up():
     return names
 
 
-def compile_ptx(lib, src, arch, defines):
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"encoder.cu", 0, None, None) == 0
-    opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"] + [f"-D{d}".encode() for d in defines]
-    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    n = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    ptx = b""
-    if rc == 0:
-        lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
-        buf = ctypes.create_string_buffer(n.value)
-        lib.nvrtcGetPTX(prog, buf)
-        ptx = buf.value
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return rc, log.value.decode(errors="replace"), ptx.decode(errors="replace")
-
-
 # (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
 SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
 # compute_90a: Hopper's arch-specific target, which the engine uses on compute capability 9.0.
@@ -72,7 +51,7 @@ def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
 
     def one(job):
         arch, fp16, h, d = job
-        rc, log, ptx = compile_ptx(lib, src, arch, [f"EMBEDRT_FP16={fp16}", f"HIDDEN={h}", f"HEAD_DIM={d}"])
+        rc, log, ptx = nvrtc_check.compile(lib, src, arch, [f"EMBEDRT_FP16={fp16}", f"HIDDEN={h}", f"HEAD_DIM={d}"])
         return job, rc, log, set(re.findall(r"\.entry\s+([A-Za-z_0-9]+)", ptx))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -97,19 +76,12 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
     """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token and
     FFN-in GEMM kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
     lib, src = nvrtc(), source()
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"encoder.cu", 0, None, None) == 0
-    opts = [b"--gpu-architecture=sm_90a", b"--std=c++17", b"--ptxas-options=--verbose",
-            b"-DEMBEDRT_FP16=1", b"-DHIDDEN=768", b"-DHEAD_DIM=64"]
-    assert lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)) == 0
-    n = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
-    log = ctypes.create_string_buffer(n.value)
-    lib.nvrtcGetProgramLog(prog, log)
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    rc, log, _ = nvrtc_check.compile(lib, src, "sm_90a", ["EMBEDRT_FP16=1", "HIDDEN=768", "HEAD_DIM=64"],
+                                     ptxas_report=True)
+    assert rc == 0, log
     report = {}
     current = None
-    for line in log.value.decode().splitlines():
+    for line in log.splitlines():
         m = re.search(r"Function properties for (\w+)", line)
         if m:
             current = m.group(1)
