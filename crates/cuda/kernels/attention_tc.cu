@@ -135,7 +135,7 @@ __device__ __forceinline__ void att_tile(const unsigned (&qa)[HEAD_DIM / 16][4],
 extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
-             int max_len, int num_buckets, st_t* __restrict__ ctx) {
+             int max_len, st_t* __restrict__ ctx) {
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;

@@ -773,11 +773,19 @@ impl CudaEngine {
             let heads = c.num_attention_heads as i32;
             let scale = 1.0f32 / (c.head_dim() as f32).sqrt();
             let max_len = self.max.seq as i32;
-            let buckets = c.relative_attention_num_buckets as i32;
             let b = g.b;
             let (rb, bk) = (g.rel_bias, b.bucket);
             let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
-            let warps = max_len_batch.div_ceil(16).clamp(1, 8) as u32;
+            // Both attention kernels take the same arguments: tensor cores with up to 8
+            // warps of 16 queries a block, else one thread a query, 32 a block.
+            let (attention, attention_threads, queries_per_block) = match tc {
+                Some(f) => {
+                    let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+                    (f, 32 * warps, 16 * warps)
+                }
+                None => (g.f.attention, 32, 32),
+            };
+            let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
             // Post-attention and post-FFN LayerNorm: scratch (sum with the
             // residual, from the GEMM epilogue) normalized into hidden.
             let layernorm_fn = g.f.layernorm;
@@ -860,28 +868,14 @@ impl CudaEngine {
                     )?,
                 }
                 mark("gemm qkv")?;
-                match tc {
-                    Some(f) => cr::launch_kernel(
-                        f,
-                        (
-                            max_len_batch.div_ceil(16 * warps as usize) as u32,
-                            heads as u32,
-                            np as u32,
-                        ),
-                        (32 * warps, 1, 1),
-                        0,
-                        stream,
-                        kargs![b.qkv, offs, heads, scale, rb, bk, max_len, buckets, b.context],
-                    ),
-                    None => cr::launch_kernel(
-                        g.f.attention,
-                        (max_len_batch.div_ceil(32) as u32, heads as u32, np as u32),
-                        (32, 1, 1),
-                        0,
-                        stream,
-                        kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
-                    ),
-                }
+                cr::launch_kernel(
+                    attention,
+                    (query_blocks, heads as u32, np as u32),
+                    (attention_threads as u32, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
+                )
                 .map_err(drv("attention kernel"))?;
                 mark("attention")?;
                 if let Some(f) = small {
