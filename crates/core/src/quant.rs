@@ -1,0 +1,407 @@
+//! Post-training quantization: which tensors are quantized, the calibration
+//! table that carries their scales between tools, and the numerics every
+//! engine and export must reproduce (the CPU fake-quant reference, the GPU
+//! kernels, the QDQ ONNX graph).
+//!
+//! What is quantized: the input activation and the weight of each of a
+//! layer's four GEMMs (QKV, attention output, FFN in, FFN out). Activations
+//! get one symmetric per-tensor scale from calibration; weights get one
+//! symmetric scale per output channel, computed from the weights themselves.
+//! Everything else (embeddings, LayerNorm, softmax, attention, GELU,
+//! pooling) stays in the engine's float precision. GEMMs listed in the
+//! table's `fallback` stay fp16 (fp32 on the CPU reference).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{read_json, Error, Result};
+
+/// The 8-bit format of a quantized plan's GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantFormat {
+    /// Signed 8-bit integers, symmetric (zero point 0), saturating to [-128, 127].
+    Int8,
+    /// FP8 e4m3 (the `fn` variant: no infinities, saturating to ±448).
+    Fp8,
+}
+
+impl QuantFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Int8 => "int8",
+            QuantFormat::Fp8 => "fp8",
+        }
+    }
+
+    /// Largest magnitude the format represents: a tensor's `amax` maps to it.
+    pub fn max_value(self) -> f32 {
+        match self {
+            QuantFormat::Int8 => 127.0,
+            QuantFormat::Fp8 => FP8_E4M3_MAX,
+        }
+    }
+
+    /// Scale of a symmetric quantizer for values up to `amax`: x ≈ q * scale.
+    /// A zero (or non-finite) amax gets scale 1 so nothing divides by zero.
+    pub fn scale_for(self, amax: f32) -> f32 {
+        if amax > 0.0 && amax.is_finite() {
+            amax / self.max_value()
+        } else {
+            1.0
+        }
+    }
+
+    /// The quantized code of `x / scale`, as a float (an integer for int8,
+    /// an e4m3 value for fp8).
+    pub fn quantize(self, x: f32, scale: f32) -> f32 {
+        let v = x / scale;
+        match self {
+            QuantFormat::Int8 => v.round_ties_even().clamp(-128.0, 127.0),
+            QuantFormat::Fp8 => round_to_e4m3(v),
+        }
+    }
+
+    /// Quantize then dequantize: what a value becomes after one trip
+    /// through the 8-bit format.
+    pub fn fake_quant(self, x: f32, scale: f32) -> f32 {
+        self.quantize(x, scale) * scale
+    }
+}
+
+impl FromStr for QuantFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "int8" => Ok(QuantFormat::Int8),
+            "fp8" => Ok(QuantFormat::Fp8),
+            other => Err(Error::Input(format!(
+                "unknown quantized precision {other:?}; supported: int8, fp8"
+            ))),
+        }
+    }
+}
+
+/// Largest finite FP8 e4m3fn value.
+pub const FP8_E4M3_MAX: f32 = 448.0;
+
+/// Nearest FP8 e4m3fn value to `x` (round half to even), saturating at
+/// ±448; NaN stays NaN. e4m3: 4 exponent bits (bias 7), 3 mantissa bits,
+/// smallest normal 2^-6, subnormal step 2^-9.
+pub fn round_to_e4m3(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let a = x.abs();
+    if a >= FP8_E4M3_MAX {
+        return FP8_E4M3_MAX.copysign(x);
+    }
+    if a == 0.0 {
+        return 0.0f32.copysign(x);
+    }
+    let exponent = (((a.to_bits() >> 23) & 0xff) as i32 - 127).max(-6);
+    // Spacing of e4m3 values in this binade: 3 mantissa bits.
+    let step = 2f32.powi(exponent - 3);
+    let r = (a / step).round_ties_even() * step;
+    r.min(FP8_E4M3_MAX).copysign(x)
+}
+
+/// The four GEMMs of a layer, in the order the encoder runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GemmKind {
+    Qkv,
+    AttnOut,
+    FfnIn,
+    FfnOut,
+}
+
+impl GemmKind {
+    pub const ALL: [GemmKind; 4] = [
+        GemmKind::Qkv,
+        GemmKind::AttnOut,
+        GemmKind::FfnIn,
+        GemmKind::FfnOut,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKind::Qkv => "qkv",
+            GemmKind::AttnOut => "attn_out",
+            GemmKind::FfnIn => "ffn_in",
+            GemmKind::FfnOut => "ffn_out",
+        }
+    }
+}
+
+/// One GEMM of the model: layer and kind. Its canonical name,
+/// `layers.{layer}.{kind}`, is what calibration tables, fallback lists and
+/// `embedrt info` use; its input activation is `layers.{layer}.{kind}.input`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GemmSite {
+    pub layer: usize,
+    pub kind: GemmKind,
+}
+
+impl GemmSite {
+    /// Every GEMM of a model with `layers` layers, in execution order.
+    pub fn all(layers: usize) -> Vec<GemmSite> {
+        (0..layers)
+            .flat_map(|layer| GemmKind::ALL.map(|kind| GemmSite { layer, kind }))
+            .collect()
+    }
+
+    pub fn name(&self) -> String {
+        format!("layers.{}.{}", self.layer, self.kind.name())
+    }
+
+    /// Name of the GEMM's input activation in a calibration table.
+    pub fn input_name(&self) -> String {
+        format!("{}.input", self.name())
+    }
+
+    /// Parses `layers.N.kind` (a GEMM name), with or without `.input`.
+    pub fn parse(name: &str) -> Option<GemmSite> {
+        let rest = name.strip_prefix("layers.")?;
+        let rest = rest.strip_suffix(".input").unwrap_or(rest);
+        let (layer, kind) = rest.split_once('.')?;
+        let layer = layer.parse().ok()?;
+        let kind = GemmKind::ALL.into_iter().find(|k| k.name() == kind)?;
+        Some(GemmSite { layer, kind })
+    }
+}
+
+/// How a tensor's clipping range (`amax`) is chosen from its statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum CalibrationMethod {
+    /// The largest magnitude seen.
+    Minmax,
+    /// The given percentile of |x| (e.g. 99.99).
+    Percentile { percentile: f64 },
+    /// The threshold minimising the KL divergence between the clipped
+    /// histogram and its quantized version (TensorRT's entropy calibrator).
+    Entropy,
+    /// The threshold minimising the mean squared quantization error.
+    Mse,
+}
+
+impl CalibrationMethod {
+    pub fn name(&self) -> String {
+        match self {
+            CalibrationMethod::Minmax => "minmax".into(),
+            CalibrationMethod::Percentile { percentile } => format!("percentile:{percentile}"),
+            CalibrationMethod::Entropy => "entropy".into(),
+            CalibrationMethod::Mse => "mse".into(),
+        }
+    }
+}
+
+impl FromStr for CalibrationMethod {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (head, arg) = match s.split_once(':') {
+            Some((h, a)) => (h, Some(a)),
+            None => (s, None),
+        };
+        match (head, arg) {
+            ("minmax", None) => Ok(CalibrationMethod::Minmax),
+            ("entropy", None) => Ok(CalibrationMethod::Entropy),
+            ("mse", None) => Ok(CalibrationMethod::Mse),
+            ("percentile", None) => Ok(CalibrationMethod::Percentile {
+                percentile: 99.99,
+            }),
+            ("percentile", Some(p)) => match p.parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => {
+                    Ok(CalibrationMethod::Percentile { percentile: v })
+                }
+                _ => Err(Error::Input(format!(
+                    "calibrator {s:?}: the percentile must be a number in (0, 100], e.g. percentile:99.99"
+                ))),
+            },
+            _ => Err(Error::Input(format!(
+                "unknown calibrator {s:?}; supported: entropy, percentile[:P], minmax, mse"
+            ))),
+        }
+    }
+}
+
+/// One calibrated activation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorScale {
+    /// `layers.{l}.{kind}.input`.
+    pub name: String,
+    /// Clipping range: values beyond ±amax saturate.
+    pub amax: f32,
+    /// `amax / format.max_value()`.
+    pub scale: f32,
+    /// The calibrator that chose amax (`CalibrationMethod::name`).
+    pub method: String,
+}
+
+/// What a table was made for, so it is never applied to another model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFingerprint {
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    /// sha256 of the weights the statistics were gathered with.
+    pub weights_sha256: String,
+}
+
+/// Accuracy of a quantized model against fp32, measured when it was built.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredAccuracy {
+    /// Mean cosine similarity to fp32 over the held-out sentences.
+    pub mean_cosine: f64,
+    pub min_cosine: f64,
+    pub held_out_sentences: usize,
+    /// Spearman x 100 of fp32 and of the quantized model, when `--eval` gave an STS file.
+    pub spearman_fp32: Option<f64>,
+    pub spearman_quantized: Option<f64>,
+}
+
+/// `PLAN.calib.json` or `embedrt calibrate`'s output: the activation scales
+/// of one model in one format, the GEMMs kept in float, and how it was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationTable {
+    /// Version of this file's layout.
+    pub format_version: u32,
+    pub model: ModelFingerprint,
+    pub precision: QuantFormat,
+    pub calibrator: String,
+    /// Sentences the statistics were gathered over.
+    pub sentences: usize,
+    pub tensors: Vec<TensorScale>,
+    /// GEMM names (`layers.{l}.{kind}`) kept in fp16.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    #[serde(default)]
+    pub accuracy: Option<MeasuredAccuracy>,
+}
+
+pub const CALIBRATION_TABLE_VERSION: u32 = 1;
+
+impl CalibrationTable {
+    pub fn read(path: &Path) -> Result<Self> {
+        let table: CalibrationTable = read_json(path)?;
+        if table.format_version != CALIBRATION_TABLE_VERSION {
+            return Err(Error::Input(format!(
+                "{}: calibration table format {} is not supported (this embedrt reads {}); run `embedrt calibrate` again",
+                path.display(),
+                table.format_version,
+                CALIBRATION_TABLE_VERSION
+            )));
+        }
+        Ok(table)
+    }
+
+    /// Writes the table atomically, pretty-printed.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Input(format!("calibration table: {e}")))?;
+        crate::fsutil::write_atomic(path, &json).map_err(|e| Error::io(path, e))
+    }
+
+    /// Refuses a table made for another model.
+    pub fn check_model(&self, model: &ModelFingerprint, path: &Path) -> Result<()> {
+        if &self.model != model {
+            return Err(Error::Input(format!(
+                "{}: this calibration table was made for another model ({} with {} layers, weights sha256 {}), not this one ({} with {} layers, weights sha256 {}); calibrate this model",
+                path.display(),
+                self.model.architecture,
+                self.model.num_layers,
+                short(&self.model.weights_sha256),
+                model.architecture,
+                model.num_layers,
+                short(&model.weights_sha256)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The scale of a GEMM's input activation.
+    pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
+        let name = site.input_name();
+        self.tensors.iter().find(|t| t.name == name).map(|t| t.scale)
+    }
+
+    /// Whether a GEMM stays in float.
+    pub fn is_fallback(&self, site: GemmSite) -> bool {
+        let name = site.name();
+        self.fallback.iter().any(|f| *f == name)
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Symmetric per-output-channel scales of a `[out, in]` weight (PyTorch's
+/// layout): `scale[n] = max_k |w[n, k]| / format.max_value()`.
+pub fn weight_scales(w: &[f32], out: usize, format: QuantFormat) -> Vec<f32> {
+    let inp = w.len() / out.max(1);
+    w.chunks_exact(inp.max(1))
+        .take(out)
+        .map(|row| format.scale_for(row.iter().fold(0.0f32, |m, &v| m.max(v.abs()))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_rounding_matches_the_format() {
+        // Exactly representable values stay.
+        for v in [0.0f32, 1.0, 1.125, 448.0, -448.0, 2f32.powi(-9), 240.0, 0.015625] {
+            assert_eq!(round_to_e4m3(v), v, "{v}");
+        }
+        // Saturation, ties to even, subnormals.
+        assert_eq!(round_to_e4m3(1000.0), 448.0);
+        assert_eq!(round_to_e4m3(-1e9), -448.0);
+        assert_eq!(round_to_e4m3(1.0625), 1.0); // tie between 1.0 and 1.125 -> even mantissa
+        assert_eq!(round_to_e4m3(1.1875), 1.25); // tie between 1.125 and 1.25 -> even
+        assert_eq!(round_to_e4m3(2f32.powi(-10)), 0.0); // half the smallest subnormal: tie -> 0
+        assert_eq!(round_to_e4m3(3.0 * 2f32.powi(-10)), 2.0 * 2f32.powi(-9));
+        assert!(round_to_e4m3(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn int8_saturates_and_rounds_half_to_even() {
+        let f = QuantFormat::Int8;
+        assert_eq!(f.quantize(2.5, 1.0), 2.0);
+        assert_eq!(f.quantize(3.5, 1.0), 4.0);
+        assert_eq!(f.quantize(1e6, 1.0), 127.0);
+        assert_eq!(f.quantize(-1e6, 1.0), -128.0);
+        assert_eq!(f.scale_for(0.0), 1.0);
+        assert_eq!(f.scale_for(12.7), 0.1);
+    }
+
+    #[test]
+    fn sites_and_methods_round_trip() {
+        let sites = GemmSite::all(2);
+        assert_eq!(sites.len(), 8);
+        for s in sites {
+            assert_eq!(GemmSite::parse(&s.name()), Some(s));
+            assert_eq!(GemmSite::parse(&s.input_name()), Some(s));
+        }
+        assert_eq!(GemmSite::parse("layers.x.qkv"), None);
+        assert_eq!(GemmSite::parse("layers.0.nope"), None);
+        for m in ["entropy", "minmax", "mse", "percentile:99.9"] {
+            let parsed: CalibrationMethod = m.parse().unwrap();
+            assert_eq!(parsed.name(), m);
+        }
+        assert!("percentile:101".parse::<CalibrationMethod>().is_err());
+        assert!("kl".parse::<CalibrationMethod>().is_err());
+    }
+
+    #[test]
+    fn weight_scales_are_per_output_channel() {
+        let w = [1.0, -4.0, 0.5, 0.0, 0.0, 0.0];
+        let s = weight_scales(&w, 3, QuantFormat::Int8);
+        assert_eq!(s, vec![4.0 / 127.0, 0.5 / 127.0, 1.0]);
+    }
+}
