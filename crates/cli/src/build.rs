@@ -25,6 +25,10 @@ pub struct BuildArgs {
     /// MIN:OPT:MAX, each BATCHxSEQ; memory is sized for MAX, GEMMs tuned around OPT.
     #[arg(long, default_value = Profile::DEFAULT)]
     profile: String,
+    /// Most tokens (all sequences together) one batch holds; the GPU
+    /// workspace is sized by it. Default 16384.
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
     /// The plan file to write.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
@@ -37,7 +41,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
         Device::Cpu => bail!("--device cpu: plans are for GPUs; use cuda or cuda:N"),
     };
     let precision: Precision = args.precision.parse()?;
-    let profile: Profile = args.profile.parse()?;
+    let mut profile: Profile = args.profile.parse()?;
+    if let Some(t) = args.max_batch_tokens {
+        profile = profile.with_max_tokens(t)?;
+    }
     let model = SentenceModel::load(&args.model)?;
     let started = Instant::now();
     let bar = ProgressBar::new_spinner();
@@ -68,6 +75,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
             "compute_capability": format!("{}.{}", h.gpu.cc_major, h.gpu.cc_minor),
             "precision": h.precision.name(),
             "profile": h.profile.to_string(),
+            "max_batch_tokens": h.profile.token_budget(),
             "file_bytes": file_bytes,
             "weight_bytes": h.weight_bytes,
             "workspace_bytes": h.workspace_bytes,

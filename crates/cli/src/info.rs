@@ -48,6 +48,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
     println!("precision       {}", h.precision.name());
     println!("profile         {} (MIN:OPT:MAX)", h.profile);
     println!(
+        "batch limits    {} sequences, {} tokens",
+        h.profile.max.batch,
+        h.profile.token_budget()
+    );
+    println!(
         "gpu             {} (compute capability {}.{})",
         h.gpu.name, h.gpu.cc_major, h.gpu.cc_minor
     );
@@ -63,9 +68,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
         mib(h.weight_bytes)
     );
     println!(
-        "workspace bytes {} ({:.1} MiB)",
+        "workspace bytes {} ({:.1} MiB) per execution slot",
         h.workspace_bytes,
         mib(h.workspace_bytes)
+    );
+    let slots = embedrt_cuda::engine::DEFAULT_SLOTS;
+    let total = h.weight_bytes + slots * h.workspace_bytes;
+    println!(
+        "device memory   {} ({:.1} MiB) once loaded: weights + {slots} slots (1 slot where memory is short), besides the CUDA context",
+        total,
+        mib(total)
     );
     println!("tokenizer bytes {}", h.tokenizer_bytes);
     Ok(())

@@ -325,13 +325,16 @@ impl CalibrationTable {
     /// The scale of a GEMM's input activation.
     pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
         let name = site.input_name();
-        self.tensors.iter().find(|t| t.name == name).map(|t| t.scale)
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.scale)
     }
 
     /// Whether a GEMM stays in float.
     pub fn is_fallback(&self, site: GemmSite) -> bool {
         let name = site.name();
-        self.fallback.iter().any(|f| *f == name)
+        self.fallback.contains(&name)
     }
 }
 
@@ -356,7 +359,16 @@ mod tests {
     #[test]
     fn e4m3_rounding_matches_the_format() {
         // Exactly representable values stay.
-        for v in [0.0f32, 1.0, 1.125, 448.0, -448.0, 2f32.powi(-9), 240.0, 0.015625] {
+        for v in [
+            0.0f32,
+            1.0,
+            1.125,
+            448.0,
+            -448.0,
+            2f32.powi(-9),
+            240.0,
+            0.015625,
+        ] {
             assert_eq!(round_to_e4m3(v), v, "{v}");
         }
         // Saturation, ties to even, subnormals.

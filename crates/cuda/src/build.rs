@@ -43,7 +43,7 @@ pub fn assemble_plan(
         tensors,
         tokenizer_bytes: model.tokenizer_json.len(),
         weight_bytes: blob.len(),
-        workspace_bytes: workspace_bytes(&model.config, profile.max, precision),
+        workspace_bytes: workspace_bytes(&model.config, &profile, precision),
     };
     Plan {
         header,

@@ -124,6 +124,8 @@ pub struct CudaEngine {
     precision: Precision,
     pooling: PoolingMode,
     max: Shape,
+    /// Most tokens one batch holds (the profile's token budget).
+    max_tokens: usize,
     device: String,
     report: LoadReport,
     /// Slot 0 owns the weights; slots are dropped last to first.
@@ -133,7 +135,7 @@ pub struct CudaEngine {
 
 /// Execution slots made by default (`EMBEDRT_CUDA_SLOTS` overrides, 1..=4):
 /// two let one batch's copies and host work overlap another's compute.
-const DEFAULT_SLOTS: usize = 2;
+pub const DEFAULT_SLOTS: usize = 2;
 /// Free memory left over after all slots, below which fewer slots are made.
 const SLOT_MARGIN_BYTES: usize = 512 << 20;
 
@@ -174,7 +176,8 @@ impl CudaEngine {
             )));
         }
         let max = h.profile.max;
-        let layout = workspace_layout(&config, max, h.precision);
+        let max_tokens = h.profile.token_budget();
+        let layout = workspace_layout(&config, &h.profile, h.precision);
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
         let needed = h.weight_bytes + workspace_bytes;
         let (free, total) = cr::mem_get_info().map_err(drv("memory info"))?;
@@ -191,9 +194,9 @@ impl CudaEngine {
         if needed > free {
             return Err(Error::Backend(format!(
                 "out of GPU memory: the plan needs {needed} bytes ({} weights + {workspace_bytes} \
-                 workspace for the {}x{} MAX profile), cuda:{ordinal} has {free} of {total} bytes free; \
-                 build with a smaller MAX profile",
-                h.weight_bytes, max.batch, max.seq
+                 workspace for {max_tokens}-token batches), cuda:{ordinal} has {free} of {total} bytes free; \
+                 build with a smaller --max-batch-tokens",
+                h.weight_bytes
             )));
         }
         let device = format!("cuda:{ordinal} ({name})");
@@ -215,6 +218,7 @@ impl CudaEngine {
             precision: h.precision,
             pooling: h.pooling,
             max,
+            max_tokens,
             device,
             report,
             slots: gpus.into_iter().map(Mutex::new).collect(),
@@ -372,7 +376,7 @@ impl CudaEngine {
             biases.push(b);
         }
         // Pinned host staging.
-        gpu.pinned_in_len = staged_u32s(max.tokens(), max.batch);
+        gpu.pinned_in_len = staged_u32s(h.profile.token_budget(), max.batch);
         gpu.pinned_out_len = max.batch * config.hidden_size;
         // SAFETY: page-locked host allocations, freed in Gpu::drop.
         unsafe {
@@ -443,7 +447,7 @@ impl CudaEngine {
                 f,
                 sms as usize,
                 gpu.b.hidden,
-                max.tokens(),
+                h.profile.token_budget(),
                 (hid, inter),
                 &ffn_in,
             )?);
@@ -517,11 +521,12 @@ impl CudaEngine {
     /// this GPU, for a ladder of token counts up to the MAX profile.
     pub fn tune_gemms(&self, opt_tokens: usize) -> Result<Vec<GemmChoice>> {
         // Fill the activations with real values first (never time on garbage).
-        let warm = random_batch(&self.config, self.max.batch, self.max.seq, 7);
+        let warm_seqs = (self.max_tokens / self.max.seq).clamp(1, self.max.batch);
+        let warm = random_batch(&self.config, warm_seqs, self.max.seq, 7);
         self.embed(&warm)?;
         let mut g = self.lock()?;
         let stream = g.stream;
-        let max_t = self.max.tokens();
+        let max_t = self.max_tokens;
         let mut ladder: Vec<usize> = (4..30)
             .map(|p| 1usize << p)
             .filter(|&t| t < max_t)
@@ -610,7 +615,7 @@ impl CudaEngine {
             t.next_multiple_of(64)
         };
         let np = n.next_power_of_two();
-        if tp > self.max.tokens() || np > self.max.batch {
+        if tp > self.max_tokens || np > self.max.batch {
             return (t, n, false);
         }
         (tp, np, true)
@@ -651,10 +656,10 @@ impl CudaEngine {
     fn forward(&self, g: &mut Gpu, batch: &TokenBatch, normalize: bool) -> Result<Vec<f32>> {
         let (n, t) = (batch.len(), batch.total_tokens());
         let h = self.config.hidden_size;
-        if n > self.max.batch || t > self.max.tokens() {
+        if n > self.max.batch || t > self.max_tokens {
             return Err(Error::Input(format!(
-                "batch of {n} sequences / {t} tokens exceeds the plan's MAX profile {}x{}",
-                self.max.batch, self.max.seq
+                "batch of {n} sequences / {t} tokens exceeds the plan's limits ({} sequences, {} tokens)",
+                self.max.batch, self.max_tokens
             )));
         }
         let (tp, np, graph) = self.run_shape(g, t, n);
@@ -1046,7 +1051,7 @@ impl Backend for CudaEngine {
             device: self.device.clone(),
             precision: self.precision.name().into(),
             max_batch_size: self.max.batch,
-            max_batch_tokens: self.max.tokens(),
+            max_batch_tokens: self.max_tokens,
             max_seq_len: self.max.seq,
         }
     }

@@ -45,14 +45,28 @@ impl Shape {
     }
 }
 
-/// The shapes a plan is built for: memory is sized for `max`, GEMM
-/// algorithms are tuned around `opt`.
+/// The shapes a plan is built for: GEMM algorithms are tuned around `opt`;
+/// a batch holds at most `max.batch` sequences of at most `max.seq` tokens
+/// and, together, at most `max_tokens` tokens. Memory is sized by that
+/// token budget, not by `max.batch x max.seq`: every activation buffer is
+/// per token (attention never materializes scores), so a plan that accepts
+/// 1024 x 512 shapes needs no 512k-token workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub min: Shape,
     pub opt: Shape,
     pub max: Shape,
+    /// Tokens in flight per batch; 0 (plans written before the budget
+    /// existed) means `max.batch x max.seq`.
+    #[serde(default)]
+    pub max_tokens: usize,
 }
+
+/// The default token budget of a batch: large enough that batches of it
+/// fill the GPU (16k-token batches ran as fast as 32k ones on the H100 and
+/// H200, docs/perf/gpu.md), small enough that two execution slots of
+/// MPNet-base need ~0.5 GiB.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
 
 impl Profile {
     pub const DEFAULT: &'static str = "1x8:64x128:256x512";
@@ -63,6 +77,28 @@ impl Profile {
             s.seq = s.seq.min(max_seq_length);
         }
         self
+    }
+
+    /// Tokens one batch may hold: the budget, at least one longest
+    /// sequence, at most `max.batch x max.seq`.
+    pub fn token_budget(&self) -> usize {
+        let all = self.max.tokens();
+        match self.max_tokens {
+            0 => all,
+            t => t.clamp(self.max.seq.min(all), all),
+        }
+    }
+
+    /// The same profile with another token budget (checked against the shapes).
+    pub fn with_max_tokens(mut self, tokens: usize) -> Result<Self> {
+        if tokens < self.max.seq {
+            return Err(Error::Input(format!(
+                "--max-batch-tokens {tokens}: a batch must hold at least one sequence of the profile's MAX length {}",
+                self.max.seq
+            )));
+        }
+        self.max_tokens = tokens;
+        Ok(self)
     }
 }
 
@@ -98,7 +134,12 @@ impl FromStr for Profile {
                 "shapes must grow: MIN <= OPT <= MAX in batch and length",
             ));
         }
-        Ok(Profile { min, opt, max })
+        Ok(Profile {
+            min,
+            opt,
+            max,
+            max_tokens: DEFAULT_MAX_BATCH_TOKENS,
+        })
     }
 }
 
@@ -401,14 +442,15 @@ pub fn pack_weights(
     (entries, blob)
 }
 
-/// Device buffers a plan needs besides its weights, sized for the MAX
-/// profile; `(name, bytes)`. The engine allocates exactly these.
+/// Device buffers one execution slot needs besides the weights, sized by
+/// the profile's token budget; `(name, bytes)`. The engine allocates
+/// exactly these.
 pub fn workspace_layout(
     config: &ModelConfig,
-    max: Shape,
+    profile: &Profile,
     precision: Precision,
 ) -> Vec<(&'static str, usize)> {
-    let t = max.tokens();
+    let (t, max) = (profile.token_budget(), profile.max);
     let (h, s) = (config.hidden_size, precision.bytes());
     let mut v = vec![
         ("hidden", t * h * s),
@@ -433,9 +475,69 @@ pub fn staged_u32s(tokens: usize, seqs: usize) -> usize {
     2 * tokens + seqs + 2
 }
 
-pub fn workspace_bytes(config: &ModelConfig, max: Shape, precision: Precision) -> usize {
-    workspace_layout(config, max, precision)
+pub fn workspace_bytes(config: &ModelConfig, profile: &Profile, precision: Precision) -> usize {
+    workspace_layout(config, profile, precision)
         .iter()
         .map(|(_, b)| b)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mpnet_base() -> ModelConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-mpnet-cls/config.json");
+        let mut c = ModelConfig::from_file(&path).expect("fixture config");
+        // all-mpnet-base-v2's sizes on the fixture's architecture.
+        c.hidden_size = 768;
+        c.intermediate_size = 3072;
+        c.num_attention_heads = 12;
+        c.num_hidden_layers = 12;
+        c
+    }
+
+    #[test]
+    fn workspace_follows_the_token_budget_not_batch_times_length() {
+        let c = mpnet_base();
+        let wide: Profile = "1x8:256x128:1024x512".parse().unwrap();
+        assert_eq!(wide.token_budget(), DEFAULT_MAX_BATCH_TOKENS);
+        let narrow: Profile = "1x8:64x128:64x512".parse().unwrap();
+        // Same budget, 16x fewer batch x length: the same bytes except the
+        // per-sequence staging and pooled rows (1024 x 768 fp32 = 3 MiB).
+        let (a, b) = (
+            workspace_bytes(&c, &wide, Precision::Fp16),
+            workspace_bytes(&c, &narrow, Precision::Fp16),
+        );
+        assert!(a - b < (4 << 20), "{a} vs {b}");
+        // 16k tokens of MPNet-base in fp16: hidden, qkv, context, scratch,
+        // intermediate = 16384 * (6 * 768 + 3072) * 2 bytes, plus the cuBLASLt workspace.
+        let activations = 16384 * (6 * 768 + 3072) * 2;
+        assert!(a >= activations + GEMM_WORKSPACE_BYTES, "{a}");
+        assert!(a < activations + GEMM_WORKSPACE_BYTES + (4 << 20), "{a}");
+        // Twice the budget, twice the activations.
+        let big = wide.with_max_tokens(32768).unwrap();
+        let d = workspace_bytes(&c, &big, Precision::Fp16);
+        assert!(d - a >= activations, "{d} vs {a}");
+    }
+
+    #[test]
+    fn token_budget_is_bounded_by_the_shapes() {
+        let p: Profile = "1x8:4x64:8x128".parse().unwrap();
+        // 8 x 128 = 1024 tokens at most, whatever the budget says.
+        assert_eq!(p.token_budget(), 1024);
+        assert_eq!(p.with_max_tokens(500).unwrap().token_budget(), 500);
+        assert!(
+            p.with_max_tokens(100).is_err(),
+            "below one MAX-length sequence"
+        );
+        // Plans written before the budget existed read 0: batch x length.
+        let old = Profile { max_tokens: 0, ..p };
+        assert_eq!(old.token_budget(), 1024);
+        let json =
+            r#"{"min":{"batch":1,"seq":8},"opt":{"batch":4,"seq":64},"max":{"batch":8,"seq":128}}"#;
+        let parsed: Profile = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed.token_budget(), 1024);
+    }
 }
