@@ -15,7 +15,7 @@ use embedrt_quant::{CalibrateOptions, DEFAULT_CALIBRATOR};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The calibration options `calibrate`, `export` and the CPU reference share.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct CalibrationArgs {
     /// Calibrator: entropy, percentile[:P], minmax or mse.
     #[arg(long, default_value = DEFAULT_CALIBRATOR)]
@@ -156,7 +156,6 @@ pub fn make_table(
 }
 
 /// A table from `--calibration-table`, checked against the model and format.
-#[allow(dead_code)] // used by the CPU reference and export, next commit
 pub fn read_table(
     path: &Path,
     model: &SentenceModel,

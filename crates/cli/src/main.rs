@@ -9,6 +9,7 @@ mod export;
 mod info;
 mod input;
 mod open;
+mod open_quant;
 mod serve;
 
 use std::process::ExitCode;
