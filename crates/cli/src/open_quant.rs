@@ -65,3 +65,26 @@ pub fn open_if_quantized(args: &ModelArgs) -> Result<Option<Embedder>> {
         .with_calibration(&table)?;
     Ok(Some(Embedder::new(model, Arc::new(engine))))
 }
+
+/// The int8 table of `embedrt export --precision int8`, or `None` for a
+/// float export (which refuses calibration options).
+pub fn export_table(
+    model: &SentenceModel,
+    int8: bool,
+    q: &QuantArgs,
+) -> Result<Option<embedrt_core::CalibrationTable>> {
+    if !int8 {
+        if q.calibration_table.is_some() || q.calibration.is_some() {
+            bail!("--calibration-table and --calibration go with --precision int8");
+        }
+        return Ok(None);
+    }
+    let format = QuantFormat::Int8;
+    Ok(Some(match (&q.calibration_table, &q.calibration) {
+        (Some(path), _) => read_table(path, model, format)?,
+        (None, Some(text)) => make_table(model, text, format, &q.calibration_args, None)?,
+        (None, None) => bail!(
+            "--precision int8 needs --calibration-table TABLE (from `embedrt calibrate`) or --calibration FILE"
+        ),
+    }))
+}
