@@ -3,6 +3,7 @@
 # all-MiniLM-L6-v2 for every calibrator, two calibration sizes and both
 # formats, every GEMM quantized (no fallback) and with the default
 # fallback search; one JSON line per run. Usage: bench/quant/measure.sh > results.jsonl
+# (PRECISIONS, SIZES, CALIBRATORS, MODES narrow the grid.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${EMBEDRT_BIN:-target/release/embedrt}
@@ -14,10 +15,10 @@ fp32=$($BIN eval --model "$M" --device cpu --sts "$DEV" | sed 's/.*"spearman":\(
 echo "{\"precision\":\"fp32\",\"spearman\":$fp32}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for precision in int8 fp8; do
-  for size in 128 512; do
-    for cal in minmax percentile:99.99 percentile:99.999 entropy mse; do
-      for fb in no_fallback fallback; do
+for precision in ${PRECISIONS:-int8 fp8}; do
+  for size in ${SIZES:-128 512}; do
+    for cal in ${CALIBRATORS:-minmax percentile:99.99 percentile:99.999 entropy mse}; do
+      for fb in ${MODES:-no_fallback fallback}; do
         flag=(); [ "$fb" = no_fallback ] && flag=(--no-fallback)
         t=$tmp/t.json
         start=$(date +%s.%N)

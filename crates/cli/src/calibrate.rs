@@ -11,15 +11,16 @@ use embedrt_core::quant::{CalibrationMethod, CalibrationTable, QuantFormat};
 use embedrt_core::{sts, SentenceModel};
 use embedrt_quant::fallback::AccuracyTarget;
 use embedrt_quant::reference::{CpuEvaluator, StsSet};
-use embedrt_quant::{CalibrateOptions, DEFAULT_CALIBRATOR};
+use embedrt_quant::CalibrateOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The calibration options `calibrate`, `export` and the CPU reference share.
 #[derive(Args, Clone, Debug)]
 pub struct CalibrationArgs {
-    /// Calibrator: entropy, percentile[:P], minmax or mse.
-    #[arg(long, default_value = DEFAULT_CALIBRATOR)]
-    pub calibrator: String,
+    /// Calibrator: entropy, percentile[:P], minmax or mse [default:
+    /// percentile:99.99 for int8, minmax for fp8, chosen by measurement].
+    #[arg(long)]
+    pub calibrator: Option<String>,
     /// Sentences to calibrate over (taken evenly across the file; every
     /// fifth distinct sentence is held out for the accuracy check).
     #[arg(long, default_value_t = embedrt_quant::input::DEFAULT_CALIBRATION_SIZE)]
@@ -54,6 +55,13 @@ pub struct CalibrateArgs {
     /// Skip the accuracy check and the fallback search: quantize every GEMM.
     #[arg(long)]
     no_fallback: bool,
+    /// Debugging: also write the raw inputs of these GEMMs (comma-separated
+    /// site names such as layers.0.qkv), batch by batch, into this directory
+    /// as little-endian f32 (what tests feed ONNX Runtime's calibrators).
+    #[arg(long, hide = true, requires = "dump_sites")]
+    dump_activations: Option<PathBuf>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    dump_sites: Vec<String>,
 }
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
@@ -65,6 +73,15 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         spearman_fp32: None,
     };
     let sts_set = args.eval.as_deref().map(read_sts).transpose()?;
+    if let Some(dir) = &args.dump_activations {
+        dump(
+            &model,
+            &args.input,
+            &args.calibration,
+            &args.dump_sites,
+            dir,
+        )?;
+    }
     let table = make_table(
         &model,
         &args.input,
@@ -90,6 +107,37 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--dump-activations`: the raw GEMM inputs of the calibration sentences.
+fn dump(
+    model: &SentenceModel,
+    input: &Path,
+    args: &CalibrationArgs,
+    names: &[String],
+    dir: &Path,
+) -> Result<()> {
+    let sites = names
+        .iter()
+        .map(|n| {
+            embedrt_core::quant::GemmSite::parse(n).with_context(|| {
+                format!(
+                    "--dump-sites: {n:?} is not a GEMM site (layers.L.qkv|attn_out|ffn_in|ffn_out)"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let text = embedrt_quant::read_calibration_text(input, Some(args.calibration_size))?;
+    let engine = embedrt_quant::fp32_engine(model)?;
+    embedrt_quant::dump_activations(
+        model,
+        &engine,
+        &text.calibration,
+        &CalibrateOptions::default(),
+        &sites,
+        dir,
+    )?;
+    Ok(())
+}
+
 pub fn read_sts(path: &Path) -> Result<StsSet> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let pairs = sts::parse_csv(&text).with_context(|| path.display().to_string())?;
@@ -108,7 +156,11 @@ pub fn make_table(
     args: &CalibrationArgs,
     target: Option<(&AccuracyTarget, Option<&StsSet>)>,
 ) -> Result<CalibrationTable> {
-    let method: CalibrationMethod = args.calibrator.parse()?;
+    let method: CalibrationMethod = args
+        .calibrator
+        .as_deref()
+        .unwrap_or(embedrt_quant::default_calibrator(format))
+        .parse()?;
     let text = embedrt_quant::read_calibration_text(input, Some(args.calibration_size))?;
     let opts = CalibrateOptions {
         format,

@@ -23,8 +23,20 @@ pub use fallback::{Accuracy, AccuracyTarget, FallbackChoice};
 pub use histogram::{AbsHistogram, DEFAULT_BINS};
 pub use input::{read_calibration_text, CalibrationText};
 
-/// The calibrator used when none is given (see docs/perf/quantization.md).
+/// The calibrator used for int8 when none is given: on MiniLM it lost the
+/// least STS accuracy with every GEMM quantized (docs/perf/quantization.md).
 pub const DEFAULT_CALIBRATOR: &str = "percentile:99.99";
+/// fp8's 3-bit mantissa gives every magnitude the same relative error, so
+/// clipping only costs: minmax is its default (same measurements).
+pub const DEFAULT_FP8_CALIBRATOR: &str = "minmax";
+
+/// The default calibrator of a format.
+pub fn default_calibrator(format: QuantFormat) -> &'static str {
+    match format {
+        QuantFormat::Int8 => DEFAULT_CALIBRATOR,
+        QuantFormat::Fp8 => DEFAULT_FP8_CALIBRATOR,
+    }
+}
 
 /// How to calibrate.
 #[derive(Clone, Debug)]
@@ -189,4 +201,40 @@ pub fn with_fallback(table: &CalibrationTable, fallback: &[GemmSite]) -> Calibra
     let mut t = table.clone();
     t.fallback = sites.iter().map(GemmSite::name).collect();
     t
+}
+
+/// Writes the raw input of every GEMM in `sites`, batch by batch, as
+/// little-endian f32 files `DIR/{site input name}.{batch}.f32` (`[tokens,
+/// in]`), batched exactly as [`collect_stats`] batches them: what the
+/// calibrator cross-check against ONNX Runtime feeds both sides.
+pub fn dump_activations(
+    model: &SentenceModel,
+    engine: &CpuEngine,
+    sentences: &[String],
+    opts: &CalibrateOptions,
+    sites: &[GemmSite],
+    dir: &std::path::Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let encoded = model.tokenizer.encode_all(sentences)?;
+    for (b, chunk) in encoded.chunks(opts.batch_size.max(1)).enumerate() {
+        let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
+        let batch = TokenBatch::from_sequences(&ids);
+        let mut failed = None;
+        let mut observe = |site: GemmSite, x: &[f32]| {
+            if failed.is_some() || !sites.contains(&site) {
+                return;
+            }
+            let path = dir.join(format!("{}.{b}.f32", site.input_name()));
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if let Err(e) = embedrt_core::fsutil::write_atomic(&path, &bytes) {
+                failed = Some(Error::io(&path, e));
+            }
+        };
+        engine.token_embeddings_observed(&batch, &mut observe)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,163 @@
+"""Post-training quantization end to end: `embedrt calibrate`, the CPU
+fake-quant reference, the QDQ ONNX export run by ONNX Runtime, the TensorRT
+calibration cache, and bad input."""
+
+import json
+import struct
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+
+from test_onnx import (
+    cosine_rows,
+    export_ok,
+    one_line_error,
+    ort_embed,
+    read_sts,
+    session,
+    spearman,
+    tokenizer,
+)
+
+FP32_SPEARMAN = 86.7163
+MAX_DROP = 0.3
+# ORT runs the QDQ graph with int8 MatMulInteger kernels (or fp32 on the
+# dequantized values), our reference in fp32 on the fake-quantized values:
+# the products are the same, summation order and int32 accumulation are
+# not, and a rounding tie can flip one activation code. Measured well under this.
+QDQ_MIN_COSINE = 0.9995
+
+
+def run(embedrt_bin, *args):
+    return subprocess.run([str(embedrt_bin), *map(str, args)], capture_output=True, text=True)
+
+
+def calibrate(embedrt_bin, model, text, out, *extra):
+    proc = run(embedrt_bin, "calibrate", "--model", model, "--input", text, "-o", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())
+
+
+def cpu_embed_quant(embedrt_bin, model, table, precision, texts, tmp_path):
+    inp = tmp_path / "texts.jsonl"
+    inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    proc = run(embedrt_bin, "embed", "--model", model, "--device", "cpu", "--precision", precision,
+               "--calibration-table", table, "--input", inp)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["index"])], np.float32)
+
+
+@pytest.fixture(scope="module")
+def calib_text(stsb_dir, tmp_path_factory):
+    """A JSON-lines calibration file: 400 lines of STS-B train."""
+    pairs = read_sts(stsb_dir / "stsb-en-train.csv")[:200]
+    path = tmp_path_factory.mktemp("calib") / "calib.jsonl"
+    path.write_text("".join(json.dumps({"text": s}) + "\n" for p in pairs for s in p[:2]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(embedrt_bin, minilm_dir, stsb_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("minilm-int8")
+    table = d / "table.json"
+    calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", table)
+    export = export_ok(embedrt_bin, minilm_dir, d / "export", "--precision", "int8",
+                       "--calibration-table", table)
+    return table, export
+
+
+@pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls", "tiny-bert-max"])
+def test_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixtures_dir, calib_text,
+                                                        tmp_path, name):
+    model = fixtures_dir / name
+    table = tmp_path / "t.json"
+    calibrate(embedrt_bin, model, calib_text, table, "--no-fallback")
+    d = export_ok(embedrt_bin, model, tmp_path / "x", "--precision", "int8",
+                  "--calibration-table", table)
+    m = onnx.load(str(d / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version >= 13
+    ops = [n.op_type for n in m.graph.node]
+    layers = json.loads(table.read_text())["model"]["num_layers"]
+    # One QuantizeLinear per GEMM input (qkv's feeds three MatMuls).
+    assert ops.count("QuantizeLinear") == 4 * layers
+    weight_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0].endswith("_quantized")]
+    assert len(weight_dq) == 6 * layers
+    assert all(a.name == "axis" and a.i == 0 for n in weight_dq for a in n.attribute)
+    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
+    ref = cpu_embed_quant(embedrt_bin, model, table, "int8", texts, tmp_path)
+    got = ort_embed(session(d), tokenizer(d), texts)
+    cos = cosine_rows(ref, got)
+    assert cos.min() >= QDQ_MIN_COSINE, cos
+
+
+def test_minilm_qdq_onnx_stsb_drop_within_target(minilm_int8, stsb_dir):
+    _, d = minilm_int8
+    pairs = read_sts(stsb_dir / "stsb-en-dev.csv")
+    texts = [s for p in pairs for s in p[:2]]
+    emb = ort_embed(session(d), tokenizer(d), texts, batch_size=64)
+    got = 100 * spearman(cosine_rows(emb[0::2], emb[1::2]), [p[2] for p in pairs])
+    assert FP32_SPEARMAN - got <= MAX_DROP, got
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_minilm_cpu_fake_quant_stsb_drop_within_target(embedrt_bin, minilm_dir, stsb_dir,
+                                                       tmp_path, precision):
+    table = tmp_path / "t.json"
+    t = calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", table,
+                  "--precision", precision)
+    assert t["accuracy"]["mean_cosine"] >= 0.995
+    proc = run(embedrt_bin, "eval", "--model", minilm_dir, "--device", "cpu", "--precision",
+               precision, "--calibration-table", table, "--sts", stsb_dir / "stsb-en-dev.csv")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)["spearman"]
+    assert FP32_SPEARMAN - got <= MAX_DROP, (precision, got, t["fallback"])
+
+
+def test_trt_calibration_cache_format_and_names(minilm_int8, embedrt_bin, minilm_dir):
+    table_path, d = minilm_int8
+    table = json.loads(table_path.read_text())
+    lines = (d / "calibration.cache").read_text().splitlines()
+    assert lines[0] in ("TRT-8601-EntropyCalibration2", "TRT-8601-MinMaxCalibration")
+    entries = dict(line.rsplit(": ", 1) for line in lines[1:])
+    assert len(entries) == len(lines) - 1
+    # The names are tensors of the fp32 export feeding a MatMul.
+    fp32 = onnx.load(str(export_ok(embedrt_bin, minilm_dir, d.parent / "fp32") / "model.onnx"))
+    matmul_inputs = {n.input[0] for n in fp32.graph.node if n.op_type == "MatMul"}
+    assert set(entries) <= matmul_inputs
+    quantized = [t for t in table["tensors"]
+                 if t["name"].removesuffix(".input") not in table["fallback"]]
+    assert len(entries) == len(quantized)
+    amaxes = sorted(t["amax"] / 127 for t in quantized)
+    scales = sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in entries.values())
+    assert all(len(h) == 8 for h in entries.values())
+    np.testing.assert_allclose(scales, amaxes, rtol=1e-6)
+
+
+def test_bad_calibration_input_is_one_clear_error(embedrt_bin, fixtures_dir, minilm_int8,
+                                                  tmp_path):
+    model = fixtures_dir / "tiny-bert-mean-norm"
+    out = tmp_path / "t.json"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", empty, "-o", out),
+                   "no sentences")
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input",
+                       tmp_path / "missing.csv", "-o", out), "missing.csv")
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", empty, "-o", out,
+                       "--calibrator", "kl"), "unknown calibrator")
+    assert not out.exists()
+    table, _ = minilm_int8
+    sts = tmp_path / "sts.csv"
+    sts.write_text("a cat,a dog,1.0\na man,a woman,2.0\n")
+    one_line_error(run(embedrt_bin, "eval", "--model", model, "--device", "cpu", "--precision",
+                       "int8", "--calibration-table", table, "--sts", sts),
+                   "another model")
+    one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
+                       "--precision", "int8", "--calibration-table", table), "another model")
+    one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
+                       "--precision", "int8"), "--calibration")
