@@ -28,7 +28,7 @@ def calib(embedrt_bin, minilm_dir, stsb_dir, tmp_path_factory):
         proc = subprocess.run(
             [str(embedrt_bin), "calibrate", "--model", str(minilm_dir), "--input", str(text),
              "-o", str(out), "--calibrator", method, "--calibration-size", SIZE,
-             "--no-fallback", *map(str, extra)], capture_output=True, text=True)
+             "--no-fallback", *map(str, extra)], capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         table = json.loads(out.read_text())
         tables[method] = {t["name"]: t["amax"] for t in table["tensors"]}
