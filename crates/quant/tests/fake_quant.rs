@@ -9,13 +9,19 @@ use embedrt_core::{Backend, SentenceModel, TokenBatch};
 use embedrt_quant::{calibrate, fp32_engine, with_fallback, CalibrateOptions};
 
 fn fixture() -> SentenceModel {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-mean-norm");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert-mean-norm");
     SentenceModel::load(dir.to_str().unwrap()).unwrap()
 }
 
 fn sentences() -> Vec<String> {
     (0..40)
-        .map(|i| format!("the cat number {i} sat on the mat {}", "and ran ".repeat(i % 5)))
+        .map(|i| {
+            format!(
+                "the cat number {i} sat on the mat {}",
+                "and ran ".repeat(i % 5)
+            )
+        })
         .collect()
 }
 
@@ -54,7 +60,8 @@ fn fallback_everywhere_is_fp32_and_quantized_is_close() {
         }
         let mut seen = Vec::new();
         let mut observe = |site: GemmSite, x: &[f32]| seen.push((site, x.len()));
-        fp32.token_embeddings_observed(&batch, &mut observe).unwrap();
+        fp32.token_embeddings_observed(&batch, &mut observe)
+            .unwrap();
         let sites: Vec<GemmSite> = seen.iter().map(|s| s.0).collect();
         assert_eq!(sites, GemmSite::all(layers));
         assert_eq!(seen[0].1, batch.total_tokens() * h);
