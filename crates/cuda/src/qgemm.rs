@@ -328,3 +328,45 @@ impl Drop for QGemms {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(hidden: usize, inter: usize) -> ModelConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-mpnet-cls/config.json");
+        let mut c = ModelConfig::from_file(&path).expect("fixture config");
+        c.hidden_size = hidden;
+        c.intermediate_size = inter;
+        c
+    }
+
+    #[test]
+    fn quantized_buffers_follow_the_token_budget() {
+        let c = config(768, 3072);
+        let wide: Profile = "1x8:256x128:1024x512".parse().unwrap();
+        let layout = quant_workspace_layout(&c, &wide);
+        let t = wide.token_budget();
+        assert_eq!(t, crate::plan::DEFAULT_MAX_BATCH_TOKENS);
+        // One byte per element of the widest GEMM input (FFN-out's 3072),
+        // four per element of the widest output (QKV's 2304 < 3072).
+        assert_eq!(
+            layout,
+            vec![("quant_act", t * 3072), ("quant_acc", t * 3072 * 4)]
+        );
+        // MiniLM: QKV's 3 x 384 = 1152 < 1536.
+        let m = config(384, 1536);
+        let l = quant_workspace_layout(&m, &wide);
+        assert_eq!(l[1].1, t * 1536 * 4);
+        let wider = config(1024, 1024);
+        assert_eq!(quant_workspace_layout(&wider, &wide)[1].1, t * 3072 * 4);
+    }
+
+    #[test]
+    fn sizes_the_8_bit_gemms_cannot_run_are_refused() {
+        assert!(check_dims(&config(384, 1536), QuantFormat::Int8).is_ok());
+        let e = check_dims(&config(392, 1536), QuantFormat::Fp8).unwrap_err();
+        assert!(e.to_string().contains("multiples of 16"), "{e}");
+    }
+}
