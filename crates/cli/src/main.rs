@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod build_quant;
 mod embed;
 mod eval;
 mod export;
