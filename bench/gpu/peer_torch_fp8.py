@@ -43,10 +43,12 @@ def convert(model):
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-src = open(os.path.join(here, "peer_torch.py")).read()
+with open(os.path.join(here, "peer_torch.py")) as f:
+    src = f.read()
 anchor = ".half().to(dev).eval()"
 assert anchor in src, "peer_torch.py changed: update peer_torch_fp8.py"
 src = src.replace(anchor, anchor + "\nmodel = convert(model)", 1)
 src = src.replace("fp16 eager", "fp8 dynamic row-wise (torch._scaled_mm) eager", 1)
 sys.argv = [os.path.join(here, "peer_torch.py")] + sys.argv[1:]
-exec(compile(src, "peer_torch.py+fp8", "exec"), {"__name__": "__main__", "convert": convert})
+# peer_torch.py itself, with the one line above added: the two peers cannot drift apart.
+exec(compile(src, "peer_torch.py+fp8", "exec"), {"__name__": "__main__", "convert": convert})  # noqa: S102

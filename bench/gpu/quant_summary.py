@@ -9,12 +9,17 @@ import os
 import sys
 
 
+def read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
 def last_json(path):
     """Every JSON-object line of a log merged (later keys win), or None if there is none."""
     if not os.path.exists(path):
         return None
     out = None
-    for line in open(path, errors="replace").read().splitlines():
+    for line in read(path).splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:
@@ -29,7 +34,7 @@ def fmt(v, spec):
 
 
 d = sys.argv[1]
-print(open(os.path.join(d, "steps.txt")).read() if os.path.exists(os.path.join(d, "steps.txt")) else "")
+print(read(os.path.join(d, "steps.txt")) if os.path.exists(os.path.join(d, "steps.txt")) else "")
 head = (f"{'model':7} {'prec':5} {'gemm MiB':>9} {'fallback':>8} {'cos mean':>9} {'cos min':>8} "
         f"{'STS':>6} {'STS fp32':>8} {'W1 seq/s':>9} {'W2 sent/s':>10} {'W3 p50 ms':>9}")
 print(head)
@@ -65,10 +70,10 @@ for p in ("int8", "fp8"):
         print(f"MiniLM {p}: STS-B dev Spearman {ev['spearman']:.2f} vs fp32 {ev32['spearman']:.2f}: "
               f"drop {drop:.2f} ({'OK' if drop <= 0.3 else 'ABOVE the 0.3 target'})")
 for path in sorted(glob.glob(os.path.join(d, "*info-*.log"))):
-    lines = [ln for ln in open(path).read().splitlines()
+    lines = [ln for ln in read(path).splitlines()
              if ln.startswith(("precision", "gemm weights", "fallback", "accuracy", "quantization"))]
     if lines:
         print(os.path.basename(path)[:-4] + ":\n  " + "\n  ".join(lines))
 bad = os.path.join(d, "minilm-bad-format.log")
 if os.path.exists(bad):
-    print("bad input (fp8 build with an int8 table): " + open(bad).read().strip().splitlines()[-1])
+    print("bad input (fp8 build with an int8 table): " + read(bad).strip().splitlines()[-1])

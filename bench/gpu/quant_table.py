@@ -72,10 +72,11 @@ for key in sorted(seen, key=lambda k: (int(k.split(".")[1]), list(names).index(k
     if minmax:
         amax = float(v.max())
     else:
-        k = max(1, int(round(0.9999 * v.numel())))
+        k = max(1, round(0.9999 * v.numel()))
         amax = float(v.kthvalue(k).values)
     amaxes.append((key, amax))
-sha = hashlib.sha256(open(f"{model_dir}/model.safetensors", "rb").read()).hexdigest()
+with open(f"{model_dir}/model.safetensors", "rb") as f:
+    sha = hashlib.sha256(f.read()).hexdigest()
 for fmt, fmt_max in (("int8", 127.0), ("fp8", 448.0)):
     tensors = [{"name": k, "amax": a, "scale": a / fmt_max if a > 0 else 1.0, "method": method}
                for k, a in amaxes]
@@ -87,5 +88,6 @@ for fmt, fmt_max in (("int8", 127.0), ("fp8", 448.0)):
         "fallback": [], "accuracy": None,
     }
     out = f"{prefix}-{fmt}.table.json"
-    json.dump(table, open(out, "w"), indent=1)
+    with open(out, "w") as f:
+        json.dump(table, f, indent=1)
     print(json.dumps({"table": out, "tensors": len(tensors), "sentences": len(texts), "method": method}))
