@@ -17,18 +17,28 @@ pub struct ExportArgs {
     /// Output directory (created if missing).
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
-    /// Weights and matmuls in fp32 or fp16 (LayerNorm, softmax, pooling stay fp32).
+    /// Weights and matmuls in fp32 or fp16 (LayerNorm, softmax, pooling stay
+    /// fp32); int8 writes QDQ ONNX (needs --calibration or
+    /// --calibration-table) and a TensorRT calibration.cache.
     #[arg(long, default_value = "fp32")]
     precision: String,
+    #[command(flatten)]
+    quant: crate::open_quant::QuantArgs,
     /// ONNX opset (17 or newer: LayerNormalization).
     #[arg(long, default_value_t = DEFAULT_OPSET)]
     opset: i64,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let precision: Precision = args.precision.parse()?;
+    let int8 = args.precision == "int8";
+    let precision: Precision = if int8 {
+        Precision::Fp32
+    } else {
+        args.precision.parse()?
+    };
     embedrt_onnx::check_opset(args.opset)?;
     let model = SentenceModel::load(&args.model)?;
+    let quant = crate::open_quant::export_table(&model, int8, &args.quant)?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} export: {msg} {elapsed}")
@@ -38,6 +48,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let opts = ExportOptions {
         precision,
         opset: args.opset,
+        quant,
     };
     let result = export_dir(&model, &args.output, &opts, &|msg| {
         bar.set_message(msg.to_string())

@@ -3,12 +3,14 @@
 mod bench;
 mod build;
 mod build_quant;
+mod calibrate;
 mod embed;
 mod eval;
 mod export;
 mod info;
 mod input;
 mod open;
+mod open_quant;
 mod serve;
 
 use std::process::ExitCode;
@@ -42,6 +44,8 @@ enum Command {
     Info(info::InfoArgs),
     /// ONNX export (fp32/fp16) with pooling and normalization in the graph.
     Export(export::ExportArgs),
+    /// Calibration table for int8/fp8 (statistics from the fp32 CPU engine, any machine).
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Command::Build(a) => build::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => export::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,12 +21,15 @@ pub struct ModelArgs {
     /// `serve` also takes several GPUs: cuda:all or cuda:0,1,...
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// GPU precision without a plan: fp32 or fp16 (the CPU runs fp32).
+    /// Precision without a plan: fp32 or fp16 on the GPU; int8 or fp8 run
+    /// the CPU fake-quant reference (--device cpu, with --calibration-table).
     #[arg(long)]
     pub precision: Option<String>,
     /// Override the model's pooling: mean, cls, max, mean_sqrt_len.
     #[arg(long)]
     pub pooling: Option<String>,
+    #[command(flatten)]
+    pub quant: crate::open_quant::QuantArgs,
 }
 
 /// Where the user asked to run.
@@ -188,6 +191,9 @@ fn gpu_plan(args: &ModelArgs, first: usize) -> Result<(SentenceModel, Plan)> {
 }
 
 pub fn open(args: &ModelArgs) -> Result<Embedder> {
+    if let Some(embedder) = crate::open_quant::open_if_quantized(args)? {
+        return Ok(embedder);
+    }
     let device = Device::parse(&args.device)?;
     let (pooling, precision) = overrides(args)?;
     if let Some(path) = &args.plan {

@@ -1,17 +1,24 @@
 //! The encoder forward pass on the CPU, over unpadded batches.
 
+use embedrt_core::quant::{CalibrationTable, GemmKind, GemmSite};
 use embedrt_core::{
     Architecture, Backend, BackendInfo, Error, ModelConfig, PoolingMode, Result, TokenBatch,
     TransformerWeights,
 };
 use rayon::prelude::*;
 
+use crate::fake_quant::{fake_quant_into, fake_quant_weight_t, FakeQuant};
 use crate::math::{gelu_in_place, layer_norm_rows, linear, matmul, softmax, transpose, View};
 
 /// Rows per rayon task for the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
+/// Sees each GEMM's input activation, `[tokens, in]` row-major, before the
+/// GEMM runs (after fake quantization, if the engine quantizes).
+pub type GemmObserver<'a> = &'a mut dyn FnMut(GemmSite, &[f32]);
+
 /// Weights are stored transposed, `[in, out]` (see `math::linear`).
+#[derive(Clone)]
 struct Layer {
     /// Query, key and value stacked: `[H, 3H]`, so one GEMM makes all three.
     qkv_w: Vec<f32>,
@@ -26,6 +33,7 @@ struct Layer {
     ffn_norm: (Vec<f32>, Vec<f32>),
 }
 
+#[derive(Clone)]
 pub struct CpuEngine {
     config: ModelConfig,
     pooling: PoolingMode,
@@ -40,6 +48,8 @@ pub struct CpuEngine {
     rel_bias: Option<Vec<f32>>,
     /// MPNet: bucket of each relative distance, indexed by `key - query + max_seq_len - 1`.
     bucket_of_distance: Vec<u32>,
+    /// Set by [`CpuEngine::with_calibration`]: the fake-quant reference.
+    fake_quant: Option<FakeQuant>,
 }
 
 impl CpuEngine {
@@ -97,11 +107,66 @@ impl CpuEngine {
                 Architecture::Mpnet => config.relative_bucket_table(max_seq_len),
                 Architecture::Bert => Vec::new(),
             },
+            fake_quant: None,
         })
+    }
+
+    /// The fake-quant reference of the quantized model: every GEMM not in
+    /// the table's fallback list gets its weight quantized-dequantized per
+    /// output channel (once, here) and its input per tensor (each call),
+    /// in the table's format. Check the table against the model first
+    /// (`CalibrationTable::check_model`).
+    pub fn with_calibration(mut self, table: &CalibrationTable) -> Result<Self> {
+        if self.fake_quant.is_some() {
+            return Err(Error::Backend(
+                "this CPU engine is already quantized; build it again from the fp32 weights".into(),
+            ));
+        }
+        let fq = FakeQuant::from_table(table, self.layers.len())?;
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            for kind in GemmKind::ALL {
+                let site = GemmSite { layer: l, kind };
+                if fq.input_scale(site).is_none() {
+                    continue;
+                }
+                let (w, out) = match kind {
+                    GemmKind::Qkv => (&mut layer.qkv_w, layer.qkv_b.len()),
+                    GemmKind::AttnOut => (&mut layer.o_w, layer.o_b.len()),
+                    GemmKind::FfnIn => (&mut layer.ffn_in_w, layer.ffn_in_b.len()),
+                    GemmKind::FfnOut => (&mut layer.ffn_out_w, layer.ffn_out_b.len()),
+                };
+                fake_quant_weight_t(fq.format, w, out);
+            }
+        }
+        self.fake_quant = Some(fq);
+        Ok(self)
+    }
+
+    /// Number of encoder layers (four GEMM sites each).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Final hidden states of every token, `[total_tokens, hidden]`.
     pub fn token_embeddings(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        self.forward(batch, None)
+    }
+
+    /// [`Self::token_embeddings`], handing each GEMM input to `observer`
+    /// (calibration statistics come from here).
+    pub fn token_embeddings_observed(
+        &self,
+        batch: &TokenBatch,
+        observer: GemmObserver<'_>,
+    ) -> Result<Vec<f32>> {
+        self.forward(batch, Some(observer))
+    }
+
+    fn forward(
+        &self,
+        batch: &TokenBatch,
+        mut observer: Option<GemmObserver<'_>>,
+    ) -> Result<Vec<f32>> {
         batch.validate(self.config.vocab_size, self.max_seq_len)?;
         let c = &self.config;
         let (h, t) = (c.hidden_size, batch.total_tokens());
@@ -109,28 +174,63 @@ impl CpuEngine {
         let mut qkv = vec![0.0f32; t * 3 * h];
         let mut ctx = vec![0.0f32; t * h];
         let mut inter = vec![0.0f32; t * c.intermediate_size];
-        for layer in &self.layers {
-            linear(&hidden, t, &layer.qkv_w, &layer.qkv_b, None, &mut qkv);
+        // Fake-quantized GEMM inputs go here; the fp32 path never allocates it.
+        let mut quantized = Vec::new();
+        if self.fake_quant.is_some() {
+            quantized = vec![0.0f32; t * c.intermediate_size.max(h)];
+        }
+        // The GEMM's input as the GEMM sees it: `x` itself, or its
+        // fake-quantized copy. Only plain fp32 runs take the first branch
+        // with no observer, which keeps that path exactly as it was.
+        let mut gemm_input = |site: GemmSite, x: &[f32], quantized: &mut Vec<f32>| -> bool {
+            let mut used_copy = false;
+            if let Some(fq) = &self.fake_quant {
+                if let Some(scale) = fq.input_scale(site) {
+                    fake_quant_into(fq.format, scale, x, &mut quantized[..x.len()]);
+                    used_copy = true;
+                }
+            }
+            if let Some(obs) = observer.as_mut() {
+                obs(site, if used_copy { &quantized[..x.len()] } else { x });
+            }
+            used_copy
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let site = |kind| GemmSite { layer: l, kind };
+            let x = if gemm_input(site(GemmKind::Qkv), &hidden, &mut quantized) {
+                &quantized[..hidden.len()]
+            } else {
+                &hidden[..]
+            };
+            linear(x, t, &layer.qkv_w, &layer.qkv_b, None, &mut qkv);
             self.attention(batch, &qkv, &mut ctx);
             // ctx -> attention output + residual, normalized; reuse qkv's
             // first T*H floats as the scratch for it.
             let attn = &mut qkv[..t * h];
-            linear(&ctx, t, &layer.o_w, &layer.o_b, Some(&hidden), attn);
+            let x = if gemm_input(site(GemmKind::AttnOut), &ctx, &mut quantized) {
+                &quantized[..ctx.len()]
+            } else {
+                &ctx[..]
+            };
+            linear(x, t, &layer.o_w, &layer.o_b, Some(&hidden), attn);
             par_layer_norm(attn, &layer.attn_norm, h, c.layer_norm_eps);
             hidden.copy_from_slice(attn);
-            linear(
-                &hidden,
-                t,
-                &layer.ffn_in_w,
-                &layer.ffn_in_b,
-                None,
-                &mut inter,
-            );
+            let x = if gemm_input(site(GemmKind::FfnIn), &hidden, &mut quantized) {
+                &quantized[..hidden.len()]
+            } else {
+                &hidden[..]
+            };
+            linear(x, t, &layer.ffn_in_w, &layer.ffn_in_b, None, &mut inter);
             inter
                 .par_chunks_mut(c.intermediate_size * ROWS_PER_TASK)
                 .for_each(gelu_in_place);
+            let x = if gemm_input(site(GemmKind::FfnOut), &inter, &mut quantized) {
+                &quantized[..inter.len()]
+            } else {
+                &inter[..]
+            };
             linear(
-                &inter,
+                x,
                 t,
                 &layer.ffn_out_w,
                 &layer.ffn_out_b,
@@ -264,7 +364,10 @@ impl Backend for CpuEngine {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             device: "cpu".into(),
-            precision: "fp32".into(),
+            precision: match &self.fake_quant {
+                None => "fp32".into(),
+                Some(fq) => format!("{} (fake-quant reference)", fq.format.name()),
+            },
             max_batch_size: 1024,
             max_batch_tokens: 1024 * self.max_seq_len,
             max_seq_len: self.max_seq_len,

@@ -3,6 +3,7 @@
 //! result does not depend on which other sequences share its batch.
 
 mod engine;
+mod fake_quant;
 mod math;
 
-pub use engine::CpuEngine;
+pub use engine::{CpuEngine, GemmObserver};

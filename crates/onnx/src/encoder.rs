@@ -11,6 +11,7 @@
 //! LayerNorm parameters and MPNet's relative-attention bias stay fp32
 //! initializers, and both outputs are fp32.
 
+use embedrt_core::quant::{weight_scales, CalibrationTable, GemmKind, GemmSite, QuantFormat};
 use embedrt_core::{
     Architecture, LayerNormWeights, LayerWeights, Linear, PoolingMode, SentenceModel, Tensor,
     TransformerWeights,
@@ -34,13 +35,18 @@ pub const ATTENTION_MASK: &str = "attention_mask";
 pub const TOKEN_EMBEDDINGS: &str = "token_embeddings";
 pub const SENTENCE_EMBEDDING: &str = "sentence_embedding";
 
-/// Builds the whole graph into `g`.
+/// Builds the whole graph into `g`. With `quant` (an int8 table), each
+/// non-fallback GEMM's input goes through QuantizeLinear/DequantizeLinear
+/// with the table's scale and its weight is stored as int8 with one scale
+/// per output channel, dequantized in the graph (QDQ format). Returns the
+/// name of the tensor that feeds each GEMM's MatMul.
 pub fn build(
     g: &mut GraphBuilder,
     model: &SentenceModel,
     weights: &TransformerWeights,
     precision: Precision,
-) {
+    quant: Option<&CalibrationTable>,
+) -> Vec<(GemmSite, String)> {
     let mut e = Encoder {
         g,
         model,
@@ -48,8 +54,12 @@ pub fn build(
             Precision::Fp32 => Elem::F32,
             Precision::Fp16 => Elem::F16,
         },
+        quant,
+        layer: 0,
+        gemm_inputs: Vec::new(),
     };
     e.graph(weights);
+    e.gemm_inputs
 }
 
 struct Encoder<'a> {
@@ -57,6 +67,10 @@ struct Encoder<'a> {
     model: &'a SentenceModel,
     /// Element type of the weights and matmuls (F32 or F16).
     low: Elem,
+    quant: Option<&'a CalibrationTable>,
+    /// The layer being built.
+    layer: usize,
+    gemm_inputs: Vec<(GemmSite, String)>,
 }
 
 impl Encoder<'_> {
@@ -88,6 +102,7 @@ impl Encoder<'_> {
 
         let last = w.layers.len().saturating_sub(1);
         for (i, layer) in w.layers.iter().enumerate() {
+            self.layer = i;
             let out = (i == last).then_some(TOKEN_EMBEDDINGS);
             x = self.layer(layer, &x, &attn_bias, out);
         }
@@ -222,11 +237,12 @@ impl Encoder<'_> {
         let c = &self.model.config;
         let (heads, d) = (c.num_attention_heads as i64, c.head_dim() as i64);
         let xl = self.cast_low(x);
+        let xl = self.gemm_input(GemmKind::Qkv, &xl);
         let scale = self.g.scalar(1.0 / (d as f32).sqrt(), self.low, "scale");
-        let q = self.linear(&xl, &l.query);
+        let q = self.linear(&xl, &l.query, GemmKind::Qkv);
         let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
-        let k = self.linear(&xl, &l.key);
-        let v = self.linear(&xl, &l.value);
+        let k = self.linear(&xl, &l.key, GemmKind::Qkv);
+        let v = self.linear(&xl, &l.value, GemmKind::Qkv);
         let split = self.g.const_i64(&[0, 0, heads, d], "heads_shape");
         let q = self.g.op("Reshape", &[&q, &split], vec![], "q_heads");
         let k = self.g.op("Reshape", &[&k, &split], vec![], "k_heads");
@@ -250,16 +266,19 @@ impl Encoder<'_> {
         let ctx = self.transpose(&ctx, &[0, 2, 1, 3], "context_bshd");
         let merge = self.g.const_i64(&[0, 0, heads * d], "hidden_shape");
         let ctx = self.g.op("Reshape", &[&ctx, &merge], vec![], "context_bsh");
-        let attn = self.linear(&ctx, &l.attn_out);
+        let ctx = self.gemm_input(GemmKind::AttnOut, &ctx);
+        let attn = self.linear(&ctx, &l.attn_out, GemmKind::AttnOut);
         let attn = self.cast_f32(&attn);
         let x = self.layer_norm(&attn, &l.attn_norm, "attn_norm", Some(x));
 
         let xl = self.cast_low(&x);
-        let inter = self.linear(&xl, &l.ffn_in);
+        let xl = self.gemm_input(GemmKind::FfnIn, &xl);
+        let inter = self.linear(&xl, &l.ffn_in, GemmKind::FfnIn);
         let inter = self.cast_f32(&inter);
         let inter = self.gelu(&inter);
         let inter = self.cast_low(&inter);
-        let ffn = self.linear(&inter, &l.ffn_out);
+        let inter = self.gemm_input(GemmKind::FfnOut, &inter);
+        let ffn = self.linear(&inter, &l.ffn_out, GemmKind::FfnOut);
         let ffn = self.cast_f32(&ffn);
         match out {
             Some(name) => {
@@ -325,10 +344,86 @@ impl Encoder<'_> {
         }
     }
 
+    /// The quantization of a GEMM of the current layer, `None` when it
+    /// stays float (no table, or in the fallback list).
+    fn quantized(&self, kind: GemmKind) -> Option<f32> {
+        let site = GemmSite {
+            layer: self.layer,
+            kind,
+        };
+        let table = self.quant?;
+        if table.is_fallback(site) {
+            return None;
+        }
+        table.input_scale(site)
+    }
+
+    /// Records `x` as the input of a GEMM and, when the GEMM is quantized,
+    /// returns `x` after QuantizeLinear/DequantizeLinear (int8, zero point 0).
+    fn gemm_input(&mut self, kind: GemmKind, x: &str) -> String {
+        let site = GemmSite {
+            layer: self.layer,
+            kind,
+        };
+        self.gemm_inputs.push((site, x.to_string()));
+        let Some(scale) = self.quantized(kind) else {
+            return x.to_string();
+        };
+        let hint = format!("{}_input", site.name().replace('.', "_"));
+        let s = self.g.scalar(scale, Elem::F32, &format!("{hint}_scale"));
+        let zp_name = self.g.fresh(&format!("{hint}_zero_point"));
+        let zp = self.g.init_i8(&zp_name, &[], &[0]);
+        let q = self.g.op(
+            "QuantizeLinear",
+            &[x, &s, &zp],
+            vec![],
+            &format!("{hint}_q"),
+        );
+        self.g.op(
+            "DequantizeLinear",
+            &[&q, &s, &zp],
+            vec![],
+            &format!("{hint}_dq"),
+        )
+    }
+
+    /// A `[out, in]` weight as int8 codes with per-output-channel scales
+    /// (axis 0 of this layout) and the DequantizeLinear that restores it.
+    fn quantized_weight(&mut self, t: &Tensor) -> String {
+        let out = t.shape[0];
+        let scales = weight_scales(&t.data, out, QuantFormat::Int8);
+        let inp = t.data.len() / out.max(1);
+        let codes: Vec<i8> = t
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| QuantFormat::Int8.quantize(w, scales[i / inp.max(1)]) as i8)
+            .collect();
+        let q = self
+            .g
+            .init_i8(&format!("{}_quantized", t.name), &t.shape, &codes);
+        let s = self
+            .g
+            .init_float(&format!("{}_scale", t.name), &[out], &scales, Elem::F32);
+        let zp = self
+            .g
+            .init_i8(&format!("{}_zero_point", t.name), &[out], &vec![0; out]);
+        self.g.op(
+            "DequantizeLinear",
+            &[&q, &s, &zp],
+            vec![("axis", Attr::Int(0))],
+            "weight_dq",
+        )
+    }
+
     /// `x W^T + b` with W in Hugging Face layout `[out, in]` under its HF
     /// name; the Transpose of a constant is folded by every runtime.
-    fn linear(&mut self, x: &str, lin: &Linear) -> String {
-        let w = self.weight(&lin.weight);
+    fn linear(&mut self, x: &str, lin: &Linear, kind: GemmKind) -> String {
+        let w = if self.quantized(kind).is_some() {
+            self.quantized_weight(&lin.weight)
+        } else {
+            self.weight(&lin.weight)
+        };
         let b = self.weight(&lin.bias);
         let wt = self.transpose(&w, &[1, 0], "weight_t");
         let y = self.g.op("MatMul", &[x, &wt], vec![], "matmul");

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::encoder::{ATTENTION_MASK, INPUT_IDS, SENTENCE_EMBEDDING, TOKEN_EMBEDDINGS};
-use crate::{build_model, check_opset, Precision};
+use crate::{build_model_quantized, check_opset, fp32_gemm_input_names, Precision};
+use embedrt_quant::trt_cache::{TrtAlgorithm, TrtCache, DEFAULT_TRT_VERSION};
 
 pub const MODEL_FILE: &str = "model.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -20,6 +21,22 @@ const FORMAT: &str = "embedrt-onnx-export/1";
 pub struct ExportOptions {
     pub precision: Precision,
     pub opset: i64,
+    /// An int8 calibration table (checked against the model by the
+    /// caller): write QDQ int8 and a TensorRT calibration cache.
+    pub quant: Option<embedrt_core::CalibrationTable>,
+}
+
+/// TensorRT's calibration cache beside a QDQ export.
+pub const TRT_CACHE_FILE: &str = "calibration.cache";
+
+/// What the manifest records of a quantized export.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantManifest {
+    pub calibrator: String,
+    /// sha256 of the calibration table's JSON as it was applied.
+    pub table_sha256: String,
+    pub fallback: Vec<String>,
+    pub trt_calibration_cache: String,
 }
 
 /// `manifest.json`: what the export is and how to check it.
@@ -42,6 +59,9 @@ pub struct Manifest {
     pub onnx_sha256: String,
     pub tokenizer_sha256: String,
     pub embedrt_version: String,
+    /// Present for `--precision int8` (QDQ) exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantManifest>,
 }
 
 pub struct ExportReport {
@@ -68,7 +88,26 @@ pub fn export_dir(
     prepare_dir(dir, &weights_sha256)?;
 
     step("building the graph");
-    let onnx = build_model(model, &weights, opts.precision, opts.opset)?;
+    let onnx = build_model_quantized(
+        model,
+        &weights,
+        opts.precision,
+        opts.opset,
+        opts.quant.as_ref(),
+    )?;
+    let quantization = match &opts.quant {
+        None => None,
+        Some(table) => {
+            let cache = trt_cache(model, &weights, table);
+            write_atomic(&dir.join(TRT_CACHE_FILE), cache.to_text().as_bytes())?;
+            Some(QuantManifest {
+                calibrator: table.calibrator.clone(),
+                table_sha256: hex::encode(Sha256::digest(serde_json::to_vec(table)?)),
+                fallback: table.fallback.clone(),
+                trt_calibration_cache: TRT_CACHE_FILE.into(),
+            })
+        }
+    };
     drop(weights);
     let tokenizer = export_tokenizer(model)?;
 
@@ -79,7 +118,10 @@ pub fn export_dir(
         format: FORMAT.into(),
         source: model.source.clone(),
         architecture: model.config.architecture.name().into(),
-        precision: opts.precision.name().into(),
+        precision: match &opts.quant {
+            Some(_) => "int8".into(),
+            None => opts.precision.name().into(),
+        },
         opset: opts.opset,
         pooling: model.pooling.name().into(),
         normalize: model.normalize,
@@ -91,6 +133,7 @@ pub fn export_dir(
         onnx_sha256: hex::encode(Sha256::digest(&onnx)),
         tokenizer_sha256: hex::encode(Sha256::digest(&tokenizer)),
         embedrt_version: env!("CARGO_PKG_VERSION").into(),
+        quantization,
     };
     let mut json = serde_json::to_vec_pretty(&manifest)?;
     json.push(b'\n');
@@ -100,6 +143,29 @@ pub fn export_dir(
         manifest,
         onnx_bytes: onnx.len(),
     })
+}
+
+/// The TensorRT cache for the fp32 export's tensor names: one line per
+/// quantized GEMM input, scale amax / 127 (TensorRT's int8 scale).
+fn trt_cache(
+    model: &SentenceModel,
+    weights: &embedrt_core::TransformerWeights,
+    table: &embedrt_core::CalibrationTable,
+) -> TrtCache {
+    let mut scales: Vec<(String, f32)> = Vec::new();
+    for (site, name) in fp32_gemm_input_names(model, weights) {
+        if table.is_fallback(site) || scales.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        if let Some(t) = table.tensors.iter().find(|t| t.name == site.input_name()) {
+            scales.push((name, embedrt_core::QuantFormat::Int8.scale_for(t.amax)));
+        }
+    }
+    TrtCache {
+        version: DEFAULT_TRT_VERSION,
+        algorithm: TrtAlgorithm::for_method(&table.calibrator),
+        scales,
+    }
 }
 
 /// Creates `dir` if needed and refuses one that holds an export of other

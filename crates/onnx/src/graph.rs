@@ -15,6 +15,7 @@ pub enum Elem {
     F16,
     I64,
     Bool,
+    I8,
 }
 
 impl Elem {
@@ -24,6 +25,7 @@ impl Elem {
             Elem::F16 => DataType::Float16,
             Elem::I64 => DataType::Int64,
             Elem::Bool => DataType::Bool,
+            Elem::I8 => DataType::Int8,
         }) as i32
     }
 }
@@ -116,6 +118,12 @@ impl GraphBuilder {
             _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         };
         self.push_init(name, shape, elem, raw)
+    }
+
+    /// An int8 initializer (quantized weights, zero points).
+    pub fn init_i8(&mut self, name: &str, shape: &[usize], data: &[i8]) -> String {
+        let raw = data.iter().map(|&x| x as u8).collect();
+        self.push_init(name, shape, Elem::I8, raw)
     }
 
     pub fn init_i64(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {

@@ -64,9 +64,41 @@ pub fn build_model(
     precision: Precision,
     opset: i64,
 ) -> Result<Vec<u8>> {
+    build_model_quantized(model, weights, precision, opset, None)
+}
+
+/// The names of the tensors feeding each GEMM's MatMul in the fp32 export
+/// (what a TensorRT calibration cache for that export is keyed by).
+pub fn fp32_gemm_input_names(
+    model: &SentenceModel,
+    weights: &TransformerWeights,
+) -> Vec<(embedrt_core::GemmSite, String)> {
+    let mut g = graph::GraphBuilder::new(DEFAULT_OPSET);
+    encoder::build(&mut g, model, weights, Precision::Fp32, None)
+}
+
+/// [`build_model`], as QDQ int8 when `quant` is given (an int8 table).
+pub fn build_model_quantized(
+    model: &SentenceModel,
+    weights: &TransformerWeights,
+    precision: Precision,
+    opset: i64,
+    quant: Option<&embedrt_core::CalibrationTable>,
+) -> Result<Vec<u8>> {
     check_opset(opset)?;
+    if let Some(t) = quant {
+        if t.precision != embedrt_core::QuantFormat::Int8 {
+            bail!(
+                "QDQ export is int8 only; this calibration table is {} (calibrate with --precision int8)",
+                t.precision.name()
+            );
+        }
+        if precision != Precision::Fp32 {
+            bail!("a QDQ int8 export keeps its float parts in fp32");
+        }
+    }
     let mut g = graph::GraphBuilder::new(opset);
-    encoder::build(&mut g, model, weights, precision);
+    encoder::build(&mut g, model, weights, precision, quant);
     if g.initializer_bytes() > PROTOBUF_LIMIT {
         bail!(
             "the {} weights take {} MiB, more than a single-file ONNX model can hold (2 GiB protobuf limit); external-data export is not supported",
@@ -104,7 +136,13 @@ pub fn build_model(
             meta("normalize", model.normalize.to_string()),
             meta("max_seq_length", model.max_seq_length.to_string()),
             meta("architecture", model.config.architecture.name().into()),
-            meta("precision", precision.name().into()),
+            meta(
+                "precision",
+                match quant {
+                    Some(_) => "int8".into(),
+                    None => precision.name().into(),
+                },
+            ),
             meta("source", model.source.clone()),
         ],
         ..Default::default()

@@ -17,7 +17,11 @@ fn fixture(name: &str) -> SentenceModel {
 }
 
 fn opts(precision: Precision, opset: i64) -> ExportOptions {
-    ExportOptions { precision, opset }
+    ExportOptions {
+        precision,
+        opset,
+        quant: None,
+    }
 }
 
 fn read_model(dir: &Path) -> ModelProto {

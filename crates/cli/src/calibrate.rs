@@ -1,0 +1,176 @@
+//! `embedrt calibrate`: the calibration table of a model, made on the CPU
+//! from the fp32 reference, with the fallback set that meets the accuracy
+//! target on the held-out sentences (measured with the CPU fake-quant
+//! reference).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use embedrt_core::quant::{CalibrationMethod, CalibrationTable, QuantFormat};
+use embedrt_core::{sts, SentenceModel};
+use embedrt_quant::fallback::AccuracyTarget;
+use embedrt_quant::reference::{CpuEvaluator, StsSet};
+use embedrt_quant::{CalibrateOptions, DEFAULT_CALIBRATOR};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The calibration options `calibrate`, `export` and the CPU reference share.
+#[derive(Args, Clone, Debug)]
+pub struct CalibrationArgs {
+    /// Calibrator: entropy, percentile[:P], minmax or mse.
+    #[arg(long, default_value = DEFAULT_CALIBRATOR)]
+    pub calibrator: String,
+    /// Sentences to calibrate over (taken evenly across the file; every
+    /// fifth distinct sentence is held out for the accuracy check).
+    #[arg(long, default_value_t = embedrt_quant::input::DEFAULT_CALIBRATION_SIZE)]
+    pub calibration_size: usize,
+}
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// A sentence-transformers model directory or a Hugging Face model id.
+    #[arg(long)]
+    model: String,
+    /// Calibration text: JSON lines ({"text": ...}) or an STS CSV.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the table (JSON).
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// 8-bit format: int8 or fp8.
+    #[arg(long, default_value = "int8")]
+    precision: String,
+    #[command(flatten)]
+    calibration: CalibrationArgs,
+    /// Mean cosine to fp32 on the held-out sentences that the table must
+    /// reach; the most sensitive GEMMs stay in float until it does.
+    #[arg(long, default_value_t = embedrt_quant::fallback::DEFAULT_MIN_MEAN_COSINE)]
+    accuracy_target: f64,
+    /// STS CSV: also require Spearman x 100 to drop by at most --max-spearman-drop.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    #[arg(long, default_value_t = embedrt_quant::fallback::DEFAULT_MAX_SPEARMAN_DROP)]
+    max_spearman_drop: f64,
+    /// Skip the accuracy check and the fallback search: quantize every GEMM.
+    #[arg(long)]
+    no_fallback: bool,
+}
+
+pub fn run(args: CalibrateArgs) -> Result<()> {
+    let format: QuantFormat = args.precision.parse()?;
+    let model = SentenceModel::load(&args.model)?;
+    let target = AccuracyTarget {
+        min_mean_cosine: args.accuracy_target,
+        max_spearman_drop: args.max_spearman_drop,
+        spearman_fp32: None,
+    };
+    let sts_set = args.eval.as_deref().map(read_sts).transpose()?;
+    let table = make_table(
+        &model,
+        &args.input,
+        format,
+        &args.calibration,
+        (!args.no_fallback).then_some((&target, sts_set.as_ref())),
+    )?;
+    table
+        .write(&args.output)
+        .with_context(|| "writing the calibration table")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "table": args.output.display().to_string(),
+            "precision": table.precision.name(),
+            "calibrator": table.calibrator,
+            "sentences": table.sentences,
+            "tensors": table.tensors.len(),
+            "fallback": table.fallback,
+            "accuracy": table.accuracy,
+        })
+    );
+    Ok(())
+}
+
+pub fn read_sts(path: &Path) -> Result<StsSet> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let pairs = sts::parse_csv(&text).with_context(|| path.display().to_string())?;
+    if pairs.len() < 2 {
+        bail!("{}: needs at least 2 STS pairs", path.display());
+    }
+    Ok(StsSet { pairs })
+}
+
+/// Calibrates `model` over `input`; with a target, also chooses the
+/// fallback set and records the accuracy.
+pub fn make_table(
+    model: &SentenceModel,
+    input: &Path,
+    format: QuantFormat,
+    args: &CalibrationArgs,
+    target: Option<(&AccuracyTarget, Option<&StsSet>)>,
+) -> Result<CalibrationTable> {
+    let method: CalibrationMethod = args.calibrator.parse()?;
+    let text = embedrt_quant::read_calibration_text(input, Some(args.calibration_size))?;
+    let opts = CalibrateOptions {
+        format,
+        method,
+        ..Default::default()
+    };
+    let engine = embedrt_quant::fp32_engine(model)
+        .with_context(|| format!("loading the weights of {}", model.source))?;
+    let bar = ProgressBar::new(text.calibration.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "calibrate {bar:40} {pos}/{len} sentences {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let stats =
+        embedrt_quant::collect_stats(model, &engine, &text.calibration, &opts, &|done, _| {
+            bar.set_position(done as u64)
+        });
+    bar.finish_and_clear();
+    let table = stats?.table(&embedrt_quant::fingerprint(model)?, format, &opts.method);
+    let Some((target, sts_set)) = target else {
+        return Ok(table);
+    };
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} accuracy check: {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner.set_message("fp32 reference");
+    let evaluator = CpuEvaluator::new(model, engine, &text.held_out, sts_set)?;
+    let result = evaluator.choose_fallback(&table, target, &|n| {
+        spinner.set_message(format!("{n} evaluations"))
+    });
+    spinner.finish_and_clear();
+    let (table, choice) = result?;
+    if !choice.target_met {
+        eprintln!(
+            "warning: the accuracy target was not met even with every GEMM in float (mean cosine {:.5}); the table keeps them all in float",
+            choice.accuracy.mean_cosine
+        );
+    }
+    Ok(table)
+}
+
+/// A table from `--calibration-table`, checked against the model and format.
+pub fn read_table(
+    path: &Path,
+    model: &SentenceModel,
+    format: QuantFormat,
+) -> Result<CalibrationTable> {
+    let table = CalibrationTable::read(path)?;
+    table.check_model(&embedrt_quant::fingerprint(model)?, path)?;
+    if table.precision != format {
+        bail!(
+            "{}: the table was calibrated for {}, not {}; calibrate again with --precision {}",
+            path.display(),
+            table.precision.name(),
+            format.name(),
+            format.name()
+        );
+    }
+    Ok(table)
+}

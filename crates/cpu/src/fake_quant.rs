@@ -1,0 +1,84 @@
+//! The quantized model's CPU reference: fake quantization. Each quantized
+//! GEMM's input activation goes through quantize-dequantize with its
+//! per-tensor scale from the calibration table, and its weight through
+//! quantize-dequantize with one scale per output channel; the GEMM itself,
+//! and everything around it, stays fp32. The GPU kernels and the QDQ ONNX
+//! export are checked against this.
+
+use embedrt_core::quant::{CalibrationTable, GemmSite, QuantFormat};
+use embedrt_core::{Error, Result};
+use rayon::prelude::*;
+
+/// What the forward pass needs to know per GEMM.
+#[derive(Clone, Debug)]
+pub(crate) struct FakeQuant {
+    pub format: QuantFormat,
+    /// Input scale of each GEMM, `None` where the GEMM stays fp32
+    /// (fallback); indexed by `layer * 4 + kind`.
+    input_scales: Vec<Option<f32>>,
+}
+
+impl FakeQuant {
+    /// Checks that the table covers every non-fallback GEMM of the model.
+    pub fn from_table(table: &CalibrationTable, layers: usize) -> Result<Self> {
+        let mut input_scales = Vec::with_capacity(layers * 4);
+        for site in GemmSite::all(layers) {
+            if table.is_fallback(site) {
+                input_scales.push(None);
+                continue;
+            }
+            match table.input_scale(site) {
+                Some(s) if s > 0.0 && s.is_finite() => input_scales.push(Some(s)),
+                Some(s) => {
+                    return Err(Error::Input(format!(
+                        "calibration table: {} has scale {s}, which is not a positive number; calibrate again",
+                        site.input_name()
+                    )))
+                }
+                None => {
+                    return Err(Error::Input(format!(
+                        "calibration table: no scale for {} (and it is not in the fallback list); calibrate this model again",
+                        site.input_name()
+                    )))
+                }
+            }
+        }
+        Ok(FakeQuant {
+            format: table.precision,
+            input_scales,
+        })
+    }
+
+    pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
+        self.input_scales[site.layer * 4 + site.kind as usize]
+    }
+}
+
+/// Quantize-dequantize `x` into `out` with one scale.
+pub(crate) fn fake_quant_into(format: QuantFormat, scale: f32, x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, i)| {
+            for (o, &v) in o.iter_mut().zip(i) {
+                *o = format.fake_quant(v, scale);
+            }
+        });
+}
+
+/// Quantize-dequantize a weight stored transposed, `[in, out]`, with one
+/// scale per output channel (per column here): the same scales as
+/// `quant::weight_scales` on PyTorch's `[out, in]`.
+pub(crate) fn fake_quant_weight_t(format: QuantFormat, w_t: &mut [f32], out: usize) {
+    let mut amax = vec![0.0f32; out];
+    for row in w_t.chunks_exact(out) {
+        for (m, &v) in amax.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    let scales: Vec<f32> = amax.iter().map(|&a| format.scale_for(a)).collect();
+    for row in w_t.chunks_exact_mut(out) {
+        for (v, &s) in row.iter_mut().zip(&scales) {
+            *v = format.fake_quant(*v, s);
+        }
+    }
+}
