@@ -31,7 +31,7 @@ pub fn quant_workspace_layout(
     config: &ModelConfig,
     profile: &Profile,
 ) -> Vec<(&'static str, usize)> {
-    let t = profile.token_budget();
+    let t = gemm_rows(profile.token_budget());
     let (h, i) = (config.hidden_size, config.intermediate_size);
     vec![
         ("quant_act", t * h.max(i)),
@@ -50,6 +50,14 @@ pub fn check_dims(config: &ModelConfig, format: QuantFormat) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Rows an 8-bit GEMM runs for `tokens` tokens: a multiple of 16, so that
+/// every token count meets fp8's and IMMA's size rules and few distinct
+/// counts need a heuristic query. The padding rows read whatever the input
+/// buffer holds there and their accumulators are never read.
+pub fn gemm_rows(tokens: usize) -> usize {
+    tokens.next_multiple_of(16)
 }
 
 fn check(what: &str, s: sys::cublasStatus_t) -> Result<()> {
@@ -256,6 +264,7 @@ impl QGemms {
         acc: u64,
         stream: sys::cudaStream_t,
     ) -> Result<()> {
+        let tokens = gemm_rows(tokens);
         self.prepare(kind, tokens)?;
         let p = &self.cache[&(kind, tokens)];
         let (one_i, zero_i, one_f, zero_f) = (1i32, 0i32, 1f32, 0f32);
@@ -361,6 +370,9 @@ mod tests {
         assert_eq!(l[1].1, t * 1536 * 4);
         let wider = config(1024, 1024);
         assert_eq!(quant_workspace_layout(&wider, &wide)[1].1, t * 3072 * 4);
+        // A budget that is no multiple of 16 gets room for the padded GEMM rows.
+        let odd = wide.with_max_tokens(1000).unwrap();
+        assert_eq!(quant_workspace_layout(&c, &odd)[0].1, 1008 * 3072);
     }
 
     #[test]
