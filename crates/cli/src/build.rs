@@ -10,6 +10,7 @@ use embedrt_cuda::{build_plan, BuildOptions, Precision, Profile};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::build_quant::{self, QuantRequest};
+use crate::calibrate::CalibrationArgs;
 use crate::open::Device;
 
 /// `PLAN.calib.json`: the table a quantized plan was built from.
@@ -34,9 +35,12 @@ pub struct BuildArgs {
     /// int8/fp8: the activation scales, from `embedrt calibrate`.
     #[arg(long)]
     calibration_table: Option<PathBuf>,
-    /// int8/fp8: calibration text (one sentence a line) to calibrate from here.
+    /// int8/fp8: calibration text (JSON lines or an STS CSV) to calibrate from here
+    /// (on the CPU fp32 engine), instead of --calibration-table.
     #[arg(long)]
     calibration: Option<PathBuf>,
+    #[command(flatten)]
+    calibration_opts: CalibrationArgs,
     /// int8/fp8: GEMMs kept in fp16, comma-separated (layers.N.qkv|attn_out|ffn_in|ffn_out);
     /// replaces the table's list.
     #[arg(long)]
@@ -116,6 +120,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         let req = QuantRequest {
             format,
             calibration: args.calibration.clone(),
+            calibration_opts: args.calibration_opts.clone(),
             calibration_table: args.calibration_table.clone(),
             fallback: args.fallback.as_deref().map(|f| {
                 f.split(',')

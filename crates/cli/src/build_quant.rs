@@ -14,10 +14,14 @@ use embedrt_cuda::build::{build_quantized_plan, gpu_target};
 use embedrt_cuda::quant_plan::{check_format_supported, model_fingerprint};
 use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Plan, Precision, Profile};
 
+use crate::calibrate::{make_table, CalibrationArgs};
+
 /// What `embedrt build` was given for a quantized plan.
 pub struct QuantRequest {
     pub format: QuantFormat,
     pub calibration: Option<PathBuf>,
+    /// Calibrator and sentence count for `calibration`.
+    pub calibration_opts: CalibrationArgs,
     pub calibration_table: Option<PathBuf>,
     /// GEMM names kept in fp16, overriding the table's list.
     pub fallback: Option<Vec<String>>,
@@ -118,10 +122,11 @@ fn read_table(model: &SentenceModel, req: &QuantRequest) -> Result<CalibrationTa
     let path = match (&req.calibration_table, &req.calibration) {
         (Some(t), None) => t,
         (Some(_), Some(_)) => bail!("give --calibration or --calibration-table, not both"),
-        (None, Some(_)) => bail!(
-            "--calibration: calibrating inside `embedrt build` needs the embedrt-quant crate, which \
-             this build does not have yet; run `embedrt calibrate` and pass --calibration-table"
-        ),
+        (None, Some(text)) => {
+            // Statistics on the CPU fp32 engine (embedrt-quant); the fallback search, if
+            // any, runs here on the GPU.
+            return make_table(model, text, req.format, &req.calibration_opts, None);
+        }
         (None, None) => bail!(
             "--precision {} needs activation scales: give --calibration-table TABLE.json (from `embedrt calibrate`)",
             req.format.name()
