@@ -10,6 +10,8 @@ use embedrt_cuda::kernels::verify_entry;
 use embedrt_cuda::plan::{check_target, pack_weights, GpuTarget, PLAN_FORMAT_VERSION};
 use embedrt_cuda::{CudaEngine, Plan, Precision, Profile};
 
+mod quant_plan;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
@@ -107,7 +109,7 @@ fn other_format_version_is_refused_with_both_versions() {
     let e = read_err(&bytes);
     assert!(
         e.contains(&format!("format version {other}"))
-            && e.contains(&format!("reads version {PLAN_FORMAT_VERSION}"))
+            && e.contains(&format!("reads versions 1 to {PLAN_FORMAT_VERSION}"))
             && e.contains("embedrt build"),
         "{e}"
     );

@@ -93,3 +93,80 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
     for k in hot:
         assert k in report, f"no ptxas report for {k}"
         assert report[k] == 0, f"{k} spills {report[k]} bytes"
+
+
+def quant_looked_up():
+    """Kernel names the quantized encoder (engine/quantized.rs) asks the module for."""
+    with open(os.path.join(CUDA, "src", "engine", "quantized.rs")) as f:
+        names = set(re.findall(r'func\("([a-z_0-9]+)"\)', f.read()))
+    assert {"embed_layernorm_q", "layernorm_q", "gelu_q", "epilogue_bias", "epilogue_ln"} <= names
+    return names
+
+
+# Quantized plans: int8 on every supported GPU, fp8 (e4m3) from Ada (sm_89) on.
+QUANT_ARCHS = {1: ["compute_75", "compute_80", "compute_86", "compute_89", "compute_90a"],
+               2: ["compute_89", "compute_90a"]}
+QUANT_SIZES = [(384, 32), (768, 64)]
+
+
+def test_quantized_kernels_compile_for_every_gpu_that_runs_them():
+    """EMBEDRT_QUANT=1 (int8) / 2 (fp8) programs: every kernel the quantized encoder looks up is
+    there next to the float kernels it reuses (attention with its quantized output, pooling)."""
+    lib, src, names = nvrtc(), source(), quant_looked_up()
+    jobs = [(q, arch, h, d) for q, archs in QUANT_ARCHS.items() for arch in archs for h, d in QUANT_SIZES]
+
+    def one(job):
+        q, arch, h, d = job
+        defines = ["EMBEDRT_FP16=1", f"HIDDEN={h}", f"HEAD_DIM={d}", f"EMBEDRT_QUANT={q}"]
+        rc, log, ptx = nvrtc_check.compile(lib, src, arch, defines)
+        return job, rc, log, set(re.findall(r"\.entry\s+([A-Za-z_0-9]+)", ptx)), ptx
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, jobs))
+    for (q, arch, h, d), rc, log, entries, ptx in results:
+        where = f"{arch} quant={q} hidden={h} head_dim={d}"
+        assert rc == 0, f"{where}: NVRTC failed:\n{log}"
+        wanted = names | {"attention", "pool", "gelu"}
+        assert wanted <= entries, f"{where}: missing {wanted - entries}"
+        if q == 2:
+            # The e4m3 conversion is the hardware's (round to nearest even, saturating).
+            assert "cvt.rn.satfinite.e4m3x2.f32" in ptx, where
+
+
+def test_fp8_kernels_are_refused_below_ada_with_a_clear_error():
+    lib, src = nvrtc(), source()
+    rc, log, _ = nvrtc_check.compile(lib, src, "compute_86", ["EMBEDRT_FP16=1", "HIDDEN=384", "HEAD_DIM=32",
+                                                              "EMBEDRT_QUANT=2"])
+    assert rc != 0
+    assert "fp8 (e4m3) plans need compute capability 8.9 or newer" in log, log
+
+
+# (arch, quant) cubins checked for spills: int8 on Turing, Ampere (A100, A10G) and Hopper,
+# fp8 on Ada and Hopper.
+QUANT_CUBINS = [("sm_75", 1), ("sm_80", 1), ("sm_86", 1), ("sm_89", 2), ("sm_90a", 2)]
+
+
+def spill_report(log):
+    report, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current:
+            report[current] = int(m.group(1)) + int(m.group(2))
+    return report
+
+
+@pytest.mark.parametrize("arch,quant", QUANT_CUBINS)
+def test_quantized_hot_kernels_have_no_register_spills(arch, quant):
+    """ptxas with MPNet-base sizes: the epilogues, the quantizing LayerNorms and GELU keep
+    everything in registers on each GPU generation that runs them."""
+    lib, src = nvrtc(), source()
+    defines = ["EMBEDRT_FP16=1", "HIDDEN=768", "HEAD_DIM=64", f"EMBEDRT_QUANT={quant}"]
+    rc, log, _ = nvrtc_check.compile(lib, src, arch, defines, ptxas_report=True)
+    assert rc == 0, log
+    report = spill_report(log)
+    for k in sorted(quant_looked_up()):
+        assert k in report, f"{arch}: no ptxas report for {k}"
+        assert report[k] == 0, f"{arch}: {k} spills {report[k]} bytes"

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use embedrt_cuda::plan::PLAN_FORMAT_VERSION;
+use embedrt_cuda::quant_plan::QuantInfo;
 use embedrt_cuda::Plan;
 
 #[derive(Args)]
@@ -45,7 +46,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         "pooling         {}, normalize {}, max_seq_length {}",
         h.pooling, h.normalize, h.max_seq_length
     );
-    println!("precision       {}", h.precision.name());
+    println!("precision       {}", h.precision_name());
+    if let Some(q) = &h.quant {
+        quant_lines(q, mib);
+    }
     println!("profile         {} (MIN:OPT:MAX)", h.profile);
     println!(
         "batch limits    {} sequences, {} tokens",
@@ -81,4 +85,51 @@ pub fn run(args: InfoArgs) -> Result<()> {
     );
     println!("tokenizer bytes {}", h.tokenizer_bytes);
     Ok(())
+}
+
+/// A quantized plan: GEMM weight bytes against fp32's, what fell back, accuracy.
+fn quant_lines(q: &QuantInfo, mib: impl Fn(usize) -> f64) {
+    let gemms = q.activations.len() + q.fallback.len();
+    println!(
+        "quantization    {} GEMMs: {} of {gemms} in {} (per-channel weight scales, per-tensor \
+         activation scales), calibrator {} over {} sentences",
+        q.format.name(),
+        gemms - q.fallback.len(),
+        q.format.name(),
+        q.calibrator,
+        q.calibration_sentences
+    );
+    println!(
+        "gemm weights    {} bytes ({:.1} MiB) for {} parameters: {:.1}% of fp32's {} ({:.1} MiB)",
+        q.gemm_weight_bytes,
+        mib(q.gemm_weight_bytes),
+        q.gemm_params,
+        100.0 * q.gemm_weight_ratio(),
+        q.gemm_weight_bytes_fp32(),
+        mib(q.gemm_weight_bytes_fp32())
+    );
+    if q.fallback.is_empty() {
+        println!("fallback        none (every GEMM quantized)");
+    } else {
+        println!(
+            "fallback        {} in fp16: {}",
+            q.fallback.len(),
+            q.fallback.join(", ")
+        );
+    }
+    match &q.accuracy {
+        Some(a) => {
+            let sp = match (a.spearman_fp32, a.spearman_quantized) {
+                (Some(f), Some(qz)) => {
+                    format!(", STS Spearman {qz:.2} vs fp32 {f:.2} (drop {:.2})", f - qz)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "accuracy        cosine to fp32 mean {:.5} min {:.5} over {} held-out sentences{sp}",
+                a.mean_cosine, a.min_cosine, a.held_out_sentences
+            );
+        }
+        None => println!("accuracy        not measured at build time (build with --eval)"),
+    }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod build_quant;
 mod calibrate;
 mod embed;
 mod eval;

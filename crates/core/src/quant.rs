@@ -108,6 +108,47 @@ pub fn round_to_e4m3(x: f32) -> f32 {
     r.min(FP8_E4M3_MAX).copysign(x)
 }
 
+/// The byte of an e4m3fn value (as `round_to_e4m3` returns them: finite,
+/// at most 448 in magnitude): sign, 4 exponent bits (bias 7), 3 mantissa
+/// bits; exponent field 0 holds the subnormals (multiples of 2^-9). NaN is 0x7f.
+pub fn e4m3_bits(v: f32) -> u8 {
+    if v.is_nan() {
+        return 0x7f;
+    }
+    let q = round_to_e4m3(v);
+    let sign = if q.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = q.abs();
+    if a == 0.0 {
+        return sign;
+    }
+    let exponent = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
+    if exponent < -6 {
+        // Subnormal: a = m * 2^-9, m in 1..=7.
+        return sign | (a / 2f32.powi(-9)) as u8;
+    }
+    let mantissa = ((a / 2f32.powi(exponent) - 1.0) * 8.0) as u8;
+    sign | (((exponent + 7) as u8) << 3) | mantissa
+}
+
+/// The weight of one GEMM in its 8-bit format, row by row as given
+/// (`[out, in]`), with its per-output-channel scales: int8 codes as two's
+/// complement bytes, fp8 as e4m3fn bytes.
+pub fn quantize_weight(w: &[f32], out: usize, format: QuantFormat) -> (Vec<u8>, Vec<f32>) {
+    let scales = weight_scales(w, out, format);
+    let inp = w.len() / out.max(1);
+    let mut bytes = Vec::with_capacity(w.len());
+    for (row, &s) in w.chunks_exact(inp.max(1)).zip(&scales) {
+        for &v in row {
+            let q = format.quantize(v, s);
+            bytes.push(match format {
+                QuantFormat::Int8 => q as i8 as u8,
+                QuantFormat::Fp8 => e4m3_bits(q),
+            });
+        }
+    }
+    (bytes, scales)
+}
+
 /// The four GEMMs of a layer, in the order the encoder runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +420,45 @@ mod tests {
         assert_eq!(round_to_e4m3(2f32.powi(-10)), 0.0); // half the smallest subnormal: tie -> 0
         assert_eq!(round_to_e4m3(3.0 * 2f32.powi(-10)), 2.0 * 2f32.powi(-9));
         assert!(round_to_e4m3(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn e4m3_bytes_encode_the_format() {
+        assert_eq!(e4m3_bits(0.0), 0x00);
+        assert_eq!(e4m3_bits(-0.0), 0x80);
+        assert_eq!(e4m3_bits(1.0), 0x38);
+        assert_eq!(e4m3_bits(448.0), 0x7e);
+        assert_eq!(e4m3_bits(-448.0), 0xfe);
+        assert_eq!(e4m3_bits(1e9), 0x7e);
+        assert_eq!(e4m3_bits(2f32.powi(-9)), 0x01);
+        assert_eq!(e4m3_bits(2f32.powi(-6)), 0x08);
+        assert_eq!(e4m3_bits(1.125), 0x39);
+        assert_eq!(e4m3_bits(-3.0), 0xc4);
+        // Every byte but NaN decodes back to itself.
+        for b in 0u8..=255 {
+            if b & 0x7f == 0x7f {
+                continue;
+            }
+            let (s, e, m) = ((b >> 7) & 1, ((b >> 3) & 0xf) as i32, (b & 7) as f32);
+            let mag = if e == 0 {
+                m * 2f32.powi(-9)
+            } else {
+                (1.0 + m / 8.0) * 2f32.powi(e - 7)
+            };
+            let v = if s == 1 { -mag } else { mag };
+            assert_eq!(e4m3_bits(v), b, "{v}");
+        }
+    }
+
+    #[test]
+    fn weights_quantize_per_row() {
+        let w = [1.0, -0.3, 0.25, 2.0, 0.0, -2.0];
+        let (bytes, scales) = quantize_weight(&w, 2, QuantFormat::Int8);
+        assert_eq!(scales, vec![1.0 / 127.0, 2.0 / 127.0]);
+        assert_eq!(bytes, vec![127, (-38i8) as u8, 32, 127, 0, (-127i8) as u8]);
+        let (bytes, _) = quantize_weight(&w, 2, QuantFormat::Fp8);
+        assert_eq!(bytes[0], e4m3_bits(448.0));
+        assert_eq!(bytes[5], e4m3_bits(-448.0));
     }
 
     #[test]

@@ -135,7 +135,7 @@ __device__ __forceinline__ void att_tile(const unsigned (&qa)[HEAD_DIM / 16][4],
 extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
-             int max_len, st_t* __restrict__ ctx) {
+             int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;
@@ -232,6 +232,21 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
     const float i0 = 1.f / l0, i1 = 1.f / l1;
+#if EMBEDRT_QUANT
+    if (ctx_q) {
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+            if (r0 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + r0) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][0] * i0, o[nd][1] * i0, ctx_scale);
+            if (r1 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + r1) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][2] * i1, o[nd][3] * i1, ctx_scale);
+        }
+        return;
+    }
+#endif
 #pragma unroll
     for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
         const int d = head * HEAD_DIM + nd * 8 + tig * 2;

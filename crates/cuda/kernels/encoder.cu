@@ -38,10 +38,18 @@ __device__ __forceinline__ float warp_sum(float v) {
 #define NVEC (HIDDEN / LVEC)
 #define VPL ((NVEC + WARP - 1) / WARP)
 
+// Receives each normalized vector of a row in fp32 (see quant.cu's QuantSink, which
+// writes the quantized copy for the next GEMM); this one does nothing.
+struct NoSink {
+    __device__ __forceinline__ void operator()(int, const float*) const {}
+};
+
 // LayerNorm of one row held in registers (biased variance, as PyTorch),
-// written to out.
+// written to out; sink(vi, values) sees the fp32 values of vector vi.
+template <class Sink = NoSink>
 __device__ __forceinline__ void ln_store(float (&x)[VPL * LVEC], const st_t* gamma,
-                                         const st_t* beta, st_t* out, float eps) {
+                                         const st_t* beta, st_t* out, float eps,
+                                         Sink sink = Sink()) {
     const int lane = threadIdx.x % WARP;
     float s = 0.f;
 #pragma unroll
@@ -73,10 +81,14 @@ __device__ __forceinline__ void ln_store(float (&x)[VPL * LVEC], const st_t* gam
             const st_t* be = (const st_t*)&bq;
             uint4 o;
             st_t* oe = (st_t*)&o;
+            float y[LVEC];
 #pragma unroll
-            for (int i = 0; i < LVEC; ++i)
-                oe[i] = cv((x[k * LVEC + i] - mean) * inv * ld(ge[i]) + ld(be[i]));
+            for (int i = 0; i < LVEC; ++i) {
+                y[i] = (x[k * LVEC + i] - mean) * inv * ld(ge[i]) + ld(be[i]);
+                oe[i] = cv(y[i]);
+            }
             ((uint4*)out)[vi] = o;
+            sink(vi, y);
         }
     }
 }
@@ -99,11 +111,11 @@ __device__ __forceinline__ void add_row(float (&x)[VPL * LVEC], const st_t* src,
 }
 
 // out = LayerNorm(a + b + c) for one row, by one warp; b and c may be null.
-template <bool FROM_L2 = false>
+template <bool FROM_L2 = false, class Sink = NoSink>
 __device__ __forceinline__ void layernorm_row(const st_t* a, const st_t* b, const st_t* c,
                                               const st_t* __restrict__ gamma,
                                               const st_t* __restrict__ beta, st_t* out,
-                                              float eps) {
+                                              float eps, Sink sink = Sink()) {
     const int lane = threadIdx.x % WARP;
     float v[VPL * LVEC];
 #pragma unroll
@@ -117,7 +129,7 @@ __device__ __forceinline__ void layernorm_row(const st_t* a, const st_t* b, cons
             if (c) add_row<FROM_L2>(v, c, k, vi);
         }
     }
-    ln_store(v, gamma, beta, out, eps);
+    ln_store(v, gamma, beta, out, eps, sink);
 }
 
 // Word + position (+ BERT token type 0) embedding, then LayerNorm.
@@ -181,7 +193,7 @@ extern "C" __global__ void gelu(st_t* x, long long n) {
 extern "C" __global__ void __launch_bounds__(Q_TILE)
 attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
           float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
-          int max_len, st_t* __restrict__ ctx) {
+          int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;
@@ -246,6 +258,14 @@ attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int hea
     }
     if (!active) return;
     const float inv = 1.f / l;
+#if EMBEDRT_QUANT
+    if (ctx_q) {
+        unsigned char* oq = ctx_q + (size_t)(start + qi) * HIDDEN + head * HEAD_DIM;
+#pragma unroll
+        for (int d = 0; d < HEAD_DIM; ++d) oq[d] = (unsigned char)quant1(acc[d] * inv, ctx_scale);
+        return;
+    }
+#endif
     st_t* out = ctx + (size_t)(start + qi) * HIDDEN + head * HEAD_DIM;
 #pragma unroll
     for (int d = 0; d < HEAD_DIM; ++d) out[d] = cv(acc[d] * inv);

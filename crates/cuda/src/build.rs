@@ -3,11 +3,15 @@
 
 use std::path::Path;
 
-use embedrt_core::{Error, Result, SentenceModel, TextTokenizer, TransformerWeights};
+use embedrt_core::{
+    CalibrationTable, Error, Result, SentenceModel, TextTokenizer, TransformerWeights,
+};
 
 use crate::engine::CudaEngine;
 use crate::plan::{pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile};
 use crate::probe;
+use crate::qgemm::quant_workspace_layout;
+use crate::quant_plan::{check_format_supported, pack_quantized};
 
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
@@ -44,12 +48,93 @@ pub fn assemble_plan(
         tokenizer_bytes: model.tokenizer_json.len(),
         weight_bytes: blob.len(),
         workspace_bytes: workspace_bytes(&model.config, &profile, precision),
+        quant: None,
     };
     Plan {
         header,
         tokenizer_json: model.tokenizer_json.clone(),
         weights: blob,
     }
+}
+
+/// A quantized plan with no GEMM algorithms yet, for `gpu`: the table's
+/// activation scales, 8-bit weights for every GEMM not in `fallback` (which
+/// overrides the table's list), fp16 for everything else. Needs no GPU.
+pub fn assemble_quantized_plan(
+    model: &SentenceModel,
+    weights: &TransformerWeights,
+    table: &CalibrationTable,
+    fallback: &[String],
+    profile: Profile,
+    gpu: GpuTarget,
+) -> Result<Plan> {
+    check_format_supported(table.precision, &gpu.name, (gpu.cc_major, gpu.cc_minor))?;
+    let profile = profile.capped(model.max_seq_length);
+    let (tensors, blob, info) = pack_quantized(weights, table, fallback)?;
+    let precision = Precision::Fp16;
+    let workspace = workspace_bytes(&model.config, &profile, precision)
+        + quant_workspace_layout(&model.config, &profile)
+            .iter()
+            .map(|(_, b)| b)
+            .sum::<usize>();
+    let header = PlanHeader {
+        embedrt_version: env!("CARGO_PKG_VERSION").into(),
+        precision,
+        config: model.config.clone(),
+        pooling: model.pooling,
+        normalize: model.normalize,
+        max_seq_length: model.max_seq_length,
+        profile,
+        gpu,
+        cublaslt_version: 0,
+        gemm_algos: Vec::new(),
+        tensors,
+        tokenizer_bytes: model.tokenizer_json.len(),
+        weight_bytes: blob.len(),
+        workspace_bytes: workspace,
+        quant: Some(info),
+    };
+    Ok(Plan {
+        header,
+        tokenizer_json: model.tokenizer_json.clone(),
+        weights: blob,
+    })
+}
+
+/// The GPU in hand: name and compute capability.
+pub fn gpu_target(ordinal: usize) -> Result<GpuTarget> {
+    probe::check_device(ordinal)?;
+    let ctx = cudarc::driver::CudaContext::new(ordinal)
+        .map_err(|e| Error::Backend(format!("CUDA context on cuda:{ordinal}: {e}")))?;
+    let name = ctx
+        .name()
+        .map_err(|e| Error::Backend(format!("CUDA device name: {e}")))?;
+    let (cc_major, cc_minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Backend(format!("CUDA compute capability: {e}")))?;
+    Ok(GpuTarget {
+        name,
+        cc_major,
+        cc_minor,
+    })
+}
+
+/// Builds a quantized plan for GPU `ordinal` from already loaded weights
+/// (the builder evaluates several fallback sets on the same weights). Its
+/// 8-bit GEMMs take cuBLASLt's heuristic choice per token count; no fp16
+/// tuning runs (it would run fp16 GEMMs over 1-byte weights).
+pub fn build_quantized_plan(
+    model: &SentenceModel,
+    weights: &TransformerWeights,
+    table: &CalibrationTable,
+    fallback: &[String],
+    profile: Profile,
+    gpu: &GpuTarget,
+) -> Result<Plan> {
+    let mut plan = assemble_quantized_plan(model, weights, table, fallback, profile, gpu.clone())?;
+    // SAFETY: a plain version query; the library was checked by gpu_target.
+    plan.header.cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    Ok(plan)
 }
 
 /// Builds a plan for GPU `opts.ordinal`. Returns the plan and, when tuned,

@@ -113,6 +113,8 @@ struct Gpu {
     /// Batches of at most this many tokens (graph buckets) run their linear
     /// layers through the small-token kernels (`EMBEDRT_SMALL_LINEAR`, 0 = off).
     small_max_tokens: usize,
+    /// Quantized plans: the 8-bit GEMMs and their kernels (engine/quantized.rs).
+    quant: Option<quantized::QuantState>,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -122,6 +124,8 @@ unsafe impl Send for Gpu {}
 pub struct CudaEngine {
     config: ModelConfig,
     precision: Precision,
+    /// `int8` / `fp8` for quantized plans, else the float precision.
+    precision_name: &'static str,
     pooling: PoolingMode,
     max: Shape,
     /// Most tokens one batch holds (the profile's token budget).
@@ -146,6 +150,9 @@ macro_rules! kargs {
     };
 }
 
+// After kargs!: macro_rules are in scope only textually below them.
+mod quantized;
+
 impl CudaEngine {
     /// Loads `plan` onto GPU `ordinal`: checks the target, allocates all
     /// memory, uploads weights, compiles (or finds cached) kernels.
@@ -158,6 +165,7 @@ impl CudaEngine {
             .compute_capability()
             .map_err(drv("compute capability"))?;
         check_target(h, &name, cc)?;
+        quantized::check_plan(plan, &name, cc)?;
         if cc.0 < 7 || (cc.0 == 7 && cc.1 < 5) {
             return Err(Error::Backend(format!(
                 "{name} has compute capability {}.{}; embedrt needs 7.5 (sm_75) or newer",
@@ -177,7 +185,10 @@ impl CudaEngine {
         }
         let max = h.profile.max;
         let max_tokens = h.profile.token_budget();
-        let layout = workspace_layout(&config, &h.profile, h.precision);
+        let mut layout = workspace_layout(&config, &h.profile, h.precision);
+        if h.quant.is_some() {
+            layout.extend(crate::qgemm::quant_workspace_layout(&config, &h.profile));
+        }
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
         let needed = h.weight_bytes + workspace_bytes;
         let (free, total) = cr::mem_get_info().map_err(drv("memory info"))?;
@@ -216,6 +227,7 @@ impl CudaEngine {
         let engine = CudaEngine {
             config,
             precision: h.precision,
+            precision_name: h.precision_name(),
             pooling: h.pooling,
             max,
             max_tokens,
@@ -286,7 +298,14 @@ impl CudaEngine {
             ticket: 0,
             ffn_sm90: None,
             small_max_tokens: env_usize("EMBEDRT_SMALL_LINEAR").unwrap_or(SMALL_LINEAR_MAX_TOKENS),
+            quant: None,
         };
+        // Quantized plans run their own encoder loop: no fp16-only variants in it.
+        let quantized = h.quant.is_some();
+        if quantized {
+            gpu.tanh_gelu = false;
+            gpu.small_max_tokens = 0;
+        }
         // From here on, Gpu's Drop frees whatever was made if a step fails.
         gpu.stream =
             cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
@@ -391,6 +410,14 @@ impl CudaEngine {
             format!("HIDDEN={}", config.hidden_size),
             format!("HEAD_DIM={}", config.head_dim()),
         ];
+        let mut defines = defines;
+        if let Some(q) = &h.quant {
+            let code = match q.format() {
+                embedrt_core::quant::QuantFormat::Int8 => 1,
+                embedrt_core::quant::QuantFormat::Fp8 => 2,
+            };
+            defines.push(format!("EMBEDRT_QUANT={code}"));
+        }
         let cubin = kernels::compile_cached(kernels::ENCODER_SOURCE, &defines, cc)?;
         // SAFETY: a CUBIN NVRTC made for this GPU (checked by its trailer).
         gpu.module = unsafe { cr::module::load_data(cubin.image.as_ptr() as *const c_void) }
@@ -438,7 +465,7 @@ impl CudaEngine {
         let fp16 = h.precision == Precision::Fp16;
         let (hid, inter) = (config.hidden_size, config.intermediate_size);
         let wanted = std::env::var("EMBEDRT_FFN_GEMM").is_ok_and(|v| v == "own");
-        if wanted && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
+        if wanted && !quantized && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
             let f = func(gpu.module, "ffn_in_gelu_sm90")?;
             let sms = ctx
                 .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -462,6 +489,8 @@ impl CudaEngine {
             &h.gemm_algos,
             gpu.tanh_gelu,
         )?);
+        let quant_buffers = (get("quant_act"), get("quant_acc"), gpu.b.gemm_ws);
+        gpu.quant = quantized::QuantState::new(plan, gpu.module, weights, quant_buffers)?;
         gpu.weights = weights;
         gpu.kernels_from_cache = cubin.from_cache;
         Ok(gpu)
@@ -520,6 +549,11 @@ impl CudaEngine {
     /// Chooses cuBLASLt algorithms by timing the top heuristic candidates on
     /// this GPU, for a ladder of token counts up to the MAX profile.
     pub fn tune_gemms(&self, opt_tokens: usize) -> Result<Vec<GemmChoice>> {
+        // Quantized plans: the fp16 tuner would run on 1-byte weights; their
+        // 8-bit GEMMs take cuBLASLt's heuristic, their fp16 fallbacks too.
+        if self.precision_name != self.precision.name() {
+            return Ok(Vec::new());
+        }
         // Fill the activations with real values first (never time on garbage).
         let warm_seqs = (self.max_tokens / self.max.seq).clamp(1, self.max.batch);
         let warm = random_batch(&self.config, warm_seqs, self.max.seq, 7);
@@ -738,6 +772,9 @@ impl CudaEngine {
         max_len_batch: usize,
         mut timer: Option<&mut Vec<(&'static str, cu::CUevent)>>,
     ) -> Result<()> {
+        if g.quant.is_some() {
+            return self.enqueue_quant(g, tp, np, max_len_batch, timer);
+        }
         let c = &self.config;
         let h = c.hidden_size;
         let stream = g.stream;
@@ -957,26 +994,37 @@ impl CudaEngine {
                 layernorm(l.ffn_norm)?;
                 mark("layernorm")?;
             }
-            let mode: i32 = match self.pooling {
-                PoolingMode::Mean => 0,
-                PoolingMode::Cls => 1,
-                PoolingMode::Max => 2,
-                PoolingMode::MeanSqrtLen => 3,
-            };
-            let threads = h.next_multiple_of(32).min(256) as u32;
-            let normalize_flag = g.b.tokens + 4 * (staged_u32s(tp, np) - 1) as u64;
+            self.launch_pool(g, tp, np)?;
+            mark("pooling")?;
+        }
+        Ok(())
+    }
+
+    /// Sentence pooling of the final hidden states into `pooled` (fp32).
+    fn launch_pool(&self, g: &Gpu, tp: usize, np: usize) -> Result<()> {
+        let mode: i32 = match self.pooling {
+            PoolingMode::Mean => 0,
+            PoolingMode::Cls => 1,
+            PoolingMode::Max => 2,
+            PoolingMode::MeanSqrtLen => 3,
+        };
+        let threads = self.config.hidden_size.next_multiple_of(32).min(256) as u32;
+        let (hidden, pooled) = (g.b.hidden, g.b.pooled);
+        let offs = g.b.tokens + 8 * tp as u64;
+        let normalize_flag = g.b.tokens + 4 * (staged_u32s(tp, np) - 1) as u64;
+        // SAFETY: buffers of this slot sized for the plan's limits; arguments
+        // match `pool` in encoder.cu.
+        unsafe {
             cr::launch_kernel(
                 g.f.pool,
                 (np as u32, 1, 1),
                 (threads, 1, 1),
                 0,
-                stream,
-                kargs![b.hidden, offs, mode, normalize_flag, b.pooled],
+                g.stream,
+                kargs![hidden, offs, mode, normalize_flag, pooled],
             )
-            .map_err(drv("pooling kernel"))?;
-            mark("pooling")?;
         }
-        Ok(())
+        .map_err(drv("pooling kernel"))
     }
 
     /// Per-stage GPU time (ms, summed over layers) of one batch run eagerly:
@@ -1049,7 +1097,7 @@ impl Backend for CudaEngine {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             device: self.device.clone(),
-            precision: self.precision.name().into(),
+            precision: self.precision_name.into(),
             max_batch_size: self.max.batch,
             max_batch_tokens: self.max_tokens,
             max_seq_len: self.max.seq,
@@ -1119,6 +1167,7 @@ impl Drop for Gpu {
                 let _ = cr::graph::exec_destroy(e);
             }
             self.gemms = None;
+            self.quant = None;
             for p in self.allocations.drain(..) {
                 let _ = cr::free_sync(p);
             }

@@ -14,12 +14,15 @@ use embedrt_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
 /// The encoder's kernels, one NVRTC program: the shared helpers and the plain kernels,
-/// the tensor-core attention, the small-token linear layers, and Hopper's FFN-in GEMM.
+/// the tensor-core attention, the small-token linear layers, Hopper's FFN-in GEMM, and the
+/// quantized plans' kernels (quant_io.cu first: its helpers are used by the others).
 pub const ENCODER_SOURCE: &str = concat!(
+    include_str!("../kernels/quant_io.cu"),
     include_str!("../kernels/encoder.cu"),
     include_str!("../kernels/attention_tc.cu"),
     include_str!("../kernels/small_linear.cu"),
     include_str!("../kernels/ffn_gemm_sm90.cu"),
+    include_str!("../kernels/quant.cu"),
 );
 
 /// Where compiled kernels live: `$EMBEDRT_KERNEL_CACHE`, else

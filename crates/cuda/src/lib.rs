@@ -10,6 +10,8 @@ pub mod gemm;
 pub mod kernels;
 pub mod plan;
 pub mod probe;
+pub mod qgemm;
+pub mod quant_plan;
 
 pub use build::{build_plan, model_from_plan, BuildOptions};
 pub use engine::CudaEngine;

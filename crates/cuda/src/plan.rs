@@ -16,13 +16,19 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use embedrt_core::{Architecture, Error, ModelConfig, PoolingMode, Result, TransformerWeights};
+use embedrt_core::{
+    Architecture, Error, GemmKind, ModelConfig, PoolingMode, Result, TransformerWeights,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const PLAN_MAGIC: &[u8; 16] = b"EMBEDRT-PLAN\0\0\0\0";
 /// Bump whenever the header, the weight layout or the kernels' expectations change.
-pub const PLAN_FORMAT_VERSION: u32 = 1;
+/// Version 2 added quantized plans (`PlanHeader::quant`); version 1 plans
+/// (fp32/fp16, no `quant`) still load unchanged.
+pub const PLAN_FORMAT_VERSION: u32 = 2;
+/// Oldest plan format this embedrt still reads.
+pub const PLAN_FORMAT_OLDEST: u32 = 1;
 const PREFIX_LEN: usize = 16 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 /// Tensors start on 16-byte boundaries (vector loads, cuBLASLt's minimum).
@@ -30,6 +36,7 @@ pub const TENSOR_ALIGN: usize = 16;
 /// cuBLASLt workspace, part of the workspace bytes.
 pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
 
+pub use crate::quant_plan::QuantInfo;
 pub use embedrt_core::Precision;
 
 /// One `BATCHxSEQ` point of a profile.
@@ -194,6 +201,20 @@ pub struct PlanHeader {
     pub weight_bytes: usize,
     /// Device bytes besides the weights that loading the plan allocates.
     pub workspace_bytes: usize,
+    /// Quantized plans only (format version 2): 8-bit GEMMs, their scales,
+    /// what fell back to fp16 and the accuracy measured at build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<crate::quant_plan::QuantInfo>,
+}
+
+impl PlanHeader {
+    /// "fp32" or "fp16", or a quantized plan's 8-bit format ("int8", "fp8").
+    pub fn precision_name(&self) -> &'static str {
+        match &self.quant {
+            Some(q) => q.format.name(),
+            None => self.precision.name(),
+        }
+    }
 }
 
 pub struct Plan {
@@ -242,10 +263,10 @@ impl Plan {
             return Err("not an embedrt plan file (bad magic bytes)".into());
         }
         let version = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
-        if version != PLAN_FORMAT_VERSION {
+        if !(PLAN_FORMAT_OLDEST..=PLAN_FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "written in plan format version {version}, this embedrt ({}) reads version \
-                 {PLAN_FORMAT_VERSION}; rebuild the plan with `embedrt build`",
+                "written in plan format version {version}, this embedrt ({}) reads versions \
+                 {PLAN_FORMAT_OLDEST} to {PLAN_FORMAT_VERSION}; rebuild the plan with `embedrt build`",
                 env!("CARGO_PKG_VERSION")
             ));
         }
@@ -343,89 +364,88 @@ pub fn pack_weights(
     weights: &TransformerWeights,
     precision: Precision,
 ) -> (Vec<TensorEntry>, Vec<u8>) {
-    let mut entries = Vec::new();
-    let mut blob = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, parts: &[&[f32]]| {
-        while blob.len() % TENSOR_ALIGN != 0 {
-            blob.push(0);
-        }
-        let offset = blob.len();
-        for part in parts {
-            for &v in *part {
-                match precision {
-                    Precision::Fp32 => blob.extend_from_slice(&v.to_le_bytes()),
-                    Precision::Fp16 => {
-                        blob.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())
-                    }
-                }
-            }
-        }
-        entries.push(TensorEntry {
-            name,
-            shape,
-            offset,
-            bytes: blob.len() - offset,
-        });
+    pack_weights_with(weights, precision, &|_, _| None)
+}
+
+/// A GEMM weight in its 8-bit form: the bytes (`[out, in]`, 1 per
+/// parameter) and the per-output-channel scales.
+pub type PackedGemm = (Vec<u8>, Vec<f32>);
+
+/// Chooses a GEMM's packing: `((layer, kind), weight [out, in])` -> its 8-bit
+/// form, or None to keep the plan's precision.
+pub type QuantizeGemm<'a> = dyn Fn((usize, GemmKind), &[f32]) -> Option<PackedGemm> + 'a;
+
+/// As [`pack_weights`]; `quantize((layer, kind), weight [out, in])` gives a
+/// GEMM's 8-bit bytes and scales, stored as `....weight` (bytes) and
+/// `....weight_scale` (fp32), or None to keep it in `precision`.
+pub fn pack_weights_with(
+    weights: &TransformerWeights,
+    precision: Precision,
+    quantize: &QuantizeGemm,
+) -> (Vec<TensorEntry>, Vec<u8>) {
+    let mut p = Packer {
+        precision,
+        entries: Vec::new(),
+        blob: Vec::new(),
     };
     let e = &weights.embeddings;
     let h = e.word.shape[1];
-    push(
+    p.floats(
         "embeddings.word".into(),
         e.word.shape.clone(),
         &[&e.word.data],
     );
-    push(
+    p.floats(
         "embeddings.position".into(),
         e.position.shape.clone(),
         &[&e.position.data],
     );
     if let Some(tt) = &e.token_type {
-        push("embeddings.token_type0".into(), vec![h], &[&tt.data[..h]]);
+        p.floats("embeddings.token_type0".into(), vec![h], &[&tt.data[..h]]);
     }
-    push(
+    p.floats(
         "embeddings.norm.gamma".into(),
         vec![h],
         &[&e.norm.gamma.data],
     );
-    push("embeddings.norm.beta".into(), vec![h], &[&e.norm.beta.data]);
+    p.floats("embeddings.norm.beta".into(), vec![h], &[&e.norm.beta.data]);
     for (i, l) in weights.layers.iter().enumerate() {
-        push(
-            layer_tensor(i, "qkv.weight"),
-            vec![3 * h, h],
-            &[
-                &l.query.weight.data,
-                &l.key.weight.data,
-                &l.value.weight.data,
-            ],
-        );
-        push(
+        let qkv = [
+            l.query.weight.data.as_slice(),
+            l.key.weight.data.as_slice(),
+            l.value.weight.data.as_slice(),
+        ]
+        .concat();
+        p.gemm((i, GemmKind::Qkv), vec![3 * h, h], &qkv, quantize);
+        p.floats(
             layer_tensor(i, "qkv.bias"),
             vec![3 * h],
             &[&l.query.bias.data, &l.key.bias.data, &l.value.bias.data],
         );
-        for (name, lin) in [
-            ("attn_out", &l.attn_out),
-            ("ffn_in", &l.ffn_in),
-            ("ffn_out", &l.ffn_out),
+        for (kind, lin) in [
+            (GemmKind::AttnOut, &l.attn_out),
+            (GemmKind::FfnIn, &l.ffn_in),
+            (GemmKind::FfnOut, &l.ffn_out),
         ] {
-            push(
-                layer_tensor(i, &format!("{name}.weight")),
+            p.gemm(
+                (i, kind),
                 lin.weight.shape.clone(),
-                &[&lin.weight.data],
+                &lin.weight.data,
+                quantize,
             );
-            push(
-                layer_tensor(i, &format!("{name}.bias")),
+            p.floats(
+                layer_tensor(i, &format!("{}.bias", kind.name())),
                 lin.bias.shape.clone(),
                 &[&lin.bias.data],
             );
         }
         for (name, n) in [("attn_norm", &l.attn_norm), ("ffn_norm", &l.ffn_norm)] {
-            push(
+            p.floats(
                 layer_tensor(i, &format!("{name}.gamma")),
                 vec![h],
                 &[&n.gamma.data],
             );
-            push(
+            p.floats(
                 layer_tensor(i, &format!("{name}.beta")),
                 vec![h],
                 &[&n.beta.data],
@@ -433,13 +453,67 @@ pub fn pack_weights(
         }
     }
     if let Some(b) = &weights.relative_attention_bias {
-        push(
+        p.floats(
             "relative_attention_bias".into(),
             b.shape.clone(),
             &[&b.data],
         );
     }
-    (entries, blob)
+    (p.entries, p.blob)
+}
+
+/// The weight section being written: tensors on 16-byte boundaries.
+struct Packer {
+    precision: Precision,
+    entries: Vec<TensorEntry>,
+    blob: Vec<u8>,
+}
+
+impl Packer {
+    fn raw(&mut self, name: String, shape: Vec<usize>, bytes: &[u8]) {
+        while !self.blob.len().is_multiple_of(TENSOR_ALIGN) {
+            self.blob.push(0);
+        }
+        let offset = self.blob.len();
+        self.blob.extend_from_slice(bytes);
+        self.entries.push(TensorEntry {
+            name,
+            shape,
+            offset,
+            bytes: bytes.len(),
+        });
+    }
+
+    fn floats(&mut self, name: String, shape: Vec<usize>, parts: &[&[f32]]) {
+        let mut bytes = Vec::new();
+        for &v in parts.iter().flat_map(|p| p.iter()) {
+            match self.precision {
+                Precision::Fp32 => bytes.extend_from_slice(&v.to_le_bytes()),
+                Precision::Fp16 => bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            }
+        }
+        self.raw(name, shape, &bytes);
+    }
+
+    /// A GEMM weight: 8-bit with its scales where `quantize` says so.
+    fn gemm(
+        &mut self,
+        site: (usize, GemmKind),
+        shape: Vec<usize>,
+        w: &[f32],
+        quantize: &QuantizeGemm,
+    ) {
+        let name = layer_tensor(site.0, &format!("{}.weight", site.1.name()));
+        match quantize(site, w) {
+            Some((bytes, scales)) => {
+                let out = shape[0];
+                self.raw(name.clone(), shape, &bytes);
+                let sb: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                self.raw(format!("{name}_scale"), vec![out], &sb);
+            }
+            None => self.floats(name, shape, &[w]),
+        }
+    }
 }
 
 /// Device buffers one execution slot needs besides the weights, sized by

@@ -38,6 +38,12 @@ fn main() -> ExitCode {
             assemble(Path::new(&args[1]), Path::new(&args[2]), args.get(3))
         }
         Some("profile") if args.len() >= 2 => profile(Path::new(&args[1])),
+        Some("bench-plan") if args.len() >= 4 => bench_plan(
+            Path::new(&args[1]),
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            args.get(4).map(Path::new),
+        ),
         Some("bench") if args.len() >= 4 => bench(
             Path::new(&args[1]),
             Path::new(&args[2]),
@@ -405,6 +411,67 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// One prebuilt plan (e.g. `embedrt build --precision int8`): W1/W2/W3 speed, the
+/// per-stage times, and with a reference plan (fp32) the cosine of every W2 sentence's
+/// embedding to the reference's and both STS Spearmans. One JSON line.
+fn bench_plan(
+    dir: &Path,
+    sts_csv: &Path,
+    plan_path: &Path,
+    reference: Option<&Path>,
+) -> Result<()> {
+    let model = SentenceModel::load(&dir.display().to_string())?;
+    let pairs = sts::parse_csv(&std::fs::read_to_string(sts_csv)?)?;
+    let texts: Vec<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.sentence1.as_str(), p.sentence2.as_str()])
+        .collect();
+    let w2: Vec<Vec<u32>> = model
+        .tokenizer
+        .encode_all(&texts)?
+        .into_iter()
+        .map(|e| e.ids)
+        .collect();
+    let w2_refs: Vec<&[u32]> = w2.iter().map(|s| s.as_slice()).collect();
+    let cfg = &model.config;
+    let w1 = random_batch(cfg, 256, 128, 11);
+    let w1_refs: Vec<&[u32]> = (0..w1.len()).map(|i| w1.seq(i)).collect();
+    let w3 = random_batch(cfg, 1, 16, 13);
+    let plan = Plan::read(plan_path)?;
+    let (free0, _) = cudarc_mem()?;
+    let engine = Arc::new(CudaEngine::load(&plan, 0)?);
+    let (free1, _) = cudarc_mem()?;
+    let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
+    let h = &plan.header;
+    rec["plan"] = json!(plan_path.display().to_string());
+    rec["precision"] = json!(h.precision_name());
+    rec["weight_bytes"] = json!(h.weight_bytes);
+    rec["gemm_weight_bytes"] = json!(h.quant.as_ref().map(|q| q.gemm_weight_bytes));
+    rec["fallback"] = json!(h.quant.as_ref().map(|q| q.fallback.clone()));
+    rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
+    rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
+    rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
+    let emb = Embedder::new(model.clone(), engine.clone());
+    let out = emb.embed_ids(&w2_refs, 256, false, &|_| {})?;
+    rec["spearman"] = json!(100.0 * spearman_of(&pairs, &out));
+    if let Some(r) = reference {
+        let ref_engine = Arc::new(CudaEngine::load(&Plan::read(r)?, 0)?);
+        let ref_emb = Embedder::new(model.clone(), ref_engine);
+        let ref_out = ref_emb.embed_ids(&w2_refs, 256, false, &|_| {})?;
+        let cos: Vec<f64> = out
+            .iter()
+            .zip(&ref_out)
+            .map(|(a, b)| sts::cosine(a, b))
+            .collect();
+        rec["reference"] = json!(r.display().to_string());
+        rec["cos_vs_reference_mean"] = json!(cos.iter().sum::<f64>() / cos.len().max(1) as f64);
+        rec["cos_vs_reference_min"] = json!(min_cosine(&out, &ref_out));
+        rec["spearman_reference"] = json!(100.0 * spearman_of(&pairs, &ref_out));
+    }
+    println!("{rec}");
     Ok(())
 }
 

@@ -1,0 +1,424 @@
+//! Quantized plans (`--precision int8|fp8`) on the GPU: the encoder with its
+//! GEMMs in 8 bits. Per GEMM not in the plan's fallback list:
+//!
+//! ```text
+//! producer kernel ──► Xq (8-bit, act scale) ──► cuBLASLt 8-bit GEMM ──► ACC (32-bit)
+//!                                                                        │
+//!            epilogue: ACC * act_scale * w_scale[n] + bias (+GELU | +residual, LayerNorm)
+//!                      ──► fp16 and/or the next GEMM's Xq
+//! ```
+//! The producers of a GEMM input write its quantized copy from their fp32
+//! values: the embedding LayerNorm and the LayerNorms (QKV and FFN-in
+//! inputs), the attention kernel (attn_out input), the FFN-in epilogue's GELU
+//! (FFN-out input). No pass quantizes an activation already in memory.
+//! LayerNorm, softmax, pooling run in fp32; attention reads and writes fp16
+//! Q, K, V as in fp16 plans (its matmuls are a small part of the time at these
+//! lengths and fp16 keeps its accuracy; docs/arch/quant-gpu.md). Fallback
+//! GEMMs run the fp16 plans' cuBLASLt path on fp16 weights.
+
+use embedrt_core::quant::{GemmSite, QuantFormat};
+
+use super::*;
+use crate::qgemm::QGemms;
+
+/// One quantized GEMM: its 8-bit weight, per-channel scales, input scale.
+#[derive(Clone, Copy)]
+struct QuantGemm {
+    weight: u64,
+    w_scale: u64,
+    act_scale: f32,
+}
+
+struct QuantFunctions {
+    embed: cu::CUfunction,
+    layernorm: cu::CUfunction,
+    gelu: cu::CUfunction,
+    epilogue_bias: cu::CUfunction,
+    epilogue_ln: cu::CUfunction,
+}
+
+/// A slot's quantized-plan state: kernels, the 8-bit GEMMs, the per-GEMM
+/// weights and scales (None: kept in fp16), the 8-bit input and 32-bit
+/// accumulator buffers.
+pub(super) struct QuantState {
+    f: QuantFunctions,
+    gemms: QGemms,
+    /// [layer][GemmKind as usize].
+    layers: Vec<[Option<QuantGemm>; 4]>,
+    act: u64,
+    acc: u64,
+}
+
+fn core_site(layer: usize, kind: GemmKind) -> GemmSite {
+    let kind = embedrt_core::quant::GemmKind::ALL[kind as usize];
+    GemmSite { layer, kind }
+}
+
+/// Refuses what the quantized kernels cannot run, before any GPU work.
+pub(super) fn check_plan(plan: &Plan, name: &str, cc: (i32, i32)) -> Result<()> {
+    let Some(q) = &plan.header.quant else {
+        return Ok(());
+    };
+    let format = q.format();
+    if format == QuantFormat::Fp8 && cc < (8, 9) {
+        return Err(Error::Backend(format!(
+            "fp8 plans need compute capability 8.9 or newer (Ada, Hopper); {name} is {}.{}; build an int8 plan for it",
+            cc.0, cc.1
+        )));
+    }
+    if plan.header.precision != Precision::Fp16 {
+        return Err(Error::Model(format!(
+            "this {} plan keeps its other tensors in {}; quantized plans are built on fp16",
+            format.name(),
+            plan.header.precision.name()
+        )));
+    }
+    crate::qgemm::check_dims(&plan.header.config, format)
+}
+
+impl QuantState {
+    pub(super) fn new(
+        plan: &Plan,
+        module: cu::CUmodule,
+        weights: u64,
+        (act, acc, gemm_ws): (u64, u64, u64),
+    ) -> Result<Option<Self>> {
+        let Some(q) = &plan.header.quant else {
+            return Ok(None);
+        };
+        let config = &plan.header.config;
+        let func = |name: &str| -> Result<cu::CUfunction> {
+            let c = CString::new(name).unwrap_or_default();
+            // SAFETY: the module is loaded and outlives the state.
+            unsafe { cr::module::get_function(module, c) }.map_err(drv("kernel lookup"))
+        };
+        let f = QuantFunctions {
+            embed: func("embed_layernorm_q")?,
+            layernorm: func("layernorm_q")?,
+            gelu: func("gelu_q")?,
+            epilogue_bias: func("epilogue_bias")?,
+            epilogue_ln: func("epilogue_ln")?,
+        };
+        let t = |n: &str| -> Result<u64> { Ok(weights + plan.tensor(n)?.offset as u64) };
+        let mut layers = Vec::new();
+        for layer in 0..config.num_hidden_layers {
+            let mut row = [None; 4];
+            for kind in GemmKind::ALL {
+                let site = core_site(layer, kind);
+                if q.is_fallback(site) {
+                    continue;
+                }
+                let act_scale = q.act_scale(site).ok_or_else(|| {
+                    Error::Model(format!(
+                        "quantized plan lacks the input scale of {}; rebuild it",
+                        site.name()
+                    ))
+                })?;
+                let w = layer_tensor(layer, &format!("{}.weight", kind.name()));
+                let (n, k) = kind.dims(config.hidden_size, config.intermediate_size);
+                let entry = plan.tensor(&w)?;
+                if entry.bytes != n * k {
+                    return Err(Error::Model(format!(
+                        "plan tensor {w} holds {} bytes, a {n} x {k} 8-bit weight needs {}; rebuild the plan",
+                        entry.bytes,
+                        n * k
+                    )));
+                }
+                row[kind as usize] = Some(QuantGemm {
+                    weight: t(&w)?,
+                    w_scale: t(&format!("{w}_scale"))?,
+                    act_scale,
+                });
+            }
+            layers.push(row);
+        }
+        let gemms = QGemms::new(
+            q.format(),
+            config.hidden_size,
+            config.intermediate_size,
+            gemm_ws,
+            GEMM_WORKSPACE_BYTES,
+        )?;
+        Ok(Some(QuantState {
+            f,
+            gemms,
+            layers,
+            act,
+            acc,
+        }))
+    }
+
+    /// The quantized GEMM at (layer, kind); None: fp16 (or past the last layer).
+    fn site(&self, layer: usize, kind: GemmKind) -> Option<QuantGemm> {
+        self.layers.get(layer).and_then(|r| r[kind as usize])
+    }
+
+    /// (buffer, scale) a producer writes the quantized input of (layer, kind)
+    /// to: (0, 1) where that GEMM runs in fp16 (the kernels then skip it).
+    fn sink(&self, layer: usize, kind: GemmKind) -> (u64, f32) {
+        match self.site(layer, kind) {
+            Some(s) => (self.act, s.act_scale),
+            None => (0, 1.0),
+        }
+    }
+}
+
+impl CudaEngine {
+    /// The encoder of a quantized plan for `tp` tokens in `np` sequences (the
+    /// staged tokens already on the device); as `enqueue` for float plans.
+    pub(super) fn enqueue_quant(
+        &self,
+        g: &mut Gpu,
+        tp: usize,
+        np: usize,
+        max_len_batch: usize,
+        mut timer: Option<&mut Vec<(&'static str, cu::CUevent)>>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (hid, inter) = (c.hidden_size, c.intermediate_size);
+        let stream = g.stream;
+        let mut mark = |name: &'static str| -> Result<()> {
+            if let Some(tm) = timer.as_deref_mut() {
+                let e =
+                    cr::event::create(cu::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("event"))?;
+                // SAFETY: fresh event, live stream.
+                unsafe { cr::event::record(e, stream) }.map_err(drv("event"))?;
+                tm.push((name, e));
+            }
+            Ok(())
+        };
+        let b = g.b;
+        let (ids, pos, offs) = (b.tokens, b.tokens + 4 * tp as u64, b.tokens + 8 * tp as u64);
+        let eps = c.layer_norm_eps;
+        let tokens_i = tp as i32;
+        let row_blocks = tp.div_ceil(4) as u32;
+        let heads = c.num_attention_heads as i32;
+        let att_scale = 1.0f32 / (c.head_dim() as f32).sqrt();
+        let max_len = self.max.seq as i32;
+        let (rb, bk) = (g.rel_bias, b.bucket);
+        let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
+        let (attention, attention_threads, queries_per_block) = match tc {
+            Some(f) => {
+                let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+                (f, 32 * warps, 16 * warps)
+            }
+            None => (g.f.attention, 32, 32),
+        };
+        let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
+        let plain_gelu = g.f.gelu;
+        let q = g
+            .quant
+            .as_mut()
+            .ok_or_else(|| Error::Backend("quantized plan without its GPU state".into()))?;
+        let gemms = g
+            .gemms
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
+        let (act, acc) = (q.act, q.acc);
+        let f = &q.f;
+        // Elementwise launches: 8 elements a thread, grid-stride beyond 132 x 16 blocks.
+        let flat_blocks = |n: usize| n.div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+        mark("start")?;
+        // SAFETY: every pointer is a device buffer of this slot sized by the
+        // plan's token budget (tp within it) or a tensor inside the uploaded
+        // weights; kernel arguments match their signatures in kernels/*.cu.
+        unsafe {
+            let (qx, qs) = q.sink(0, GemmKind::Qkv);
+            let (wd, po, t0, (ga, be), out) = (g.word, g.position, g.type0, g.emb_norm, b.hidden);
+            cr::launch_kernel(
+                f.embed,
+                (row_blocks, 1, 1),
+                (128, 1, 1),
+                0,
+                stream,
+                kargs![ids, pos, tokens_i, wd, po, t0, ga, be, out, eps, qx, qs],
+            )
+            .map_err(drv("embedding kernel"))?;
+            mark("embedding+layernorm(+quantize)")?;
+            let epilogue_bias = |acc: u64,
+                                 n: usize,
+                                 s: QuantGemm,
+                                 bias: u64,
+                                 gelu: i32,
+                                 out: u64,
+                                 (qx, qs): (u64, f32)| {
+                let n_i = n as i32;
+                let (a_s, w_s) = (s.act_scale, s.w_scale);
+                cr::launch_kernel(
+                    f.epilogue_bias,
+                    (flat_blocks(tp * n), 1, 1),
+                    (256, 1, 1),
+                    0,
+                    stream,
+                    kargs![acc, tokens_i, n_i, a_s, w_s, bias, gelu, out, qx, qs],
+                )
+                .map_err(drv("quantized GEMM epilogue"))
+            };
+            // acc -> LayerNorm(dequant + bias + hidden) into hidden (+ quantized copy).
+            let epilogue_ln =
+                |s: QuantGemm, bias: u64, (ga, be): (u64, u64), (qx, qs): (u64, f32)| {
+                    let (a_s, w_s, hidden) = (s.act_scale, s.w_scale, b.hidden);
+                    cr::launch_kernel(
+                        f.epilogue_ln,
+                        (row_blocks, 1, 1),
+                        (128, 1, 1),
+                        0,
+                        stream,
+                        kargs![acc, tokens_i, a_s, w_s, bias, hidden, ga, be, hidden, eps, qx, qs],
+                    )
+                    .map_err(drv("quantized GEMM epilogue + layernorm"))
+                };
+            // scratch (fp16 GEMM + bias + residual) -> LayerNorm into hidden (+ quantized copy).
+            let layernorm = |(ga, be): (u64, u64), (qx, qs): (u64, f32)| {
+                cr::launch_kernel(
+                    f.layernorm,
+                    (row_blocks, 1, 1),
+                    (128, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.scratch, tokens_i, ga, be, b.hidden, eps, qx, qs],
+                )
+                .map_err(drv("layernorm kernel"))
+            };
+            for (li, l) in g.layers.iter().enumerate() {
+                // QKV: fp16 out (attention reads fp16 Q, K, V).
+                match q.site(li, GemmKind::Qkv) {
+                    Some(s) => {
+                        q.gemms
+                            .run(GemmKind::Qkv, tp, s.weight, act, acc, stream as _)?;
+                        mark("gemm qkv (8-bit)")?;
+                        epilogue_bias(acc, 3 * hid, s, l.biases[0], 0, b.qkv, (0, 1.0))?;
+                        mark("epilogue qkv")?;
+                    }
+                    None => {
+                        gemms.run(
+                            li,
+                            GemmKind::Qkv,
+                            tp,
+                            l.qkv_w,
+                            b.hidden,
+                            None,
+                            b.qkv,
+                            stream as _,
+                        )?;
+                        mark("gemm qkv (fp16)")?;
+                    }
+                }
+                let (cq, cs) = q.sink(li, GemmKind::AttnOut);
+                cr::launch_kernel(
+                    attention,
+                    (query_blocks, heads as u32, np as u32),
+                    (attention_threads as u32, 1, 1),
+                    0,
+                    stream,
+                    kargs![b.qkv, offs, heads, att_scale, rb, bk, max_len, b.context, cq, cs],
+                )
+                .map_err(drv("attention kernel"))?;
+                mark("attention(+quantize)")?;
+                let ffn_in_sink = q.sink(li, GemmKind::FfnIn);
+                match q.site(li, GemmKind::AttnOut) {
+                    Some(s) => {
+                        q.gemms
+                            .run(GemmKind::AttnOut, tp, s.weight, act, acc, stream as _)?;
+                        mark("gemm attn_out (8-bit)")?;
+                        epilogue_ln(s, l.biases[1], l.attn_norm, ffn_in_sink)?;
+                        mark("epilogue attn_out+layernorm")?;
+                    }
+                    None => {
+                        gemms.run(
+                            li,
+                            GemmKind::AttnOut,
+                            tp,
+                            l.attn_out_w,
+                            b.context,
+                            Some(b.hidden),
+                            b.scratch,
+                            stream as _,
+                        )?;
+                        mark("gemm attn_out (fp16)")?;
+                        layernorm(l.attn_norm, ffn_in_sink)?;
+                        mark("layernorm(+quantize)")?;
+                    }
+                }
+                let ffn_out_sink = q.sink(li, GemmKind::FfnOut);
+                match q.site(li, GemmKind::FfnIn) {
+                    Some(s) => {
+                        q.gemms
+                            .run(GemmKind::FfnIn, tp, s.weight, act, acc, stream as _)?;
+                        mark("gemm ffn_in (8-bit)")?;
+                        // GELU'd output: quantized for an 8-bit FFN-out, else fp16.
+                        let out = if ffn_out_sink.0 == 0 { b.inter } else { 0 };
+                        epilogue_bias(acc, inter, s, l.biases[2], 1, out, ffn_out_sink)?;
+                        mark("epilogue ffn_in+gelu(+quantize)")?;
+                    }
+                    None => {
+                        gemms.run(
+                            li,
+                            GemmKind::FfnIn,
+                            tp,
+                            l.ffn_in_w,
+                            b.hidden,
+                            None,
+                            b.inter,
+                            stream as _,
+                        )?;
+                        mark("gemm ffn_in (fp16)")?;
+                        let n = (tp * inter) as i64;
+                        if ffn_out_sink.0 == 0 {
+                            let x = b.inter;
+                            cr::launch_kernel(
+                                plain_gelu,
+                                (flat_blocks(tp * inter), 1, 1),
+                                (256, 1, 1),
+                                0,
+                                stream,
+                                kargs![x, n],
+                            )
+                            .map_err(drv("gelu kernel"))?;
+                        } else {
+                            let (x, (qx, qs)) = (b.inter, ffn_out_sink);
+                            cr::launch_kernel(
+                                f.gelu,
+                                (flat_blocks(tp * inter), 1, 1),
+                                (256, 1, 1),
+                                0,
+                                stream,
+                                kargs![x, n, qx, qs],
+                            )
+                            .map_err(drv("gelu kernel"))?;
+                        }
+                        mark("gelu(+quantize)")?;
+                    }
+                }
+                let next_sink = q.sink(li + 1, GemmKind::Qkv);
+                match q.site(li, GemmKind::FfnOut) {
+                    Some(s) => {
+                        q.gemms
+                            .run(GemmKind::FfnOut, tp, s.weight, act, acc, stream as _)?;
+                        mark("gemm ffn_out (8-bit)")?;
+                        epilogue_ln(s, l.biases[3], l.ffn_norm, next_sink)?;
+                        mark("epilogue ffn_out+layernorm")?;
+                    }
+                    None => {
+                        gemms.run(
+                            li,
+                            GemmKind::FfnOut,
+                            tp,
+                            l.ffn_out_w,
+                            b.inter,
+                            Some(b.hidden),
+                            b.scratch,
+                            stream as _,
+                        )?;
+                        mark("gemm ffn_out (fp16)")?;
+                        layernorm(l.ffn_norm, next_sink)?;
+                        mark("layernorm(+quantize)")?;
+                    }
+                }
+            }
+            self.launch_pool(g, tp, np)?;
+            mark("pooling")?;
+        }
+        Ok(())
+    }
+}

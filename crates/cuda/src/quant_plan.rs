@@ -1,0 +1,211 @@
+//! What a quantized plan records about its quantization (`PlanHeader::quant`)
+//! and how its weights are packed: each non-fallback GEMM's weight in 1 byte
+//! per parameter with per-output-channel scales, the activation scales of the
+//! calibration table, the GEMMs kept in fp16, the accuracy measured at build.
+
+use embedrt_core::quant::{
+    quantize_weight, CalibrationTable, MeasuredAccuracy, ModelFingerprint, TensorScale,
+};
+use embedrt_core::{Error, GemmKind, GemmSite, QuantFormat, Result, TransformerWeights};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{pack_weights_with, Precision, TensorEntry};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantInfo {
+    pub format: QuantFormat,
+    /// The calibrator that chose the activation ranges (`CalibrationMethod::name`).
+    pub calibrator: String,
+    /// Sentences the calibration statistics were gathered over.
+    pub calibration_sentences: usize,
+    /// Input activation scales, `layers.{l}.{kind}.input`.
+    pub activations: Vec<TensorScale>,
+    /// GEMMs kept in fp16 (`layers.{l}.{kind}`), in execution order.
+    pub fallback: Vec<String>,
+    pub accuracy: Option<MeasuredAccuracy>,
+    /// Parameters of all GEMM weights, and the bytes they take in this plan
+    /// (1 per quantized parameter, 2 per fallback one, plus the fp32 scales).
+    pub gemm_params: usize,
+    pub gemm_weight_bytes: usize,
+}
+
+impl QuantInfo {
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// The per-tensor scale of a GEMM's input activation.
+    pub fn act_scale(&self, site: GemmSite) -> Option<f32> {
+        let name = site.input_name();
+        self.activations
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.scale)
+    }
+
+    /// Whether a GEMM runs in fp16.
+    pub fn is_fallback(&self, site: GemmSite) -> bool {
+        self.fallback.contains(&site.name())
+    }
+
+    /// What the GEMM weights would take in fp32 (4 bytes a parameter).
+    pub fn gemm_weight_bytes_fp32(&self) -> usize {
+        4 * self.gemm_params
+    }
+
+    /// The plan's GEMM weight bytes as a share of fp32's (0.25 plus the
+    /// scales when nothing fell back).
+    pub fn gemm_weight_ratio(&self) -> f64 {
+        self.gemm_weight_bytes as f64 / self.gemm_weight_bytes_fp32().max(1) as f64
+    }
+}
+
+/// Refuses fp8 on a GPU without FP8 tensor cores (below Ada, sm_89).
+pub fn check_format_supported(format: QuantFormat, gpu: &str, cc: (i32, i32)) -> Result<()> {
+    if format == QuantFormat::Fp8 && cc < (8, 9) {
+        return Err(Error::Input(format!(
+            "--precision fp8 needs FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper); \
+             {gpu} is compute capability {}.{}; use --precision int8 on this GPU",
+            cc.0, cc.1
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a calibration table against a model of `layers` layers: every
+/// GEMM that is not a fallback has a finite positive input scale, and every
+/// fallback name is a GEMM of the model.
+pub fn check_table(table: &CalibrationTable, layers: usize) -> Result<()> {
+    for f in &table.fallback {
+        match GemmSite::parse(f) {
+            Some(s) if s.layer < layers && !f.ends_with(".input") => {}
+            _ => {
+                return Err(Error::Input(format!(
+                    "calibration table: fallback entry {f:?} is not a GEMM of this {layers}-layer \
+                     model (expected layers.N.qkv|attn_out|ffn_in|ffn_out)"
+                )))
+            }
+        }
+    }
+    for site in GemmSite::all(layers) {
+        if table.is_fallback(site) {
+            continue;
+        }
+        match table.input_scale(site) {
+            Some(s) if s.is_finite() && s > 0.0 => {}
+            Some(s) => {
+                return Err(Error::Input(format!(
+                    "calibration table: {} has scale {s}, which is not a positive number; calibrate again",
+                    site.input_name()
+                )))
+            }
+            None => {
+                return Err(Error::Input(format!(
+                    "calibration table: no scale for {} (quantized GEMM {}); calibrate this model \
+                     or list the GEMM in `fallback`",
+                    site.input_name(),
+                    site.name()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The weights of a quantized plan (fp16 outside the 8-bit GEMMs) and what
+/// the header records. `fallback` overrides the table's list.
+pub fn pack_quantized(
+    weights: &TransformerWeights,
+    table: &CalibrationTable,
+    fallback: &[String],
+) -> Result<(Vec<TensorEntry>, Vec<u8>, QuantInfo)> {
+    let layers = weights.layers.len();
+    let mut table = table.clone();
+    table.fallback = fallback.to_vec();
+    check_table(&table, layers)?;
+    let format = table.precision;
+    let (entries, blob) = pack_weights_with(weights, Precision::Fp16, &|(layer, kind), w| {
+        let site = GemmSite { layer, kind };
+        if table.is_fallback(site) {
+            return None;
+        }
+        let out = gemm_out_features(weights, kind);
+        Some(quantize_weight(w, out, format))
+    });
+    let mut gemm_params = 0;
+    let mut gemm_weight_bytes = 0;
+    for site in GemmSite::all(layers) {
+        let name = crate::plan::layer_tensor(site.layer, &format!("{}.weight", site.kind.name()));
+        for e in entries
+            .iter()
+            .filter(|e| e.name == name || e.name == format!("{name}_scale"))
+        {
+            gemm_weight_bytes += e.bytes;
+            if e.name == name {
+                gemm_params += e.shape.iter().product::<usize>();
+            }
+        }
+    }
+    // Fallback names in execution order, as info prints them.
+    let fallback: Vec<String> = GemmSite::all(layers)
+        .into_iter()
+        .filter(|s| table.is_fallback(*s))
+        .map(|s| s.name())
+        .collect();
+    let activations = GemmSite::all(layers)
+        .into_iter()
+        .filter(|s| !table.is_fallback(*s))
+        .filter_map(|s| {
+            table
+                .tensors
+                .iter()
+                .find(|t| t.name == s.input_name())
+                .cloned()
+        })
+        .collect();
+    let info = QuantInfo {
+        format,
+        calibrator: table.calibrator.clone(),
+        calibration_sentences: table.sentences,
+        activations,
+        fallback,
+        accuracy: table.accuracy.clone(),
+        gemm_params,
+        gemm_weight_bytes,
+    };
+    Ok((entries, blob, info))
+}
+
+fn gemm_out_features(weights: &TransformerWeights, kind: GemmKind) -> usize {
+    let l = &weights.layers[0];
+    match kind {
+        GemmKind::Qkv => 3 * l.query.weight.shape[0],
+        GemmKind::AttnOut => l.attn_out.weight.shape[0],
+        GemmKind::FfnIn => l.ffn_in.weight.shape[0],
+        GemmKind::FfnOut => l.ffn_out.weight.shape[0],
+    }
+}
+
+/// What a calibration table must have been made for: this model's
+/// architecture and sizes, and the sha256 of its weight file.
+pub fn model_fingerprint(model: &embedrt_core::SentenceModel) -> Result<ModelFingerprint> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let path = model.weights_path();
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(&path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(ModelFingerprint {
+        architecture: model.config.architecture.name().to_string(),
+        hidden_size: model.config.hidden_size,
+        num_layers: model.config.num_hidden_layers,
+        weights_sha256: hex::encode(hasher.finalize()),
+    })
+}

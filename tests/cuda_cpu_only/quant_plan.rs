@@ -1,0 +1,226 @@
+//! Quantized plans without a GPU: 8-bit GEMM weights (1 byte a parameter,
+//! per-channel scales that decode back to the weights), fallback GEMMs in
+//! fp16, the header's quantization record through a file, version-1 plans
+//! still loading, and the errors for bad tables and fp8 on older GPUs.
+
+use embedrt_core::quant::{
+    round_to_e4m3, CalibrationTable, TensorScale, CALIBRATION_TABLE_VERSION,
+};
+use embedrt_core::{GemmKind, GemmSite, QuantFormat};
+use embedrt_cuda::build::assemble_quantized_plan;
+use embedrt_cuda::plan::{layer_tensor, GpuTarget, Plan};
+use embedrt_cuda::quant_plan::{check_format_supported, model_fingerprint};
+use sha2::{Digest, Sha256};
+
+use super::{h100, model, written};
+
+const FIXTURE: &str = "tiny-bert-mean-norm";
+
+fn table(format: QuantFormat, fallback: &[&str]) -> CalibrationTable {
+    let m = model(FIXTURE);
+    let layers = m.config.num_hidden_layers;
+    let tensors = GemmSite::all(layers)
+        .iter()
+        .map(|s| TensorScale {
+            name: s.input_name(),
+            amax: 4.0,
+            scale: format.scale_for(4.0),
+            method: "minmax".into(),
+        })
+        .collect();
+    CalibrationTable {
+        format_version: CALIBRATION_TABLE_VERSION,
+        model: model_fingerprint(&m).unwrap(),
+        precision: format,
+        calibrator: "minmax".into(),
+        sentences: 7,
+        tensors,
+        fallback: fallback.iter().map(|s| s.to_string()).collect(),
+        accuracy: None,
+    }
+}
+
+fn quant_plan(
+    format: QuantFormat,
+    fallback: &[&str],
+    gpu: GpuTarget,
+) -> embedrt_core::Result<Plan> {
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    let t = table(format, fallback);
+    assemble_quantized_plan(
+        &m,
+        &w,
+        &t,
+        &t.fallback,
+        "1x8:16x64:64x128".parse().unwrap(),
+        gpu,
+    )
+}
+
+fn bytes_of<'a>(plan: &'a Plan, name: &str) -> &'a [u8] {
+    let t = plan.tensor(name).unwrap();
+    &plan.weights[t.offset..t.offset + t.bytes]
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn gemm_weights_take_one_byte_and_decode_to_the_weights() {
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    for format in [QuantFormat::Int8, QuantFormat::Fp8] {
+        let plan = quant_plan(format, &["layers.1.ffn_in"], h100()).unwrap();
+        let q = plan.header.quant.as_ref().expect("quant header");
+        assert_eq!(q.format, format);
+        assert_eq!(plan.header.precision_name(), format.name());
+        assert_eq!(q.fallback, vec!["layers.1.ffn_in".to_string()]);
+        // attn_out of layer 0: [H, H], one byte each, scales per row.
+        let lin = &w.layers[0].attn_out.weight;
+        let (out, inp) = (lin.shape[0], lin.shape[1]);
+        let name = layer_tensor(0, "attn_out.weight");
+        let codes = bytes_of(&plan, &name);
+        assert_eq!(codes.len(), out * inp);
+        let scales = f32s(bytes_of(&plan, &format!("{name}_scale")));
+        assert_eq!(scales.len(), out);
+        for n in 0..out {
+            let row = &lin.data[n * inp..(n + 1) * inp];
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!((scales[n] - format.scale_for(amax)).abs() <= 1e-12 + scales[n] * 1e-6);
+            for k in 0..inp {
+                let code = codes[n * inp + k];
+                let decoded = match format {
+                    QuantFormat::Int8 => code as i8 as f32,
+                    QuantFormat::Fp8 => decode_e4m3(code),
+                } * scales[n];
+                let want = format.fake_quant(row[k], scales[n]);
+                assert!(
+                    (decoded - want).abs() <= 1e-6 * want.abs().max(1e-6),
+                    "{decoded} vs {want}"
+                );
+            }
+        }
+        // The fallback GEMM stays fp16 (2 bytes a parameter, no scales).
+        let f = plan.tensor(&layer_tensor(1, "ffn_in.weight")).unwrap();
+        assert_eq!(f.bytes, 2 * f.shape.iter().product::<usize>());
+        assert!(plan
+            .tensor(&layer_tensor(1, "ffn_in.weight_scale"))
+            .is_err());
+        // Byte accounting: 1 byte per quantized parameter (+ fp32 scales), 2 per fallback one.
+        let (mut want, mut params) = (0, 0);
+        for s in GemmSite::all(m.config.num_hidden_layers) {
+            let t = plan
+                .tensor(&layer_tensor(s.layer, &format!("{}.weight", s.kind.name())))
+                .unwrap();
+            let p: usize = t.shape.iter().product();
+            params += p;
+            want += if s.layer == 1 && s.kind == GemmKind::FfnIn {
+                2 * p
+            } else {
+                p + 4 * t.shape[0]
+            };
+        }
+        assert_eq!(q.gemm_params, params);
+        assert_eq!(q.gemm_weight_bytes, want);
+        assert!(q.gemm_weight_ratio() < 0.5, "{}", q.gemm_weight_ratio());
+    }
+}
+
+fn decode_e4m3(b: u8) -> f32 {
+    let (s, e, m) = ((b >> 7) & 1, ((b >> 3) & 0xf) as i32, (b & 7) as f32);
+    let mag = if e == 0 {
+        m * 2f32.powi(-9)
+    } else {
+        (1.0 + m / 8.0) * 2f32.powi(e - 7)
+    };
+    let v = if s == 1 { -mag } else { mag };
+    assert_eq!(round_to_e4m3(v), v);
+    v
+}
+
+#[test]
+fn quantization_record_survives_the_file() {
+    let plan = quant_plan(QuantFormat::Int8, &[], h100()).unwrap();
+    let (_dir, path, _) = written(&plan);
+    let back = Plan::read(&path).unwrap();
+    assert_eq!(back.header.quant, plan.header.quant);
+    let q = back.header.quant.unwrap();
+    let site = GemmSite {
+        layer: 0,
+        kind: GemmKind::Qkv,
+    };
+    assert_eq!(q.act_scale(site), Some(4.0 / 127.0));
+    assert!(!q.is_fallback(site));
+    // The workspace holds the 8-bit copies and the accumulators too.
+    let fp16 = super::plan_of(FIXTURE, embedrt_cuda::Precision::Fp16);
+    assert!(back.header.workspace_bytes > fp16.header.workspace_bytes);
+}
+
+#[test]
+fn version_1_plans_still_load() {
+    let plan = super::plan_of(FIXTURE, embedrt_cuda::Precision::Fp16);
+    let (_dir, path, mut bytes) = written(&plan);
+    bytes[16..20].copy_from_slice(&1u32.to_le_bytes());
+    let body = bytes.len() - 32;
+    let sum = Sha256::digest(&bytes[..body]);
+    bytes[body..].copy_from_slice(&sum);
+    std::fs::write(&path, &bytes).unwrap();
+    let back = Plan::read(&path).expect("a version-1 plan loads");
+    assert_eq!(back.header.quant, None);
+    assert_eq!(back.header.precision_name(), "fp16");
+}
+
+#[test]
+fn fp8_is_refused_below_ada_naming_the_gpu() {
+    let a10 = GpuTarget {
+        name: "NVIDIA A10G".into(),
+        cc_major: 8,
+        cc_minor: 6,
+    };
+    let e = quant_plan(QuantFormat::Fp8, &[], a10.clone())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("NVIDIA A10G") && e.contains("8.6") && e.contains("8.9"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'));
+    // int8 is fine there, and so is fp8 on Ada and Hopper.
+    assert!(quant_plan(QuantFormat::Int8, &[], a10).is_ok());
+    assert!(check_format_supported(QuantFormat::Fp8, "NVIDIA L4", (8, 9)).is_ok());
+    assert!(check_format_supported(QuantFormat::Fp8, "Tesla T4", (7, 5)).is_err());
+}
+
+#[test]
+fn bad_tables_are_refused_with_the_tensor_named() {
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    let profile = "1x8:16x64:64x128".parse().unwrap();
+    let mut t = table(QuantFormat::Int8, &[]);
+    t.tensors.retain(|s| s.name != "layers.1.ffn_out.input");
+    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layers.1.ffn_out.input"), "{e}");
+    // ... unless that GEMM falls back.
+    let fb = vec!["layers.1.ffn_out".to_string()];
+    assert!(assemble_quantized_plan(&m, &w, &t, &fb, profile, h100()).is_ok());
+    let e = assemble_quantized_plan(&m, &w, &t, &["layers.9.qkv".into()], profile, h100())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layers.9.qkv"), "{e}");
+    let mut t = table(QuantFormat::Int8, &[]);
+    t.tensors[0].scale = f32::NAN;
+    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layers.0.qkv.input"), "{e}");
+}
