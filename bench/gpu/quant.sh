@@ -36,11 +36,16 @@ python3 -c "import torchao; print('torchao', torchao.__version__)" > "$O/torchao
 
 model_run() { # model_run TAG DIR PROFILE [BUILD_EVAL_ARGS...]
   local tag=$1 dir=$2 prof=$3; shift 3
-  step "$tag-table" 120 python3 bench/gpu/quant_table.py "$dir" "$STS" /tmp/qplans/$tag
-  step "$tag-build-fp32" 120 $E build --model "$dir" --precision fp32 --profile "$prof" -o /tmp/qplans/$tag-fp32.plan
-  step "$tag-build-fp16" 120 $E build --model "$dir" --precision fp16 --profile "$prof" -o /tmp/qplans/$tag-fp16.plan
+  # Calibration tables from embedrt's own calibrator (CPU fp32 reference statistics);
+  # CAL_ARGS adds e.g. --no-fallback for the random MPNet, whose search is slow on a CPU.
   for f in int8 fp8; do
-    step "$tag-build-$f" 150 $E build --model "$dir" --precision $f --profile "$prof" \
+    step "$tag-calibrate-$f" 150 $E calibrate --model "$dir" --input "$STS" --precision $f \
+      --calibration-size 512 ${CAL_ARGS:-} -o /tmp/qplans/$tag-$f.table.json
+  done
+  step "$tag-build-fp32" 120 $E build --model "$dir" --precision fp32 --profile "$prof" --max-batch-tokens 32768 -o /tmp/qplans/$tag-fp32.plan
+  step "$tag-build-fp16" 120 $E build --model "$dir" --precision fp16 --profile "$prof" --max-batch-tokens 32768 -o /tmp/qplans/$tag-fp16.plan
+  for f in int8 fp8; do
+    step "$tag-build-$f" 150 $E build --model "$dir" --precision $f --profile "$prof" --max-batch-tokens 32768 \
       --calibration-table /tmp/qplans/$tag-$f.table.json "$@" -o /tmp/qplans/$tag-$f.plan
   done
   for p in fp16 int8 fp8; do
@@ -60,7 +65,7 @@ fi
 # 2. MPNet-base, random weights.
 [ -d /tmp/mpnet ] || step make-mpnet 200 python3 $G/make_mpnet.py /tmp/mpnet $G/tokenizer.json
 if [ -d /tmp/mpnet ]; then
-  model_run mpnet /tmp/mpnet 1x8:256x128:1024x512
+  CAL_ARGS=--no-fallback model_run mpnet /tmp/mpnet 1x8:256x128:1024x512
   step peer-fp16 200 python3 $G/peer_torch.py /tmp/mpnet "$STS"
   step peer-fp8 200 python3 bench/gpu/peer_torch_fp8.py /tmp/mpnet "$STS"
 fi
@@ -68,7 +73,7 @@ fi
 # plan may miss; the most sensitive GEMMs fall back to fp16 until it holds.
 if [ -d $G/minilm ]; then
   # The sensitivity fallback: int8 with a target the all-int8 plan may miss.
-  step minilm-build-int8-target 240 $E build --model $G/minilm --precision int8 --profile 1x8:256x128:1024x256 \
+  step minilm-build-int8-target 240 $E build --model $G/minilm --precision int8 --profile 1x8:256x128:1024x256 --max-batch-tokens 32768 \
     --calibration-table /tmp/qplans/minilm-int8.table.json --eval "$STS" --held-out 500 --accuracy-target 0.999 \
     -o /tmp/qplans/minilm-int8-target.plan
   step minilm-info-int8-target 20 $E info --plan /tmp/qplans/minilm-int8-target.plan
