@@ -14,4 +14,10 @@ from embedrt._embedrt import (
     __version__,
 )
 
-__all__ = ["DeviceLostError", "Engine", "EngineError", "OutOfMemoryError", "__version__"]
+__all__ = [
+    "DeviceLostError",
+    "Engine",
+    "EngineError",
+    "OutOfMemoryError",
+    "__version__",
+]

@@ -1,5 +1,6 @@
+from collections.abc import Sequence
 from os import PathLike
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,16 +21,16 @@ class Engine:
 
     def __init__(
         self,
-        model: Optional[str] = None,
-        plan: Optional[Union[str, PathLike[str]]] = None,
+        model: str | None = None,
+        plan: str | PathLike[str] | None = None,
         device: str = "auto",
-        precision: Optional[str] = None,
-        pooling: Optional[str] = None,
+        precision: str | None = None,
+        pooling: str | None = None,
     ) -> None: ...
     def embed(
         self,
         texts: Sequence[str],
-        normalize: Optional[bool] = None,
+        normalize: bool | None = None,
         truncate: bool = True,
     ) -> npt.NDArray[np.float32]: ...
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...

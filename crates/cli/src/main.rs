@@ -8,6 +8,7 @@ mod export;
 mod info;
 mod input;
 mod open;
+mod output;
 mod serve;
 
 use std::process::ExitCode;

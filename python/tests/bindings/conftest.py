@@ -11,7 +11,12 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures"
-TINY = ["tiny-bert-mean-norm", "tiny-bert-max", "tiny-mpnet-cls", "tiny-mpnet-mean-norm"]
+TINY = [
+    "tiny-bert-mean-norm",
+    "tiny-bert-max",
+    "tiny-mpnet-cls",
+    "tiny-mpnet-mean-norm",
+]
 
 SENTENCES = [
     "A man is eating food.",
@@ -26,13 +31,17 @@ SENTENCES = [
 def embedrt_bin() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("EMBEDRT_BIN", ROOT / "target/release/embedrt"))
     if not path.exists():
-        pytest.fail(f"{path} is missing; run `cargo build --release` or set EMBEDRT_BIN")
+        pytest.fail(
+            f"{path} is missing; run `cargo build --release` or set EMBEDRT_BIN"
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def minilm() -> pathlib.Path:
-    path = pathlib.Path(os.environ.get("EMBEDRT_MINILM", ROOT / ".cache/all-MiniLM-L6-v2"))
+    path = pathlib.Path(
+        os.environ.get("EMBEDRT_MINILM", ROOT / ".cache/all-MiniLM-L6-v2")
+    )
     if not (path / "config.json").exists():
         pytest.skip(f"{path} is missing; run scripts/setup-test-env.sh")
     return path
@@ -53,7 +62,11 @@ def cli_embed(binary, model, texts, normalize=True):
 def cli_error(binary, *args):
     """The one `error: ...` line `embedrt embed` prints for these arguments."""
     out = subprocess.run(
-        [str(binary), "embed", *args], input="", capture_output=True, text=True
+        [str(binary), "embed", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode != 0, out
     line = out.stderr.strip().splitlines()[-1]

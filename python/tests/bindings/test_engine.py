@@ -2,12 +2,11 @@
 
 import doctest
 
+import embedrt
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
-
-import embedrt
 from conftest import FIXTURES, SENTENCES, TINY, cli_embed, cli_error
+from tokenizers import Tokenizer
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -16,7 +15,9 @@ def test_embed_matches_the_cli_on_fixtures(embedrt_bin, name, normalize):
     # None follows the model, as the CLI does; False is --no-normalize.
     engine = embedrt.Engine(model=str(FIXTURES / name), device="cpu")
     got = engine.embed(SENTENCES, normalize=normalize)
-    want = cli_embed(embedrt_bin, FIXTURES / name, SENTENCES, normalize=normalize is None)
+    want = cli_embed(
+        embedrt_bin, FIXTURES / name, SENTENCES, normalize=normalize is None
+    )
     assert got.dtype == np.float32
     assert got.shape == (len(SENTENCES), engine.dimension)
     assert got.flags["C_CONTIGUOUS"]
@@ -42,7 +43,9 @@ def test_normalize_none_follows_the_model():
     raw = engine.embed(SENTENCES, normalize=False)
     unit = engine.embed(SENTENCES, normalize=True)
     default = engine.embed(SENTENCES)
-    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(
+        unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6
+    )
     want = unit if engine.info()["normalize"] else raw
     np.testing.assert_array_equal(default, want)
 
@@ -90,13 +93,20 @@ def test_missing_model_raises_with_the_cli_message(embedrt_bin, tmp_path):
         ({"device": "tpu"}, ["--device", "tpu"]),
         ({"device": "cuda:all"}, ["--device", "cuda:all"]),
         ({"pooling": "median"}, ["--pooling", "median"]),
-        ({"precision": "fp16", "device": "cpu"}, ["--precision", "fp16", "--device", "cpu"]),
+        (
+            {"precision": "fp16", "device": "cpu"},
+            ["--precision", "fp16", "--device", "cpu"],
+        ),
         ({"plan": "x.plan", "device": "cpu"}, ["--plan", "x.plan", "--device", "cpu"]),
     ],
 )
-def test_bad_options_raise_value_error_with_the_cli_message(embedrt_bin, kwargs, cli_args):
+def test_bad_options_raise_value_error_with_the_cli_message(
+    embedrt_bin, kwargs, cli_args
+):
     kwargs = dict(kwargs)
-    model_args = [] if "plan" in kwargs else ["--model", str(FIXTURES / "tiny-bert-mean-norm")]
+    model_args = (
+        [] if "plan" in kwargs else ["--model", str(FIXTURES / "tiny-bert-mean-norm")]
+    )
     if "plan" not in kwargs:
         kwargs["model"] = str(FIXTURES / "tiny-bert-mean-norm")
     want = cli_error(embedrt_bin, *model_args, *cli_args)

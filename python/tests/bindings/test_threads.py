@@ -4,9 +4,8 @@ running while another thread is inside Engine.embed."""
 import threading
 import time
 
-from conftest import FIXTURES
-
 import embedrt
+from conftest import FIXTURES
 
 
 def test_python_keeps_running_while_embed_runs(minilm=None):
@@ -43,7 +42,9 @@ def test_python_keeps_running_while_embed_runs(minilm=None):
     # With the GIL held for the whole embed, the counter would get no turn
     # until embed returned (one switch per call at most); released, it
     # counts all along. Many thousands of increments, not a handful.
-    assert elapsed > 0.05, f"the workload is too small to show anything ({elapsed:.3f}s)"
+    assert elapsed > 0.05, (
+        f"the workload is too small to show anything ({elapsed:.3f}s)"
+    )
     assert len(ticks_inside) > 10_000, (len(ticks_inside), elapsed)
 
 
