@@ -12,9 +12,6 @@ use pyo3::types::PyDict;
 
 use crate::errors::{core_to_py, to_py};
 
-/// Sequences per engine call, as `embedrt embed --batch-size` defaults.
-const BATCH_SIZE: usize = 32;
-
 /// A sentence-embedding model opened on a device.
 ///
 /// Engine(model=None, plan=None, device="auto", precision=None, pooling=None)
@@ -69,17 +66,25 @@ impl Engine {
     /// ``normalize`` None follows the model (L2-normalized when it has a
     /// Normalize module). Texts longer than ``max_seq_length`` tokens are
     /// cut; with ``truncate=False`` they raise ValueError naming the text.
-    #[pyo3(signature = (texts, normalize=None, truncate=true))]
+    /// ``batch_size`` caps the sequences per engine call (None: the
+    /// engine's largest batch); results do not depend on it.
+    #[pyo3(signature = (texts, normalize=None, truncate=true, batch_size=None))]
     fn embed<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
         normalize: Option<bool>,
         truncate: bool,
+        batch_size: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let dim = self.embedder.backend.hidden_size();
         let normalize = normalize.unwrap_or(self.embedder.model.normalize);
-        let flat = py.detach(|| self.embed_flat(&texts, normalize, truncate))?;
+        let batch_size = match batch_size {
+            Some(0) => return Err(PyValueError::new_err("batch_size must be at least 1")),
+            Some(n) => n,
+            None => usize::MAX,
+        };
+        let flat = py.detach(|| self.embed_flat(&texts, normalize, truncate, batch_size))?;
         let rows = texts.len();
         PyArray1::from_vec(py, flat).reshape([rows, dim])
     }
@@ -142,7 +147,13 @@ impl Engine {
 
 impl Engine {
     /// Tokenize, check lengths, embed; row-major (n, dim). Runs without the GIL.
-    fn embed_flat(&self, texts: &[String], normalize: bool, truncate: bool) -> PyResult<Vec<f32>> {
+    fn embed_flat(
+        &self,
+        texts: &[String],
+        normalize: bool,
+        truncate: bool,
+        batch_size: usize,
+    ) -> PyResult<Vec<f32>> {
         let encoded = self.embedder.tokenize(texts).map_err(core_to_py)?;
         let max = self.embedder.model.max_seq_length;
         if !truncate {
@@ -158,7 +169,7 @@ impl Engine {
         let ids: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
         let vectors = self
             .embedder
-            .embed_ids(&ids, BATCH_SIZE, normalize, &|_| {})
+            .embed_ids(&ids, batch_size, normalize, &|_| {})
             .map_err(core_to_py)?;
         Ok(vectors.concat())
     }

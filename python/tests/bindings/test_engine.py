@@ -72,6 +72,16 @@ def test_truncate_false_names_the_long_text():
     assert engine.embed(["short"], truncate=False).shape == (1, engine.dimension)
 
 
+def test_batch_size_does_not_change_results():
+    engine = embedrt.Engine(model=str(FIXTURES / "tiny-mpnet-mean-norm"), device="cpu")
+    texts = [f"sentence {i} " + "w " * (i % 40) for i in range(100)]
+    whole = engine.embed(texts)
+    for batch_size in (1, 7, 32):
+        np.testing.assert_allclose(engine.embed(texts, batch_size=batch_size), whole, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        engine.embed(texts, batch_size=0)
+
+
 def test_empty_list_gives_an_empty_array():
     engine = embedrt.Engine(model=str(FIXTURES / "tiny-bert-mean-norm"), device="cpu")
     out = engine.embed([])
