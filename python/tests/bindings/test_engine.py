@@ -77,7 +77,9 @@ def test_batch_size_does_not_change_results():
     texts = [f"sentence {i} " + "w " * (i % 40) for i in range(100)]
     whole = engine.embed(texts)
     for batch_size in (1, 7, 32):
-        np.testing.assert_allclose(engine.embed(texts, batch_size=batch_size), whole, atol=1e-6)
+        np.testing.assert_allclose(
+            engine.embed(texts, batch_size=batch_size), whole, atol=1e-6
+        )
     with pytest.raises(ValueError, match="batch_size"):
         engine.embed(texts, batch_size=0)
 
