@@ -11,6 +11,7 @@ mod info;
 mod input;
 mod open;
 mod open_quant;
+mod output;
 mod serve;
 
 use std::process::ExitCode;
