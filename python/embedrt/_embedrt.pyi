@@ -1,0 +1,41 @@
+from os import PathLike
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class EngineError(RuntimeError):
+    """An engine failed (not the input): a driver, library or device fault."""
+
+class OutOfMemoryError(EngineError):
+    """The device ran out of memory; smaller batches may still run."""
+
+class DeviceLostError(EngineError):
+    """The device or its context is gone; open a new Engine."""
+
+class Engine:
+    """A sentence-embedding model opened on a device."""
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        plan: Optional[Union[str, PathLike[str]]] = None,
+        device: str = "auto",
+        precision: Optional[str] = None,
+        pooling: Optional[str] = None,
+    ) -> None: ...
+    def embed(
+        self,
+        texts: Sequence[str],
+        normalize: Optional[bool] = None,
+        truncate: bool = True,
+    ) -> npt.NDArray[np.float32]: ...
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def info(self) -> dict[str, Any]: ...
+    def health(self) -> None: ...
+    @property
+    def dimension(self) -> int: ...
+    @property
+    def max_seq_length(self) -> int: ...
