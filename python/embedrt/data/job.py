@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,16 +21,18 @@ EMBEDDING_COLUMN = "embedding"
 
 @dataclass(frozen=True)
 class EmbedJobOptions:
-    model: Optional[str] = None
-    plan: Optional[str] = None
+    model: str | None = None
+    plan: str | None = None
     device: str = "auto"
     text_column: str = "text"
     batch_size: int = 256
     concurrency: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    normalize: Optional[bool] = None
-    input_format: Optional[str] = None  # "parquet" | "json"; None: from the path's extension
+    normalize: bool | None = None
+    input_format: str | None = (
+        None  # "parquet" | "json"; None: from the path's extension
+    )
 
 
 class EmbedBatch:
@@ -59,25 +60,37 @@ class EmbedBatch:
         texts = batch.column(self.text_column).to_pylist()
         missing = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if missing:
-            raise ValueError(f"column {self.text_column!r} holds a non-string value (null?) in {len(missing)} row(s)")
-        rows = np.ascontiguousarray(self.engine.embed(texts, normalize=self.normalize), dtype=np.float32)
+            raise ValueError(
+                f"column {self.text_column!r} holds a non-string value (null?) in {len(missing)} row(s)"
+            )
+        rows = np.ascontiguousarray(
+            self.engine.embed(texts, normalize=self.normalize), dtype=np.float32
+        )
         dim = rows.shape[1] if rows.ndim == 2 else 0
         offsets = pa.array(np.arange(0, (len(texts) + 1) * dim, dim, dtype=np.int32))
-        column = pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1), type=pa.float32()))
+        column = pa.ListArray.from_arrays(
+            offsets, pa.array(rows.reshape(-1), type=pa.float32())
+        )
         return batch.append_column(EMBEDDING_COLUMN, column)
 
 
-def _input_format(path: str, given: Optional[str]) -> str:
+def _input_format(path: str, given: str | None) -> str:
     if given:
         if given not in ("parquet", "json"):
-            raise ValueError(f"input format {given!r}: use parquet or json (JSON lines)")
+            raise ValueError(
+                f"input format {given!r}: use parquet or json (JSON lines)"
+            )
         return given
     name = path.rstrip("/").lower()
-    if name.endswith(".parquet") or (os.path.isdir(path) and any(f.endswith(".parquet") for f in os.listdir(path))):
+    if name.endswith(".parquet") or (
+        os.path.isdir(path) and any(f.endswith(".parquet") for f in os.listdir(path))
+    ):
         return "parquet"
     if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         return "json"
-    raise ValueError(f"{path}: cannot tell the format from the name; pass --input-format parquet|json")
+    raise ValueError(
+        f"{path}: cannot tell the format from the name; pass --input-format parquet|json"
+    )
 
 
 def embed_dataset(input_path: str, output_path: str, options: EmbedJobOptions):
@@ -89,7 +102,16 @@ def embed_dataset(input_path: str, output_path: str, options: EmbedJobOptions):
     if options.batch_size < 1 or options.concurrency < 1:
         raise ValueError("batch_size and concurrency must be at least 1")
     fmt = _input_format(input_path, options.input_format)
-    ds = ray.data.read_parquet(input_path) if fmt == "parquet" else ray.data.read_json(input_path, lines=True)
+    ds = (
+        ray.data.read_parquet(input_path)
+        if fmt == "parquet"
+        else ray.data.read_json(input_path, lines=True)
+    )
+    columns = ds.schema().names
+    if options.text_column not in columns:
+        raise ValueError(
+            f"{input_path}: no column {options.text_column!r} (columns: {', '.join(columns)}); pass --text-column"
+        )
     out = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={

@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import tempfile
-from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -54,7 +53,11 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 @app.exception_handler(StarletteHTTPException)
 async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = ROUTING_ERROR_TYPES.get(exc.status_code, "bad_request")
-    message = "no such route" if exc.status_code == 404 else f"{str(exc.detail).lower()}: {request.url.path}"
+    message = (
+        "no such route"
+        if exc.status_code == 404
+        else f"{str(exc.detail).lower()}: {request.url.path}"
+    )
     resp = ApiError(exc.status_code, error_type, message).response(_serving["version"])
     for name, value in (exc.headers or {}).items():
         resp.headers[name] = value
@@ -81,12 +84,14 @@ async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONR
 )
 @serve.ingress(app)
 class Embedder:
-    def __init__(self, cache_dir: Optional[str] = None):
-        self._slot: Optional[Slot] = None
-        self._config: Optional[UserConfig] = None
-        self._reload_error: Optional[str] = None
+    def __init__(self, cache_dir: str | None = None):
+        self._slot: Slot | None = None
+        self._config: UserConfig | None = None
+        self._reload_error: str | None = None
         self._loading = asyncio.Lock()
-        self._cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "embedrt-artifacts")
+        self._cache_dir = cache_dir or os.path.join(
+            tempfile.gettempdir(), "embedrt-artifacts"
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -103,22 +108,37 @@ class Embedder:
                 config = UserConfig.parse(raw)
                 slot = self._slot
                 if slot is not None and slot.spec == config.spec:
-                    slot = dataclasses.replace(slot, version=config.version or slot.version)
+                    slot = dataclasses.replace(
+                        slot, version=config.version or slot.version
+                    )
                 else:
-                    slot = await asyncio.to_thread(open_slot, config.spec, config.version, self._cache_dir)
+                    slot = await asyncio.to_thread(
+                        open_slot, config.spec, config.version, self._cache_dir
+                    )
             except Exception as e:
                 if self._slot is None:
                     raise
                 self._reload_error = f"{type(e).__name__}: {e}"
-                log.error("embedrt: reconfigure failed, version %s keeps serving: %s", self._slot.version, e)
+                log.error(
+                    "embedrt: reconfigure failed, version %s keeps serving: %s",
+                    self._slot.version,
+                    e,
+                )
                 return
             previous = self._slot.version if self._slot else None
             self._config, self._slot, self._reload_error = config, slot, None
             _serving["version"] = slot.version
-            budget = config.max_batch_tokens or int(slot.info.get("max_batch_tokens") or DEFAULT_BATCH_TOKENS)
+            budget = config.max_batch_tokens or int(
+                slot.info.get("max_batch_tokens") or DEFAULT_BATCH_TOKENS
+            )
             self._embed_batch.set_max_batch_size(budget)
             self._embed_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-            log.info("embedrt: version %s serving (previous %s), batch budget %d tokens", slot.version, previous, budget)
+            log.info(
+                "embedrt: version %s serving (previous %s), batch budget %d tokens",
+                slot.version,
+                previous,
+                budget,
+            )
 
     async def check_health(self) -> None:
         """Raises when there is no engine or the engine says it cannot run (Serve then replaces the replica)."""
@@ -204,7 +224,9 @@ class Embedder:
     def _limits(self) -> Limits:
         return self._config.limits if self._config else Limits()
 
-    async def _embed(self, slot: Slot, texts: list[str], truncate: bool) -> tuple[np.ndarray, Slot, int]:
+    async def _embed(
+        self, slot: Slot, texts: list[str], truncate: bool
+    ) -> tuple[np.ndarray, Slot, int]:
         """Pooled rows (not normalized), the slot that made them, and their token count."""
         try:
             ids = await asyncio.to_thread(slot.engine.tokenize, texts)
@@ -215,9 +237,15 @@ class Embedder:
                 # knows, so this request skips the batch and asks it.
                 rows = await asyncio.to_thread(slot.engine.embed, texts, False, False)
                 return rows, slot, tokens
-            rows, used = await self._embed_batch(Pending(texts, weigh(tokens, self._embed_batch.max_batch_size)))
+            rows, used = await self._embed_batch(
+                Pending(texts, weigh(tokens, self._embed_batch.max_batch_size))
+            )
         except ValueError as e:
-            raise ApiError.too_large(str(e)) if "longer than" in str(e) else ApiError.validation(str(e)) from None
+            raise (
+                ApiError.too_large(str(e))
+                if "longer than" in str(e)
+                else ApiError.validation(str(e))
+            ) from None
         except RuntimeError as e:
             raise ApiError.backend(f"the engine failed: {e}") from None
         if used is not slot:
@@ -236,19 +264,21 @@ class Embedder:
         batch_size_fn=batch_tokens,
     )
     async def _embed_batch(self, items: list[Pending]) -> list[tuple[np.ndarray, Slot]]:
-        slot = self._slot  # one slot for the whole batch: its rows and its version agree
+        slot = (
+            self._slot
+        )  # one slot for the whole batch: its rows and its version agree
         texts = [t for item in items for t in item.texts]
         rows = await asyncio.to_thread(slot.engine.embed, texts, False, True)
         return [(block, slot) for block in split_rows(rows, items)]
 
 
-def _json(body, version: Optional[str]) -> JSONResponse:
+def _json(body, version: str | None) -> JSONResponse:
     headers = {VERSION_HEADER: version} if version else None
     return JSONResponse(body, headers=headers)
 
 
-def _replica_id() -> Optional[str]:
+def _replica_id() -> str | None:
     try:
         return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside a replica (unit use): no id to give
+    except RuntimeError:  # outside a replica (unit use): no id to give
         return None

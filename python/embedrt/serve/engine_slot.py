@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import embedrt
 from embedrt.serve.fetch import fetch
@@ -17,14 +17,14 @@ from embedrt.serve.fetch import fetch
 class EngineSpec:
     """What to load: the engine-defining part of `user_config`."""
 
-    model: Optional[str] = None
-    plan: Optional[str] = None
+    model: str | None = None
+    plan: str | None = None
     device: str = "auto"
-    precision: Optional[str] = None
-    pooling: Optional[str] = None
+    precision: str | None = None
+    pooling: str | None = None
 
     @classmethod
-    def from_config(cls, config: dict) -> "EngineSpec":
+    def from_config(cls, config: dict) -> EngineSpec:
         spec = cls(
             model=config.get("model"),
             plan=config.get("plan"),
@@ -33,7 +33,9 @@ class EngineSpec:
             pooling=config.get("pooling"),
         )
         if not spec.model and not spec.plan:
-            raise ValueError("user_config names no model: set `model` (a directory, id or URI) or `plan`")
+            raise ValueError(
+                "user_config names no model: set `model` (a directory, id or URI) or `plan`"
+            )
         return spec
 
 
@@ -46,21 +48,29 @@ class Slot:
 
     @property
     def name(self) -> str:
-        return os.path.basename(str(self.info.get("model") or self.spec.model or self.spec.plan).rstrip("/"))
+        return os.path.basename(
+            str(self.info.get("model") or self.spec.model or self.spec.plan).rstrip("/")
+        )
 
 
-def open_slot(spec: EngineSpec, version: Optional[str], cache_dir: str) -> Slot:
+def open_slot(spec: EngineSpec, version: str | None, cache_dir: str) -> Slot:
     """Fetches what the spec names, opens an Engine and runs one warm-up batch (blocking)."""
     model = fetch(spec.model, cache_dir) if spec.model else None
     plan = fetch(spec.plan, cache_dir) if spec.plan else None
     engine = embedrt.Engine(
-        model=model, plan=plan, device=spec.device, precision=spec.precision, pooling=spec.pooling
+        model=model,
+        plan=plan,
+        device=spec.device,
+        precision=spec.precision,
+        pooling=spec.pooling,
     )
     # The first batch compiles kernels / touches every weight page; pay it
     # before the slot takes traffic.
     engine.embed(["warm-up"])
     info = dict(engine.info())
-    return Slot(engine=engine, version=version or default_version(spec), spec=spec, info=info)
+    return Slot(
+        engine=engine, version=version or default_version(spec), spec=spec, info=info
+    )
 
 
 def default_version(spec: EngineSpec) -> str:

@@ -7,8 +7,6 @@ client cannot tell the two servers apart by their errors.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from starlette.responses import JSONResponse
 
 VERSION_HEADER = "x-model-version"
@@ -24,26 +22,26 @@ class ApiError(Exception):
         self.message = message
 
     @classmethod
-    def validation(cls, message: str) -> "ApiError":
+    def validation(cls, message: str) -> ApiError:
         return cls(422, "validation", message)
 
     @classmethod
-    def too_large(cls, message: str) -> "ApiError":
+    def too_large(cls, message: str) -> ApiError:
         return cls(413, "payload_too_large", message)
 
     @classmethod
-    def bad_request(cls, message: str) -> "ApiError":
+    def bad_request(cls, message: str) -> ApiError:
         return cls(400, "bad_request", message)
 
     @classmethod
-    def not_ready(cls) -> "ApiError":
+    def not_ready(cls) -> ApiError:
         return cls(503, "unavailable", "the model is still loading")
 
     @classmethod
-    def backend(cls, message: str) -> "ApiError":
+    def backend(cls, message: str) -> ApiError:
         return cls(500, "backend", message)
 
-    def response(self, version: Optional[str] = None) -> JSONResponse:
+    def response(self, version: str | None = None) -> JSONResponse:
         headers = {}
         if version:
             headers[VERSION_HEADER] = version
@@ -58,4 +56,8 @@ class ApiError(Exception):
 
 # Statuses Starlette answers by itself (no route, wrong method), named as
 # the Rust server's fallback names them.
-ROUTING_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+ROUTING_ERROR_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}

@@ -36,17 +36,22 @@ def fetch(uri: str, cache_dir: str) -> str:
     if parsed.scheme in ("http", "https"):
         return _cached(uri, cache_dir, lambda tmp: _download_http(uri, tmp))
     if parsed.scheme == "s3":
-        return _cached(uri, cache_dir, lambda tmp: _download_s3(parsed.netloc, parsed.path.lstrip("/"), tmp))
+        return _cached(
+            uri,
+            cache_dir,
+            lambda tmp: _download_s3(parsed.netloc, parsed.path.lstrip("/"), tmp),
+        )
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise ValueError(f"{uri}: unsupported URI scheme {parsed.scheme!r} (use a path, file://, http(s):// or s3://)")
+        raise ValueError(
+            f"{uri}: unsupported URI scheme {parsed.scheme!r} (use a path, file://, http(s):// or s3://)"
+        )
     return uri
 
 
 def _cached(uri: str, cache_dir: str, download) -> str:
     name = os.path.basename(urllib.parse.urlparse(uri).path.rstrip("/")) or "artifact"
     for suffix in _TARBALL:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+        name = name.removesuffix(suffix)
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     final = os.path.join(cache_dir, key, name)
     if os.path.exists(final):
@@ -94,7 +99,9 @@ def _download_s3(bucket: str, key: str, dest: str) -> str:
     try:
         import boto3
     except ImportError:
-        raise RuntimeError(f"s3://{bucket}/{key}: boto3 is not installed (pip install boto3)") from None
+        raise RuntimeError(
+            f"s3://{bucket}/{key}: boto3 is not installed (pip install boto3)"
+        ) from None
     s3 = boto3.client("s3")
     if key.endswith("/") or not key:
         os.makedirs(dest)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from embedrt.serve.errors import ApiError
 
@@ -29,14 +29,16 @@ class EmbedRequest:
 @dataclass(frozen=True)
 class OpenAiRequest:
     texts: list[str]
-    model: Optional[str]
+    model: str | None
     base64: bool
-    dimensions: Optional[int]
+    dimensions: int | None
 
 
 def parse_json(body: bytes, limits: Limits) -> Any:
     if len(body) > limits.payload_limit:
-        raise ApiError.too_large("the request body is larger than the server's payload limit")
+        raise ApiError.too_large(
+            "the request body is larger than the server's payload limit"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -49,7 +51,9 @@ def parse_json(body: bytes, limits: Limits) -> Any:
 
 def _object(value: Any) -> dict:
     if not isinstance(value, dict):
-        raise ApiError.validation(f"invalid request: expected a JSON object, got {_kind(value)}")
+        raise ApiError.validation(
+            f"invalid request: expected a JSON object, got {_kind(value)}"
+        )
     return value
 
 
@@ -92,7 +96,9 @@ def _texts(body: dict, field: str, limits: Limits) -> list[str]:
 def _bool(body: dict, field: str, default: bool) -> bool:
     value = body.get(field, default)
     if not isinstance(value, bool):
-        raise ApiError.validation(f"invalid request: `{field}` must be true or false, got {_kind(value)}")
+        raise ApiError.validation(
+            f"invalid request: `{field}` must be true or false, got {_kind(value)}"
+        )
     return value
 
 
@@ -109,14 +115,18 @@ def parse_openai(body: bytes, limits: Limits) -> OpenAiRequest:
     obj = _object(parse_json(body, limits))
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
-        raise ApiError.validation(f"invalid request: `model` must be a string, got {_kind(model)}")
+        raise ApiError.validation(
+            f"invalid request: `model` must be a string, got {_kind(model)}"
+        )
     fmt = obj.get("encoding_format")
     if fmt not in (None, "float", "base64"):
         raise ApiError.validation(
-            f"invalid request: `encoding_format` must be \"float\" or \"base64\", got {json.dumps(fmt)}"
+            f'invalid request: `encoding_format` must be "float" or "base64", got {json.dumps(fmt)}'
         )
     dims = obj.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 0):
+    if dims is not None and (
+        isinstance(dims, bool) or not isinstance(dims, int) or dims < 0
+    ):
         raise ApiError.validation(
             f"invalid request: `dimensions` must be a non-negative integer, got {json.dumps(dims)}"
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from typing import Optional
 
 import numpy as np
 
@@ -49,7 +48,7 @@ def openai_body(
     }
 
 
-def dimensions(requested: Optional[int], hidden: int) -> int:
+def dimensions(requested: int | None, hidden: int) -> int:
     """The width to answer with; None means the model's."""
     from embedrt.serve.errors import ApiError
 
@@ -57,4 +56,6 @@ def dimensions(requested: Optional[int], hidden: int) -> int:
         return hidden
     if 1 <= requested <= hidden:
         return requested
-    raise ApiError.validation(f"dimensions {requested}: must be between 1 and the model's {hidden}")
+    raise ApiError.validation(
+        f"dimensions {requested}: must be between 1 and the model's {hidden}"
+    )

@@ -18,7 +18,7 @@ keep flowing to the old one until then. This is the daily pipeline's hook.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from embedrt.serve.engine_slot import EngineSpec
 from embedrt.serve.requests import Limits
@@ -40,24 +40,28 @@ KEYS = {
 @dataclass(frozen=True)
 class UserConfig:
     spec: EngineSpec
-    version: Optional[str] = None
-    max_batch_tokens: Optional[int] = None
+    version: str | None = None
+    max_batch_tokens: int | None = None
     batch_wait_timeout_s: float = 0.002
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
-    def parse(cls, raw: Any) -> "UserConfig":
+    def parse(cls, raw: Any) -> UserConfig:
         if not isinstance(raw, dict):
-            raise ValueError(f"user_config must be a mapping, got {type(raw).__name__}")
+            raise TypeError(f"user_config must be a mapping, got {type(raw).__name__}")
         unknown = sorted(set(raw) - KEYS)
         if unknown:
-            raise ValueError(f"user_config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+            raise ValueError(
+                f"user_config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}"
+            )
         version = raw.get("version")
         return cls(
             spec=EngineSpec.from_config(raw),
             version=None if version is None else str(version),
             max_batch_tokens=_positive(raw, "max_batch_tokens", None, int),
-            batch_wait_timeout_s=_positive(raw, "batch_wait_timeout_s", 0.002, float, allow_zero=True),
+            batch_wait_timeout_s=_positive(
+                raw, "batch_wait_timeout_s", 0.002, float, allow_zero=True
+            ),
             limits=Limits(
                 max_client_batch_size=_positive(raw, "max_client_batch_size", 32, int),
                 payload_limit=_positive(raw, "payload_limit", 2_000_000, int),
@@ -72,7 +76,11 @@ def _positive(raw: dict, key: str, default, kind, allow_zero: bool = False):
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"user_config.{key}: expected a number, got {value!r}") from None
+        raise ValueError(
+            f"user_config.{key}: expected a number, got {value!r}"
+        ) from None
     if number < 0 or (number == 0 and not allow_zero):
-        raise ValueError(f"user_config.{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ValueError(
+            f"user_config.{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}"
+        )
     return number

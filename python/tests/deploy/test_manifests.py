@@ -15,7 +15,9 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
-CRDS = pathlib.Path(os.environ.get("EMBEDRT_KUBERAY_CRDS", ROOT.parent / "shared/data/kuberay-crds"))
+CRDS = pathlib.Path(
+    os.environ.get("EMBEDRT_KUBERAY_CRDS", ROOT.parent / "shared/data/kuberay-crds")
+)
 K8S_VERSION = "1.32.0"
 
 
@@ -26,8 +28,16 @@ def kustomizations():
 def render(directory: pathlib.Path) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail("kubectl is not installed; the manifest tests need `kubectl kustomize`")
-    out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+        pytest.fail(
+            "kubectl is not installed; the manifest tests need `kubectl kustomize`"
+        )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(directory)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, f"kubectl kustomize {directory} failed: {out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -37,7 +47,10 @@ def crd_schemas() -> dict:
     for path in CRDS.glob("ray.io_*.yaml"):
         crd = yaml.safe_load(path.read_text())
         for version in crd["spec"]["versions"]:
-            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            key = (
+                f"{crd['spec']['group']}/{version['name']}",
+                crd["spec"]["names"]["kind"],
+            )
             schemas[key] = version["schema"]["openAPIV3Schema"]
     if not schemas:
         pytest.fail(f"no KubeRay CRDs in {CRDS}")
@@ -59,12 +72,16 @@ def validate(obj: dict) -> None:
         # The serve config inside is YAML in a string: it must parse and name the app.
         if obj["kind"] == "RayService":
             serve = yaml.safe_load(obj["spec"]["serveConfigV2"])
-            assert serve["applications"][0]["import_path"] == "embedrt.ray_serve:build_app"
+            assert (
+                serve["applications"][0]["import_path"] == "embedrt.ray_serve:build_app"
+            )
     else:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("directory", kustomizations(), ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize(
+    "directory", kustomizations(), ids=lambda p: str(p.relative_to(DEPLOY))
+)
 def test_every_rendered_object_is_valid(directory):
     objects = render(directory)
     assert objects, f"{directory} renders nothing"
@@ -81,9 +98,13 @@ def test_overlays_exist_and_eks_asks_for_gpus():
     worker = cluster["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in worker["tolerations"])
-    types = worker["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    types = worker["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     values = types["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
-    assert any(v.startswith("g5.") for v in values) and any(v.startswith("g4dn.") for v in values)
+    assert any(v.startswith("g5.") for v in values) and any(
+        v.startswith("g4dn.") for v in values
+    )
     assert svc["spec"]["upgradeStrategy"]["type"] == "NewCluster"
 
 
@@ -110,7 +131,10 @@ def test_a_deployment_without_containers_fails():
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "x"},
-        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {}}},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {}},
+        },
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(broken)
