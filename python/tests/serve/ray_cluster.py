@@ -63,7 +63,6 @@ class Cluster:
         subprocess.run(
             [str(VENV_BIN / "ray"), "stop", "--force"],
             check=False,
-            check=False,
             capture_output=True,
             timeout=120,
         )
