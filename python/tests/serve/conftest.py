@@ -2,21 +2,17 @@
 from the repository's config file (python/embedrt/serve/config.yaml) with test ports and paths."""
 
 import copy
-import json
 import os
 import pathlib
 import sys
-import tempfile
-import urllib.request
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import ray_cluster
+import ray_cluster  # noqa: E402
+from serve_helpers import app_status, deploy, serve_config  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-CONFIG = ROOT / "python/embedrt/serve/config.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -42,35 +38,6 @@ def cluster():
     c = ray_cluster.acquire()
     yield c
     ray_cluster.release()
-
-
-def serve_config(cluster, model, version="1", replicas=2):
-    """The repo's config with this test's port, model path and a fixed replica count."""
-    config = yaml.safe_load(CONFIG.read_text())
-    config["http_options"]["port"] = cluster.serve_port
-    app = config["applications"][0]
-    app["args"]["model"] = str(model)
-    dep = app["deployments"][0]
-    dep.pop("autoscaling_config")
-    dep["num_replicas"] = replicas
-    dep["ray_actor_options"]["num_cpus"] = 0.5
-    dep["user_config"] = {"model": str(model), "device": "cpu", "version": version}
-    return config
-
-
-def deploy(cluster, config):
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(config, f)
-    out = cluster.serve("deploy", f.name, "--address", cluster.dashboard)
-    os.unlink(f.name)
-    assert out.returncode == 0, f"serve deploy failed: {out.stdout}\n{out.stderr}"
-
-
-def app_status(cluster):
-    with urllib.request.urlopen(
-        f"{cluster.dashboard}/api/serve/applications/", timeout=10
-    ) as r:
-        return json.load(r)["applications"].get("embedrt", {}).get("status")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import time
 import pytest
 import ray_cluster
 from client import cli_embed, max_abs_diff, post_with_retry
-from conftest import app_status, deploy
+from serve_helpers import app_status, deploy
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 TINY = ROOT / "tests/fixtures/tiny-bert-mean-norm"
