@@ -9,8 +9,8 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import ray_cluster  # noqa: E402
-from serve_helpers import app_status, deploy, serve_config  # noqa: E402
+import ray_cluster
+from serve_helpers import app_status, deploy, serve_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
