@@ -4,7 +4,8 @@
 # GPU machine; its wheel (~79 MB) has to be carried in two parts (the carry
 # limit is 64 MiB), e.g. on the dev machine:
 #   .venv/bin/pip download --no-deps "ray==2.60.0" -d shared/ray-wheel
-#   split -b 40M shared/ray-wheel/ray-2.60.0-*.whl shared/ray-wheel/ray.whl.part-
+#   (cd shared/ray-wheel && ls ray-*.whl > NAME && split -b 40M ray-*.whl ray.whl.part- && rm ray-*.whl)
+# (the wheel must match the GPU machine's Python; see bench/gpu/ENVIRONMENT.md)
 # then carry shared/ray-wheel and the embedrt wheel (target/wheels/).
 # Run from the repository root on the GPU machine:
 #   bash bench/gpu/ray_serve.sh [MODEL_DIR]
@@ -13,9 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:-.cache/all-MiniLM-L6-v2}
 python3 -m venv /tmp/rayvenv
-whl=/tmp/ray-2.60.0-cp311-cp311-manylinux2014_x86_64.whl
+whl=/tmp/$(cat shared/ray-wheel/NAME)
 cat shared/ray-wheel/ray.whl.part-* > "$whl"
-/tmp/rayvenv/bin/pip install -q "$whl[serve]" pyyaml target/wheels/embedrt-*-abi3-*.whl
+# Ray's own dependencies (fastapi, uvicorn, ...) must be installable there too.
+/tmp/rayvenv/bin/pip install -q "ray[serve] @ file://$whl" pyyaml target/wheels/embedrt-*-abi3-*.whl
 for clients in 8 32; do
   /tmp/rayvenv/bin/python bench/ray/serve_vs_embedrt.py --model "$model" --device cuda \
     --num-gpus 1 --replicas 1 --batch 32 --clients "$clients" --seconds 30
