@@ -88,6 +88,7 @@ class Embedder:
         self._slot: Slot | None = None
         self._config: UserConfig | None = None
         self._reload_error: str | None = None
+        self._budget = DEFAULT_BATCH_TOKENS
         self._loading = asyncio.Lock()
         self._cache_dir = cache_dir or os.path.join(
             tempfile.gettempdir(), "embedrt-artifacts"
@@ -131,6 +132,7 @@ class Embedder:
             budget = config.max_batch_tokens or int(
                 slot.info.get("max_batch_tokens") or DEFAULT_BATCH_TOKENS
             )
+            self._budget = budget
             self._embed_batch.set_max_batch_size(budget)
             self._embed_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
             log.info(
@@ -195,7 +197,7 @@ class Embedder:
             "precision": info.get("precision"),
             "device": info.get("device"),
             "max_input_length": info.get("max_seq_length"),
-            "max_batch_tokens": self._embed_batch.max_batch_size,
+            "max_batch_tokens": self._budget,
             "max_wait_us": int(config.batch_wait_timeout_s * 1e6),
             "max_client_batch_size": config.limits.max_client_batch_size,
             "payload_limit": config.limits.payload_limit,
@@ -238,7 +240,7 @@ class Embedder:
                 rows = await asyncio.to_thread(slot.engine.embed, texts, False, False)
                 return rows, slot, tokens
             rows, used = await self._embed_batch(
-                Pending(texts, weigh(tokens, self._embed_batch.max_batch_size))
+                Pending(texts, weigh(tokens, self._budget))
             )
         except ValueError as e:
             raise (
