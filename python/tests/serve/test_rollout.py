@@ -106,9 +106,7 @@ def test_killed_replica_is_replaced(serve_app, cluster):
         def replicas():
             return [
                 a
-                for a in list_actors(
-                    filters=[("state", "=", "ALIVE")], address=cluster.address
-                )
+                for a in list_actors(filters=[("state", "=", "ALIVE")])
                 if "Embedder" in (a.class_name or "") or "Embedder" in (a.name or "")
             ]
 
