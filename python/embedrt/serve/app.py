@@ -13,7 +13,6 @@ releases the GIL, so the replica's event loop keeps accepting requests while
 the engine runs.
 """
 
-from __future__ import annotations
 
 import asyncio
 import dataclasses
