@@ -13,7 +13,6 @@ releases the GIL, so the replica's event loop keeps accepting requests while
 the engine runs.
 """
 
-
 import asyncio
 import dataclasses
 import logging
@@ -61,6 +60,18 @@ async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONR
     for name, value in (exc.headers or {}).items():
         resp.headers[name] = value
     return resp
+
+
+def _json(body, version: str | None) -> JSONResponse:
+    headers = {VERSION_HEADER: version} if version else None
+    return JSONResponse(body, headers=headers)
+
+
+def _replica_id() -> str | None:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RuntimeError:  # outside a replica (unit use): no id to give
+        return None
 
 
 @serve.deployment(
@@ -271,15 +282,3 @@ class Embedder:
         texts = [t for item in items for t in item.texts]
         rows = await asyncio.to_thread(slot.engine.embed, texts, False, True)
         return [(block, slot) for block in split_rows(rows, items)]
-
-
-def _json(body, version: str | None) -> JSONResponse:
-    headers = {VERSION_HEADER: version} if version else None
-    return JSONResponse(body, headers=headers)
-
-
-def _replica_id() -> str | None:
-    try:
-        return serve.get_replica_context().replica_id.unique_id
-    except RuntimeError:  # outside a replica (unit use): no id to give
-        return None
