@@ -149,8 +149,12 @@ def run_ray(args, texts):
         app = config["applications"][0]
         app["args"]["model"] = args.model
         dep = app["deployments"][0]
-        dep.pop("autoscaling_config")
-        dep["num_replicas"] = args.replicas
+        # A fixed count: the class's own autoscaling_config outlives a key removed here.
+        dep["autoscaling_config"] = {
+            "min_replicas": args.replicas,
+            "max_replicas": args.replicas,
+            "initial_replicas": args.replicas,
+        }
         dep["ray_actor_options"] = {"num_cpus": 0, "num_gpus": args.num_gpus}
         dep["user_config"] = {
             "model": args.model,

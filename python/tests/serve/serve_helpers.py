@@ -19,8 +19,12 @@ def serve_config(cluster, model, version="1", replicas=2):
     app = config["applications"][0]
     app["args"]["model"] = str(model)
     dep = app["deployments"][0]
-    dep.pop("autoscaling_config")
-    dep["num_replicas"] = replicas
+    # A fixed count: the class's own autoscaling_config outlives a key removed here.
+    dep["autoscaling_config"] = {
+        "min_replicas": replicas,
+        "max_replicas": replicas,
+        "initial_replicas": replicas,
+    }
     dep["ray_actor_options"]["num_cpus"] = 0.5
     dep["user_config"] = {"model": str(model), "device": "cpu", "version": version}
     return config
