@@ -8,6 +8,7 @@ mod export;
 mod info;
 mod input;
 mod open;
+mod pipeline;
 mod serve;
 
 use std::process::ExitCode;
@@ -41,6 +42,8 @@ enum Command {
     Info(info::InfoArgs),
     /// ONNX export (fp32/fp16) with pooling and normalization in the graph.
     Export(export::ExportArgs),
+    /// Daily retrain -> export -> optimize -> evaluate -> deploy pipeline, and its registry.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,10 @@ fn main() -> ExitCode {
         Command::Build(a) => build::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => export::run(a),
+        Command::Pipeline(a) => match pipeline::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
