@@ -56,6 +56,10 @@ pub struct DataSection {
     pub max_mean_shift: f64,
     /// Same for the standard deviation.
     pub max_std_shift: f64,
+    /// Rows using a frozen-benchmark sentence are dropped; more than this share rejects the day.
+    pub max_leak_fraction: f64,
+    /// Repeated rows are dropped; more than this share rejects the day.
+    pub max_duplicate_fraction: f64,
 }
 
 impl Default for DataSection {
@@ -69,6 +73,8 @@ impl Default for DataSection {
             replay_fraction: 0.5,
             max_mean_shift: 1.0,
             max_std_shift: 0.75,
+            max_leak_fraction: 0.5,
+            max_duplicate_fraction: 0.1,
         }
     }
 }

@@ -46,6 +46,12 @@ pub struct DayStats {
     pub scored: usize,
     pub score_mean: Option<f64>,
     pub score_std: Option<f64>,
+    /// Rows dropped because a sentence is in the frozen benchmark.
+    #[serde(default)]
+    pub leaked: usize,
+    /// Rows dropped as repeats of an earlier row.
+    #[serde(default)]
+    pub duplicates: usize,
 }
 
 /// Reads a local path. Object-store URIs are not read yet (see docs/arch/pipeline.md).
@@ -169,13 +175,15 @@ fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>> {
 }
 
 /// The checks of one day. `frozen` holds the frozen benchmark's sentences
-/// (normalized); `earlier` the accepted days' statistics.
+/// (normalized); `earlier` the accepted days' statistics. Rows that leak a
+/// frozen-benchmark sentence and repeated rows are dropped (and counted); a
+/// day with too many of either is rejected. Returns the rows to keep.
 pub fn validate(
     rows: &[Row],
     config: &DataSection,
     frozen: &HashSet<String>,
     earlier: &[DayStats],
-) -> Result<DayStats, String> {
+) -> Result<(DayStats, Vec<Row>), String> {
     if rows.len() < config.min_rows {
         return Err(format!(
             "the day has {} rows, fewer than data.min_rows = {}",
@@ -185,6 +193,8 @@ pub fn validate(
     }
     let mut seen = HashSet::new();
     let mut scores = Vec::new();
+    let mut kept = Vec::new();
+    let (mut leaked, mut duplicates) = (0, 0);
     for (i, row) in rows.iter().enumerate() {
         let n = i + 1;
         for (side, text) in row.texts().iter().enumerate() {
@@ -199,16 +209,6 @@ pub fn validate(
                     config.max_chars
                 ));
             }
-            if frozen.contains(&normalize(text)) {
-                return Err(format!(
-                    "row {n}: field {} is a sentence of the frozen benchmark (leakage into training)",
-                    side + 1
-                ));
-            }
-        }
-        let key = row.texts().map(normalize);
-        if !seen.insert(key) {
-            return Err(format!("row {n}: duplicates an earlier row"));
         }
         if let Row::Scored { score, .. } = row {
             if !score.is_finite() || *score < config.label_min || *score > config.label_max {
@@ -217,15 +217,43 @@ pub fn validate(
                     config.label_min, config.label_max
                 ));
             }
+        }
+        if row.texts().iter().any(|t| frozen.contains(&normalize(t))) {
+            leaked += 1;
+            continue;
+        }
+        if !seen.insert(row.texts().map(normalize)) {
+            duplicates += 1;
+            continue;
+        }
+        if let Row::Scored { score, .. } = row {
             scores.push(*score);
         }
+        kept.push(row.clone());
+    }
+    let total = rows.len() as f64;
+    if leaked as f64 > config.max_leak_fraction * total {
+        return Err(format!(
+            "{leaked} of {} rows use sentences of the frozen benchmark (leakage), more than data.max_leak_fraction = {}",
+            rows.len(),
+            config.max_leak_fraction
+        ));
+    }
+    if duplicates as f64 > config.max_duplicate_fraction * total {
+        return Err(format!(
+            "{duplicates} of {} rows repeat an earlier row, more than data.max_duplicate_fraction = {}",
+            rows.len(),
+            config.max_duplicate_fraction
+        ));
     }
     let (mean, std) = mean_std(&scores);
     let stats = DayStats {
-        rows: rows.len(),
+        rows: kept.len(),
         scored: scores.len(),
         score_mean: mean,
         score_std: std,
+        leaked,
+        duplicates,
     };
     // Distribution against the earlier days (weighted by their rows).
     let prior: Vec<&DayStats> = earlier.iter().filter(|d| d.score_mean.is_some()).collect();
@@ -256,7 +284,7 @@ pub fn validate(
             ));
         }
     }
-    Ok(stats)
+    Ok((stats, kept))
 }
 
 fn mean_std(v: &[f64]) -> (Option<f64>, Option<f64>) {
@@ -308,6 +336,8 @@ mod tests {
     fn checks_name_the_row() {
         let cfg = DataSection {
             min_rows: 1,
+            max_leak_fraction: 0.0,
+            max_duplicate_fraction: 0.0,
             ..DataSection::default()
         };
         let frozen: HashSet<String> = [normalize("A frozen sentence.")].into();
@@ -316,11 +346,11 @@ mod tests {
         let cases = [
             (vec![scored("a", "b", 1.0), scored("", "d", 2.0)], "row 2: field 1 is empty"),
             (vec![scored("a", "b", 9.0)], "row 1: score 9 is outside"),
-            (vec![scored("a", "b", 1.0), scored("A  b", "b", 1.0)], "row 2: duplicates"),
-            (vec![scored("a", "a frozen sentence.", 1.0)], "frozen benchmark"),
+            (vec![scored("a", "b", 1.0), scored("A  b", "b", 1.0)], "repeat an earlier row"),
+            (vec![scored("a", "a frozen sentence.", 1.0)], "leakage"),
         ];
         for (rows, want) in cases {
-            let rows: Vec<Row> = if want.contains("duplicates") {
+            let rows: Vec<Row> = if want.contains("repeat") {
                 vec![scored("a b", "b", 1.0), scored("A  b", "b", 1.0)]
             } else {
                 rows
@@ -333,6 +363,8 @@ mod tests {
             scored: 10,
             score_mean: Some(4.5),
             score_std: Some(0.5),
+            leaked: 0,
+            duplicates: 0,
         }];
         let err = validate(&ok, &cfg, &frozen, &earlier).unwrap_err();
         assert!(err.contains("mean score"), "{err}");

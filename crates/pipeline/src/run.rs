@@ -368,7 +368,10 @@ impl Ctx<'_> {
             .map(|d| d.stats.clone())
             .collect();
         let stats = match data::validate(&self.rows, &self.config.data, &frozen, &earlier) {
-            Ok(s) => s,
+            Ok((s, kept)) => {
+                self.rows = kept;
+                s
+            }
             Err(reason) => {
                 return Ok(Step::Stop {
                     decision: "rejected",
@@ -395,7 +398,9 @@ impl Ctx<'_> {
         // Held-out slice: a seeded share of the day's scored rows.
         let cut = (cfg.data.held_out_fraction * u64::MAX as f64) as u64;
         let (mut held, mut train) = (Vec::new(), Vec::new());
-        for r in &self.rows {
+        // The validated rows as stored (also when validate ran in an earlier, killed run).
+        let rows = self.reg.day_rows(&self.state.data_sha256)?;
+        for r in &rows {
             if matches!(r, Row::Scored { .. }) && row_hash(r, seed) < cut {
                 held.push(r.clone());
             } else {
