@@ -19,9 +19,19 @@ import sys
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the trainer's model directory")
-    p.add_argument("--onnx", required=True, help="embedrt export output directory (model.onnx, tokenizer.json)")
-    p.add_argument("--sentences", required=True, help="held sentences, JSON lines {\"text\": ...}")
-    p.add_argument("--sts", required=True, help="STS CSV (sentence1,sentence2,score) for the trainer's Spearman")
+    p.add_argument(
+        "--onnx",
+        required=True,
+        help="embedrt export output directory (model.onnx, tokenizer.json)",
+    )
+    p.add_argument(
+        "--sentences", required=True, help='held sentences, JSON lines {"text": ...}'
+    )
+    p.add_argument(
+        "--sts",
+        required=True,
+        help="STS CSV (sentence1,sentence2,score) for the trainer's Spearman",
+    )
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -40,16 +50,24 @@ def main(argv: list[str]) -> int:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    texts = [json.loads(line)["text"] for line in pathlib.Path(args.sentences).read_text().splitlines() if line.strip()]
+    texts = [
+        json.loads(line)["text"]
+        for line in pathlib.Path(args.sentences).read_text().splitlines()
+        if line.strip()
+    ]
     if not texts:
         print(f"error: {args.sentences}: no sentences", file=sys.stderr)
         return 1
     model = SentenceTransformer(args.model, device="cpu")
-    trainer_vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    trainer_vectors = model.encode(
+        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
 
     onnx_dir = pathlib.Path(args.onnx)
     tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
-    session = ort.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     rows = []
     for start in range(0, len(texts), 32):
         enc = tokenizer.encode_batch(texts[start : start + 32])
@@ -65,7 +83,9 @@ def main(argv: list[str]) -> int:
     with open(args.sts, newline="", encoding="utf-8") as f:
         pairs = [r for r in csv.reader(f) if r]
     left = model.encode([r[0] for r in pairs], batch_size=32, normalize_embeddings=True)
-    right = model.encode([r[1] for r in pairs], batch_size=32, normalize_embeddings=True)
+    right = model.encode(
+        [r[1] for r in pairs], batch_size=32, normalize_embeddings=True
+    )
     sims = np.sum(left * right, axis=1)
     result = {
         "onnx_min_cosine": float(cosines.min()),

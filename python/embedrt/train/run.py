@@ -25,12 +25,21 @@ import time
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, help="sentence-transformers model directory to start from")
+    p.add_argument(
+        "--base",
+        required=True,
+        help="sentence-transformers model directory to start from",
+    )
     p.add_argument("--data", required=True, help="training rows, JSON lines")
     p.add_argument("--out", required=True, help="directory for the trained model")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-steps", type=int, default=100)
-    p.add_argument("--time-budget-s", type=float, default=600.0, help="training stops at this many seconds")
+    p.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=600.0,
+        help="training stops at this many seconds",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=2e-5)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
@@ -40,7 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def read_rows(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
     scored, pairs = [], []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(
+        path.read_text(encoding="utf-8").splitlines(), start=1
+    ):
         if not line.strip():
             continue
         try:
@@ -52,7 +63,9 @@ def read_rows(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
         elif {"anchor", "positive"} <= row.keys():
             pairs.append(row)
         else:
-            raise SystemExit(f"error: {path}:{line_no}: neither a scored pair nor an (anchor, positive) pair")
+            raise SystemExit(
+                f"error: {path}:{line_no}: neither a scored pair nor an (anchor, positive) pair"
+            )
     return scored, pairs
 
 
@@ -95,11 +108,20 @@ def main(argv: list[str]) -> int:
     datasets, loss_fns = {}, {}
     if scored:
         datasets["scored"] = Dataset.from_list(
-            [{"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": float(r["score"])} for r in scored]
+            [
+                {
+                    "sentence1": r["sentence1"],
+                    "sentence2": r["sentence2"],
+                    "score": float(r["score"]),
+                }
+                for r in scored
+            ]
         )
         loss_fns["scored"] = losses.CoSENTLoss(model)
     if pairs:
-        datasets["pairs"] = Dataset.from_list([{"anchor": r["anchor"], "positive": r["positive"]} for r in pairs])
+        datasets["pairs"] = Dataset.from_list(
+            [{"anchor": r["anchor"], "positive": r["positive"]} for r in pairs]
+        )
         loss_fns["pairs"] = losses.MultipleNegativesRankingLoss(model)
     one = len(datasets) == 1
     out = pathlib.Path(args.out)
@@ -141,7 +163,9 @@ def main(argv: list[str]) -> int:
         "seed": args.seed,
         "model_dir": str(model_dir),
     }
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "train.json").write_text(
+        json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+    )
     print(json.dumps(summary))
     return 0
 
