@@ -67,7 +67,10 @@ pub fn run(args: PipelineArgs) -> Result<ExitCode> {
             };
             let outcome = embedrt_pipeline::run(&config, &opts)?;
             if let Some(reason) = &outcome.reason {
-                eprintln!("embedrt pipeline: {} at {}: {reason}", outcome.decision, outcome.stage);
+                eprintln!(
+                    "embedrt pipeline: {} at {}: {reason}",
+                    outcome.decision, outcome.stage
+                );
             }
             println!("{}", serde_json::to_string(&outcome)?);
             Ok(match outcome.decision.as_str() {
@@ -86,7 +89,8 @@ pub fn run(args: PipelineArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PipelineCommand::Rollback { config, version } => {
-            let v = embedrt_pipeline::rollback(&Config::load(&config)?, &tools()?, version.as_deref())?;
+            let v =
+                embedrt_pipeline::rollback(&Config::load(&config)?, &tools()?, version.as_deref())?;
             println!("{}", serde_json::to_string(&v)?);
             Ok(ExitCode::SUCCESS)
         }

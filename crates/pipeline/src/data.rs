@@ -59,8 +59,10 @@ pub fn read_day(path: &str) -> Result<(Vec<u8>, Vec<Row>)> {
     if path.contains("://") {
         bail!("{path}: object-store URIs are not supported yet; copy the file locally and pass its path");
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{path}: cannot read the day's data"))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| anyhow::anyhow!("{path}: not UTF-8 ({e})"))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{path}: cannot read the day's data"))?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| anyhow::anyhow!("{path}: not UTF-8 ({e})"))?;
     let ext = Path::new(path)
         .extension()
         .and_then(|e| e.to_str())
@@ -344,9 +346,15 @@ mod tests {
         let ok = vec![scored("a", "b", 1.0), scored("c", "d", 2.0)];
         assert!(validate(&ok, &cfg, &frozen, &[]).is_ok());
         let cases = [
-            (vec![scored("a", "b", 1.0), scored("", "d", 2.0)], "row 2: field 1 is empty"),
+            (
+                vec![scored("a", "b", 1.0), scored("", "d", 2.0)],
+                "row 2: field 1 is empty",
+            ),
             (vec![scored("a", "b", 9.0)], "row 1: score 9 is outside"),
-            (vec![scored("a", "b", 1.0), scored("A  b", "b", 1.0)], "repeat an earlier row"),
+            (
+                vec![scored("a", "b", 1.0), scored("A  b", "b", 1.0)],
+                "repeat an earlier row",
+            ),
             (vec![scored("a", "a frozen sentence.", 1.0)], "leakage"),
         ];
         for (rows, want) in cases {

@@ -29,7 +29,10 @@ fn post(url: &str, body: &Value) -> Result<(String, Value)> {
         Ok(resp) => {
             let version = resp.header("x-model-version").unwrap_or("").to_string();
             let text = resp.into_string().context("reading the response")?;
-            Ok((version, serde_json::from_str(&text).context("response is not JSON")?))
+            Ok((
+                version,
+                serde_json::from_str(&text).context("response is not JSON")?,
+            ))
         }
         Err(ureq::Error::Status(code, resp)) => {
             let text = resp.into_string().unwrap_or_default();
@@ -52,8 +55,11 @@ pub fn switch(
                 Engine::Model(p) => json!({"model": p}),
                 Engine::Plan(p) => json!({"plan": p}),
             };
-            let (_, answer) = post(&format!("{}/admin/reload", url.trim_end_matches('/')), &body)
-                .with_context(|| format!("reloading {url}"))?;
+            let (_, answer) = post(
+                &format!("{}/admin/reload", url.trim_end_matches('/')),
+                &body,
+            )
+            .with_context(|| format!("reloading {url}"))?;
             Ok(answer)
         }
         DeployTarget::Rayservice {
@@ -74,7 +80,9 @@ pub fn switch(
             }))}});
             let path = run_dir.join(format!("rayservice-{name}-patch.json"));
             crate::registry::write_json(&path, &patch)?;
-            Ok(json!({"patch": path, "apply": format!("kubectl patch rayservice {name} --type merge --patch-file {}", path.display())}))
+            Ok(
+                json!({"patch": path, "apply": format!("kubectl patch rayservice {name} --type merge --patch-file {}", path.display())}),
+            )
         }
     }
 }

@@ -52,8 +52,10 @@ pub fn history(config: &Config) -> Result<Value> {
         let report = e.path().join("report.json");
         let state = e.path().join("state.json");
         if let Ok(r) = read_json::<Value>(&report) {
-            runs.push(json!({"run": r["run"], "decision": r["decision"], "stage": r["stage"],
-                "version": r["version"], "reason": r["reason"]}));
+            runs.push(
+                json!({"run": r["run"], "decision": r["decision"], "stage": r["stage"],
+                "version": r["version"], "reason": r["reason"]}),
+            );
         } else if let Ok(s) = read_json::<run::State>(&state) {
             runs.push(json!({"run": s.run, "decision": null, "finished": s.finished}));
         }
@@ -80,7 +82,10 @@ pub fn rollback(config: &Config, tools: &Tools, version: Option<&str>) -> Result
             .context("no `previous` version to roll back to; name one")?,
     };
     reg.version_info(&target)?;
-    let dir = reg.root.join("runs").join(format!("{}-rollback", run::utc_stamp()));
+    let dir = reg
+        .root
+        .join("runs")
+        .join(format!("{}-rollback", run::utc_stamp()));
     std::fs::create_dir_all(&dir)?;
     match run::deploy_version(config, &reg, tools, &target, &champion, &dir)? {
         Ok(report) => {
@@ -89,9 +94,14 @@ pub fn rollback(config: &Config, tools: &Tools, version: Option<&str>) -> Result
                 previous: Some(champion.clone()),
             })?;
             let out = json!({"decision": "rolled_back", "champion": target, "previous": champion, "targets": report});
-            registry::write_json(&dir.join("report.json"), &json!({"run": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "decision": "rolled_back", "stage": "rollback", "version": target}))?;
+            registry::write_json(
+                &dir.join("report.json"),
+                &json!({"run": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "decision": "rolled_back", "stage": "rollback", "version": target}),
+            )?;
             Ok(out)
         }
-        Err((why, _)) => anyhow::bail!("rollback to {target} failed its canary, {champion} serves again: {why}"),
+        Err((why, _)) => {
+            anyhow::bail!("rollback to {target} failed its canary, {champion} serves again: {why}")
+        }
     }
 }

@@ -46,8 +46,8 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -172,7 +172,9 @@ impl Registry {
 
 pub fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).with_context(|| format!("{}: cannot create", dst.display()))?;
-    for entry in std::fs::read_dir(src).with_context(|| format!("{}: cannot read", src.display()))? {
+    for entry in
+        std::fs::read_dir(src).with_context(|| format!("{}: cannot read", src.display()))?
+    {
         let entry = entry?;
         let from = entry.path();
         let to = dst.join(entry.file_name());
@@ -202,8 +204,13 @@ mod tests {
         let model = dir.path().join("m");
         std::fs::create_dir_all(&model).unwrap();
         std::fs::write(model.join("a.txt"), "x").unwrap();
-        reg.register("v0001", &model, &[], &serde_json::json!({"version": "v0001"}))
-            .unwrap();
+        reg.register(
+            "v0001",
+            &model,
+            &[],
+            &serde_json::json!({"version": "v0001"}),
+        )
+        .unwrap();
         assert_eq!(reg.versions().unwrap(), vec!["v0001"]);
         assert_eq!(reg.next_version().unwrap(), "v0002");
         let a = Aliases {

@@ -18,8 +18,10 @@ pub fn write(run_dir: &Path, registry: &Registry, report: &Value) -> Result<()> 
     Ok(())
 }
 
-/// (version, frozen spearman, held-out spearman) of each registered version.
-fn version_series(registry: &Registry) -> Result<Vec<(String, Option<f64>, Option<f64>)>> {
+/// (version, frozen spearman, held-out spearman) of one registered version.
+type Point = (String, Option<f64>, Option<f64>);
+
+fn version_series(registry: &Registry) -> Result<Vec<Point>> {
     let mut out = Vec::new();
     for v in registry.versions()? {
         let info = registry.version_info(&v)?;
@@ -46,7 +48,10 @@ fn markdown(r: &Value) -> String {
     if let Some(reason) = r["reason"].as_str() {
         let _ = writeln!(s, "Reason: {reason}\n");
     }
-    let _ = writeln!(s, "## Gates\n\n| gate | value | threshold | passed | decided |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "## Gates\n\n| gate | value | threshold | passed | decided |\n|---|---|---|---|---|"
+    );
     for g in r["gates"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
@@ -55,7 +60,11 @@ fn markdown(r: &Value) -> String {
             g["value"],
             g["threshold"],
             g["passed"],
-            if g["decided"].as_bool() == Some(true) { "**yes**" } else { "" }
+            if g["decided"].as_bool() == Some(true) {
+                "**yes**"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(s, "\n## Stages\n\n| stage | seconds |\n|---|---|");
@@ -64,19 +73,30 @@ fn markdown(r: &Value) -> String {
             let _ = writeln!(s, "| {k} | {:.1} |", v.as_f64().unwrap_or(0.0));
         }
     }
-    let _ = writeln!(s, "\n## Gate metrics across versions\n\n![gates](gates.svg)");
+    let _ = writeln!(
+        s,
+        "\n## Gate metrics across versions\n\n![gates](gates.svg)"
+    );
     s
 }
 
-fn chart(series: &[(String, Option<f64>, Option<f64>)]) -> String {
+fn chart(series: &[Point]) -> String {
     let (w, h, pad) = (640.0, 320.0, 48.0);
     let values: Vec<f64> = series
         .iter()
         .flat_map(|(_, a, b)| [*a, *b])
         .flatten()
         .collect();
-    let lo = values.iter().cloned().fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(1.0);
+    let lo = values
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .min(0.0);
+    let hi = values
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(1.0);
     let n = series.len().max(2) as f64;
     let x = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
     let y = |v: f64| h - pad - (h - 2.0 * pad) * (v - lo) / (hi - lo).max(1e-9);
@@ -112,11 +132,19 @@ fn chart(series: &[(String, Option<f64>, Option<f64>)]) -> String {
         );
         for p in &pts {
             let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(s, "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{color}\"/>");
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{color}\"/>"
+            );
         }
     }
     for (i, (v, _, _)) in series.iter().enumerate() {
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v}</text>", x(i), h - pad + 16.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v}</text>",
+            x(i),
+            h - pad + 16.0
+        );
     }
     s.push_str("</svg>\n");
     s

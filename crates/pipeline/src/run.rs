@@ -299,11 +299,20 @@ impl Ctx<'_> {
     }
 
     fn output(&self, stage: &str) -> Value {
-        self.state.outputs.get(stage).cloned().unwrap_or(Value::Null)
+        self.state
+            .outputs
+            .get(stage)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     fn record_seconds(&mut self, stage: &str, started: Instant) {
-        let prev = self.state.stage_seconds.get(stage).and_then(Value::as_f64).unwrap_or(0.0);
+        let prev = self
+            .state
+            .stage_seconds
+            .get(stage)
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
         self.state
             .stage_seconds
             .insert(stage.into(), json!(prev + started.elapsed().as_secs_f64()));
@@ -443,7 +452,11 @@ impl Ctx<'_> {
                 score,
             } = r
             {
-                held_csv.push_str(&format!("{},{},{score}\n", quote(sentence1), quote(sentence2)));
+                held_csv.push_str(&format!(
+                    "{},{},{score}\n",
+                    quote(sentence1),
+                    quote(sentence2)
+                ));
             }
         }
         embedrt_core::fsutil::write_atomic(&self.dir.join("held.csv"), held_csv.as_bytes())?;
@@ -528,7 +541,9 @@ impl Ctx<'_> {
             for p in &self.config.optimize.precisions {
                 let path = dir.join(format!("{p}.plan"));
                 match self.opts.tools.build_plan(&self.model_dir(), p, &path) {
-                    Ok(()) => plans.push(json!({"precision": p, "file": format!("plans/{p}.plan")})),
+                    Ok(()) => {
+                        plans.push(json!({"precision": p, "file": format!("plans/{p}.plan")}))
+                    }
                     Err(e) if device == "auto" && plans.is_empty() => {
                         note = Some(format!("no GPU plan ({e:#}); serving the CPU engine"));
                         break;
@@ -541,7 +556,9 @@ impl Ctx<'_> {
             Some(p) => json!({"kind": "plan", "plan": p["file"]}),
             None => json!({"kind": "cpu"}),
         };
-        Ok(Step::Next(json!({"engine": engine, "plans": plans, "note": note})))
+        Ok(Step::Next(
+            json!({"engine": engine, "plans": plans, "note": note}),
+        ))
     }
 
     fn challenger_engine(&self) -> Engine {
@@ -561,9 +578,14 @@ impl Ctx<'_> {
         let held = self.dir.join("held.csv");
         let champ_frozen = tools.eval(&champ, &frozen)?;
         let chall_frozen = tools.eval(&chall, &frozen)?;
-        let has_held = std::fs::metadata(&held).map(|m| m.len() > 0).unwrap_or(false);
+        let has_held = std::fs::metadata(&held)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
         let (champ_held, chall_held) = if has_held {
-            (Some(tools.eval(&champ, &held)?), Some(tools.eval(&chall, &held)?))
+            (
+                Some(tools.eval(&champ, &held)?),
+                Some(tools.eval(&chall, &held)?),
+            )
         } else {
             (None, None)
         };
@@ -577,16 +599,32 @@ impl Ctx<'_> {
         let champ_tput = tools.bench(&champ, &bench_input)?;
         let chall_tput = tools.bench(&chall, &bench_input)?;
 
-        let mut gates = vec![
-            gate("frozen_benchmark", chall_frozen, champ_frozen - g.frozen_epsilon,
-                 format!("challenger {chall_frozen:.3} vs champion {champ_frozen:.3} - frozen_epsilon {}", g.frozen_epsilon)),
-        ];
+        let mut gates = vec![gate(
+            "frozen_benchmark",
+            chall_frozen,
+            champ_frozen - g.frozen_epsilon,
+            format!(
+                "challenger {chall_frozen:.3} vs champion {champ_frozen:.3} - frozen_epsilon {}",
+                g.frozen_epsilon
+            ),
+        )];
         if let (Some(c), Some(h)) = (champ_held, chall_held) {
-            gates.push(gate("held_out", h, c - g.held_out_epsilon,
-                format!("challenger {h:.3} vs champion {c:.3} - held_out_epsilon {}", g.held_out_epsilon)));
+            gates.push(gate(
+                "held_out",
+                h,
+                c - g.held_out_epsilon,
+                format!(
+                    "challenger {h:.3} vs champion {c:.3} - held_out_epsilon {}",
+                    g.held_out_epsilon
+                ),
+            ));
         }
-        gates.push(gate("engine_vs_trainer_cosine", engine_cos, g.engine_min_cosine,
-            "min cosine of the optimized engine vs sentence-transformers encode".into()));
+        gates.push(gate(
+            "engine_vs_trainer_cosine",
+            engine_cos,
+            g.engine_min_cosine,
+            "min cosine of the optimized engine vs sentence-transformers encode".into(),
+        ));
         gates.push(gate("engine_quality", chall_frozen, trainer_spearman - g.engine_max_quality_drop,
             format!("optimized engine {chall_frozen:.3} vs trainer {trainer_spearman:.3} - engine_max_quality_drop {}", g.engine_max_quality_drop)));
         gates.push(gate("throughput", chall_tput, champ_tput * (1.0 - g.throughput_margin),
@@ -611,7 +649,11 @@ impl Ctx<'_> {
         if let Some(i) = first_fail {
             return Ok(Step::Stop {
                 decision: "rejected",
-                reason: format!("gate {} failed: {}", gates[i]["name"].as_str().unwrap_or(""), gates[i]["detail"].as_str().unwrap_or("")),
+                reason: format!(
+                    "gate {} failed: {}",
+                    gates[i]["name"].as_str().unwrap_or(""),
+                    gates[i]["detail"].as_str().unwrap_or("")
+                ),
                 out,
             });
         }
@@ -661,7 +703,14 @@ impl Ctx<'_> {
             .to_string();
         let aliases = self.reg.aliases()?;
         let champion = aliases.champion.clone().context("no champion")?;
-        match deploy_version(self.config, &self.reg, &self.opts.tools, &version, &champion, &self.dir)? {
+        match deploy_version(
+            self.config,
+            &self.reg,
+            &self.opts.tools,
+            &version,
+            &champion,
+            &self.dir,
+        )? {
             Ok(report) => {
                 self.reg.set_aliases(&Aliases {
                     champion: Some(version.clone()),
