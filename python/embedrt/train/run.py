@@ -104,7 +104,8 @@ def main(argv: list[str]) -> int:
     if not scored and not pairs:
         print(f"error: {args.data}: no training rows", file=sys.stderr)
         return 1
-    model = SentenceTransformer(args.base, device=device)
+    # Trained in fp32 whatever the stored dtype (the GPU carry holds fp16 weights).
+    model = SentenceTransformer(args.base, device=device).float()
     datasets, loss_fns = {}, {}
     if scored:
         datasets["scored"] = Dataset.from_list(
