@@ -227,7 +227,13 @@ impl Config {
             .with_context(|| format!("{}: cannot read the pipeline config", path.display()))?;
         let mut config: Config = toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute: the paths are sent to servers whose working directory is not ours.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(parent)
+            .with_context(|| format!("{}: cannot resolve", parent.display()))?;
         for p in [
             &mut config.model.base,
             &mut config.registry.path,
