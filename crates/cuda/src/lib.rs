@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod engine;
+pub mod fault;
 mod ffn_sm90;
 pub mod gemm;
 pub mod kernels;

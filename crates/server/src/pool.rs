@@ -105,6 +105,28 @@ impl Pool {
         self.replicas.iter().map(Replica::status).collect()
     }
 
+    /// Asks every replica still in rotation whether its engine can run
+    /// (`Backend::health`: a GPU engine's sticky-fault check); a replica
+    /// that cannot leaves the rotation. Returns how many still serve.
+    /// Blocking (a GPU sync): call it off the async threads.
+    pub fn check_health(&self) -> usize {
+        for (index, replica) in self.replicas.iter().enumerate() {
+            if !replica.status().healthy {
+                continue;
+            }
+            if let Err(e) = replica.backend.health() {
+                let why = format!("{}: health check: {e}", replica.label);
+                let left = self.take_out(index, &why);
+                eprintln!(
+                    "embedrt serve: {} left the rotation ({left} engine(s) still serving): {}",
+                    replica.label,
+                    why.replace('\n', " ")
+                );
+            }
+        }
+        self.healthy()
+    }
+
     /// Takes replica `index` out of rotation; returns how many are left.
     fn take_out(&self, index: usize, why: &str) -> usize {
         let mut failure = self.replicas[index]
@@ -187,6 +209,20 @@ pub fn worker(queue: Arc<Queue>, pool: Arc<Pool>, index: usize, metrics: Arc<Met
         let Some(batch) = queue.next_batch() else {
             return;
         };
+        // Taken out (a failed health check) while it waited for this batch.
+        if !in_rotation() {
+            if pool.healthy() == 0 {
+                let why =
+                    "every engine of this model has failed its health check; reload the model";
+                for item in batch {
+                    item.fail(why);
+                }
+                queue.fail_all(why);
+            } else {
+                queue.requeue(batch);
+            }
+            return;
+        }
         replica.batches.fetch_add(1, Ordering::Relaxed);
         let Outcome::EngineFailed(batch, why) =
             run_batch(replica.backend.as_ref(), &replica.label, batch, &metrics)

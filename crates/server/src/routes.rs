@@ -300,7 +300,20 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     Ok(with_version(Json(body).into_response(), &slot))
 }
 
-pub async fn health() -> Response {
+/// Alive while a model loads; once one serves, each engine in rotation is
+/// health-checked, and when none passes the answer is 503.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(slot) = state.current.get() {
+        let pool = slot.pool.clone();
+        let serving = tokio::task::spawn_blocking(move || pool.check_health())
+            .await
+            .unwrap_or(0);
+        if serving == 0 {
+            return ApiError::no_engine()
+                .with_version(&slot.version)
+                .into_response();
+        }
+    }
     Json(json!({"status": "alive"})).into_response()
 }
 

@@ -38,6 +38,8 @@ fn cpu_engine(model: &SentenceModel) -> Arc<dyn Backend> {
 struct FaultInjector {
     inner: Arc<dyn Backend>,
     failing: AtomicBool,
+    /// Its health check reports a lost device (batches still run).
+    sick: AtomicBool,
     calls: AtomicU64,
     faults: AtomicU64,
 }
@@ -47,6 +49,7 @@ impl FaultInjector {
         Arc::new(FaultInjector {
             inner,
             failing: AtomicBool::new(false),
+            sick: AtomicBool::new(false),
             calls: AtomicU64::new(0),
             faults: AtomicU64::new(0),
         })
@@ -69,6 +72,15 @@ impl Backend for FaultInjector {
             ));
         }
         self.inner.embed(batch)
+    }
+    fn health(&self) -> Result<()> {
+        if self.sick.load(Ordering::SeqCst) {
+            return Err(Error::fault(
+                embedrt_core::FaultKind::DeviceLost,
+                "fault injector: CUDA health check: device lost (simulated)",
+            ));
+        }
+        self.inner.health()
     }
 }
 
@@ -477,4 +489,40 @@ fn an_input_error_fails_its_request_but_keeps_the_engine() {
         w.join().unwrap();
     }
     assert!(pool.statuses().iter().all(|s| s.healthy));
+}
+
+#[test]
+fn health_checks_take_a_sick_engine_out_and_answer_503_when_none_is_left() {
+    let loads = Arc::new(Loads::default());
+    let server = Server::start(two_engine_loader(loads.clone()));
+    let addr = server.addr;
+    let [first, second] = loads.latest();
+    let (status, body) = http(addr, "GET", "/health", None);
+    assert_eq!(status, 200, "{body}");
+    // cpu:0's check fails: it leaves the rotation, cpu:1 still serves.
+    first.sick.store(true, Ordering::SeqCst);
+    let (status, body) = http(addr, "GET", "/health", None);
+    assert_eq!(status, 200, "{body}");
+    let devs = devices(addr);
+    assert_eq!(devs[0]["state"], "failed", "{devs:?}");
+    assert!(
+        devs[0]["error"].as_str().unwrap().contains("health check"),
+        "{devs:?}"
+    );
+    assert_eq!(devs[1]["state"], "healthy", "{devs:?}");
+    let calls_before = first.calls.load(Ordering::SeqCst);
+    let inputs = texts(6, 2);
+    let (status, body) = http(addr, "POST", "/embed", Some(&json!({"inputs": inputs})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        first.calls.load(Ordering::SeqCst),
+        calls_before,
+        "a replica out of rotation got a batch"
+    );
+    // The last one fails its check too: /health and /ready say 503.
+    second.sick.store(true, Ordering::SeqCst);
+    let (status, body) = http(addr, "GET", "/health", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("reload"), "{body}");
+    assert_eq!(http(addr, "GET", "/ready", None).0, 503);
 }

@@ -1,0 +1,16 @@
+//! embedrt-runtime: the one way to open embedrt engines. An [`EngineSpec`]
+//! (model or plan, device, precision, pooling) becomes an [`Embedder`]
+//! ([`open`]) or one engine per GPU ([`open_engines`]). The CLI, the
+//! server, the Python package and the pipeline all come through here, so
+//! they parse devices, probe the GPU and fall back to the CPU the same way
+//! and fail with the same messages.
+//!
+//! [`Embedder`]: embedrt_core::Embedder
+
+pub mod device;
+pub mod error;
+mod open;
+
+pub use device::{Device, Devices};
+pub use error::{chain_message, Error, ErrorKind, Result, ResultExt};
+pub use open::{open, open_engines, EngineSpec, LabeledEngine, Opened};
