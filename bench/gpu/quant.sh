@@ -1,7 +1,7 @@
 #!/bin/bash
 # One device call (<= 8 minutes) for the quantized plans (issue 11, GPU half):
-#  1. MiniLM (real weights, .gpu/minilm): calibration tables (bench/gpu/quant_table.py, PyTorch
-#     hooks, stands in for `embedrt calibrate` until quant-cpu is merged), then `embedrt build`
+#  1. MiniLM (real weights, .gpu/minilm): calibration tables from `embedrt calibrate` (statistics
+#     of the fp32 CPU engine; bench/gpu/quant_table.py failed on the device in run 19), then `embedrt build`
 #     fp32 / fp16 / int8 / fp8 plans; int8 and fp8 measured at build time against fp32 on the
 #     GPU (--eval, 1000 held-out STS-B dev sentences) and int8 with the sensitivity fallback
 #     (--accuracy-target); `embedrt info` (precision, GEMM bytes vs fp32, fallback, accuracy);
