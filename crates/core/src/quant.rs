@@ -175,6 +175,21 @@ impl GemmKind {
             GemmKind::FfnOut => "ffn_out",
         }
     }
+
+    /// (N, K): output and input features.
+    pub fn dims(self, hidden: usize, inter: usize) -> (usize, usize) {
+        match self {
+            GemmKind::Qkv => (3 * hidden, hidden),
+            GemmKind::AttnOut => (hidden, hidden),
+            GemmKind::FfnIn => (inter, hidden),
+            GemmKind::FfnOut => (hidden, inter),
+        }
+    }
+
+    /// Whether the residual stream is added to the GEMM's output.
+    pub fn has_residual(self) -> bool {
+        matches!(self, GemmKind::AttnOut | GemmKind::FfnOut)
+    }
 }
 
 /// One GEMM of the model: layer and kind. Its canonical name,

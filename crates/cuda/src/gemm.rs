@@ -17,44 +17,9 @@ use embedrt_core::{Error, Result};
 
 use crate::plan::{GemmChoice, Precision};
 
-/// The four GEMMs of a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GemmKind {
-    Qkv,
-    AttnOut,
-    FfnIn,
-    FfnOut,
-}
-
-impl GemmKind {
-    pub const ALL: [GemmKind; 4] = [
-        GemmKind::Qkv,
-        GemmKind::AttnOut,
-        GemmKind::FfnIn,
-        GemmKind::FfnOut,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            GemmKind::Qkv => "qkv",
-            GemmKind::AttnOut => "attn_out",
-            GemmKind::FfnIn => "ffn_in",
-            GemmKind::FfnOut => "ffn_out",
-        }
-    }
-    /// (N, K): output and input features.
-    pub fn dims(self, hidden: usize, inter: usize) -> (usize, usize) {
-        match self {
-            GemmKind::Qkv => (3 * hidden, hidden),
-            GemmKind::AttnOut => (hidden, hidden),
-            GemmKind::FfnIn => (inter, hidden),
-            GemmKind::FfnOut => (hidden, inter),
-        }
-    }
-    /// Whether the residual stream is added (beta = 1, C = residual).
-    pub fn has_residual(self) -> bool {
-        matches!(self, GemmKind::AttnOut | GemmKind::FfnOut)
-    }
-}
+/// The four GEMMs of a layer: the one definition in embedrt-core, shared
+/// with calibration tables and the ONNX export.
+pub use embedrt_core::GemmKind;
 
 fn check(what: &str, s: sys::cublasStatus_t) -> Result<()> {
     if s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {

@@ -49,11 +49,6 @@ pub(super) struct QuantState {
     acc: u64,
 }
 
-fn core_site(layer: usize, kind: GemmKind) -> GemmSite {
-    let kind = embedrt_core::quant::GemmKind::ALL[kind as usize];
-    GemmSite { layer, kind }
-}
-
 /// Refuses what the quantized kernels cannot run, before any GPU work.
 pub(super) fn check_plan(plan: &Plan, name: &str, cc: (i32, i32)) -> Result<()> {
     let Some(q) = &plan.header.quant else {
@@ -104,7 +99,7 @@ impl QuantState {
         for layer in 0..config.num_hidden_layers {
             let mut row = [None; 4];
             for kind in GemmKind::ALL {
-                let site = core_site(layer, kind);
+                let site = GemmSite { layer, kind };
                 if q.is_fallback(site) {
                     continue;
                 }
