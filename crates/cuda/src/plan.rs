@@ -69,10 +69,10 @@ pub struct Profile {
     pub max_tokens: usize,
 }
 
-/// The default token budget of a batch: large enough that batches of it
-/// fill the GPU (16k-token batches ran as fast as 32k ones on the H100 and
-/// H200, docs/perf/gpu.md), small enough that two execution slots of
-/// MPNet-base need ~0.5 GiB.
+/// The default token budget of a batch: small enough that two execution
+/// slots of MPNet-base need ~0.55 GiB (serve: 1.3 GiB in all on the H200).
+/// It costs throughput: W2 ran 11% below a 32k budget in run 20
+/// (docs/PERFORMANCE.md), an open item of issue 14.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
 
 impl Profile {
