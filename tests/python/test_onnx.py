@@ -338,8 +338,21 @@ def test_opset_below_17_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path, op
 
 
 def test_unknown_precision_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path):
+    proc = export(embedrt_bin, fixtures_dir / "tiny-bert-max", tmp_path / "o", "--precision", "int4")
+    one_line_error(proc, "int4", "fp16", "int8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_fp8_export_points_to_the_plan(embedrt_bin, fixtures_dir, tmp_path):
+    proc = export(embedrt_bin, fixtures_dir / "tiny-bert-max", tmp_path / "o", "--precision", "fp8")
+    one_line_error(proc, "fp8", "int8", "embedrt build")
+    assert not (tmp_path / "o").exists()
+
+
+def test_int8_export_without_calibration_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path):
     proc = export(embedrt_bin, fixtures_dir / "tiny-bert-max", tmp_path / "o", "--precision", "int8")
-    one_line_error(proc, "int8", "fp16")
+    one_line_error(proc, "int8", "--calibration")
+    assert not (tmp_path / "o").exists()
 
 
 def test_output_that_cannot_be_a_directory_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path):

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use embedrt_core::SentenceModel;
 use embedrt_onnx::{export_dir, ExportOptions, Precision, DEFAULT_OPSET};
@@ -31,10 +31,17 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let int8 = args.precision == "int8";
-    let precision: Precision = if int8 {
-        Precision::Fp32
-    } else {
-        args.precision.parse()?
+    let precision: Precision = match args.precision.as_str() {
+        "int8" => Precision::Fp32,
+        // FP8 has no QDQ form that ONNX Runtime's CPU provider runs; the fp8
+        // path is a plan (`embedrt build --precision fp8`).
+        "fp8" => bail!(
+            "export --precision fp8 is not supported (QDQ ONNX is int8 only); \
+             use --precision int8, or build an fp8 plan with `embedrt build --precision fp8`"
+        ),
+        other => other.parse().map_err(|_| {
+            anyhow::anyhow!("unknown precision {other:?} for export; supported: fp32, fp16, int8")
+        })?,
     };
     embedrt_onnx::check_opset(args.opset)?;
     let model = SentenceModel::load(&args.model)?;
