@@ -22,9 +22,8 @@ tok.no_padding()
 tok.enable_truncation(512)
 texts = []
 with open(csv_path, newline="") as f:
-    r = csv.reader(f)
-    header = next(r)
-    for row in r:
+    # STS-B CSVs have no header: every row is a pair.
+    for row in csv.reader(f):
         texts += [row[0], row[1]]
 w2 = [e.ids for e in tok.encode_batch(texts)]
 PAD = 1
