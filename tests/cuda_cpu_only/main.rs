@@ -201,7 +201,9 @@ fn no_cuda_is_an_error_not_a_panic() {
             e.contains("CUDA is not usable") && e.contains("libcuda.so.1"),
             "{e}"
         );
-        let load = CudaEngine::load(&plan, 0).err().expect("no GPU here");
+        let load = CudaEngine::load(&plan, 0, &Default::default())
+            .err()
+            .expect("no GPU here");
         assert!(load.to_string().contains("CUDA is not usable"), "{load}");
     }
 }

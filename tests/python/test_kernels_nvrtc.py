@@ -1,7 +1,7 @@
 """The embedded CUDA kernels compile with NVRTC 13.0 (what the GPU machines run) for every
-architecture the engine supports, in both precisions and for the model sizes we ship, and every
-kernel the engine looks up is there. Runs without a GPU: NVRTC comes from the PyPI wheel
-nvidia-cuda-nvrtc. This is what catches a broken kernel before a device run does."""
+architecture the engine supports, in both precisions and for the model sizes we ship; every
+kernel the engine looks up is in the one kernel table (kernels.rs) and in the program where the
+table says. Runs without a GPU: NVRTC comes from the PyPI wheel nvidia-cuda-nvrtc. This is what catches a broken kernel before a device run does."""
 import os
 import re
 import sys
@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA = os.path.join(ROOT, "crates", "cuda")
 sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
-import nvrtc_check  # noqa: E402  (the NVRTC loader and compile call, shared with the dev tool)
+import nvrtc_check  # the NVRTC loader and compile call, shared with the dev tool
 
 
 def nvrtc():
@@ -22,31 +22,90 @@ def nvrtc():
         pytest.fail("nvidia-cuda-nvrtc is not installed: run scripts/setup-test-env.sh")
 
 
+def read(*parts):
+    with open(os.path.join(CUDA, *parts)) as f:
+        return f.read()
+
+
 def source():
     """The kernel files in the order kernels.rs concatenates them."""
-    rs = open(os.path.join(CUDA, "src", "kernels.rs")).read()
-    files = re.findall(r'include_str!\("\.\./kernels/([a-z_0-9]+\.cu)"\)', rs)
+    rs = read("src", "kernels.rs")
+    m = re.search(r"pub const ENCODER_SOURCE: &str = concat!\((.*?)\);", rs, re.DOTALL)
+    assert m, "kernels.rs no longer defines ENCODER_SOURCE as a concat!"
+    files = re.findall(r'include_str!\("\.\./kernels/([a-z_0-9]+\.cu)"\)', m.group(1))
     assert files, "kernels.rs no longer include_str!s its kernel files"
-    return "".join(open(os.path.join(CUDA, "kernels", f)).read() for f in files)
+    return "".join(read("kernels", f) for f in files)
 
 
-def looked_up():
-    """Kernel names engine.rs asks the module for."""
-    rs = open(os.path.join(CUDA, "src", "engine.rs")).read()
-    names = set(re.findall(r'func\(gpu\.module, "([a-z_0-9]+)"\)', rs))
-    names |= set(re.findall(r'"(small_linear_m\d+)"', rs))
-    assert {"embed_layernorm", "layernorm", "gelu", "attention", "pool", "attention_tc"} <= names
-    return names
+def kernel_table():
+    """The one list of kernels (kernels.rs, between `// BEGIN KERNELS` and `// END KERNELS`):
+    {name: (source file, when built)}."""
+    rs = read("src", "kernels.rs")
+    m = re.search(r"// BEGIN KERNELS\n(.*?)// END KERNELS", rs, re.DOTALL)
+    assert m, "kernels.rs lost its BEGIN/END KERNELS markers"
+    rows = re.findall(r'^\s*([A-Z]\w*) = "([a-z_0-9]+)" in "([a-z_0-9]+\.cu)" when (\w+),$', m.group(1), re.MULTILINE)
+    lines = [line for line in m.group(1).splitlines() if line.strip() and not line.strip().startswith("//")]
+    assert len(rows) == len(lines), f"unparsed kernel table lines: {lines}"
+    table = {name: (file, built) for _, name, file, built in rows}
+    assert len(table) == len(rows), "a kernel name is listed twice"
+    assert {"embed_layernorm", "layernorm", "gelu", "attention", "pool", "attention_tc"} <= set(table)
+    return table
+
+
+def engine_sources():
+    """Every host source of the engine: crates/cuda/src/**/*.rs."""
+    for root, _, files in os.walk(os.path.join(CUDA, "src")):
+        for f in files:
+            if f.endswith(".rs"):
+                path = os.path.join(root, f)
+                with open(path) as fh:
+                    yield os.path.relpath(path, CUDA), fh.read()
+
+
+def test_the_engine_looks_kernels_up_only_from_the_table():
+    """Lookups go through `kernels::function(module, Kernel::X)`; X is a table entry (else the
+    crate does not compile). A name still passed as a string (quantized.rs's `func("...")`) must
+    be in the table too, and no other file calls the driver's get_function."""
+    table = kernel_table()
+    ids = set(re.findall(r"^\s*([A-Z]\w*) = ", read("src", "kernels.rs"), re.MULTILINE))
+    used = set()
+    for path, text in engine_sources():
+        used |= set(re.findall(r"Kernel::([A-Z]\w*)", text))
+        for name in re.findall(r'func\(\s*(?:[\w.]+,\s*)?"([a-z_0-9]+)"\s*\)', text):
+            assert name in table, f"{path} looks up {name}, which the kernel table lacks"
+        if "get_function" in text:
+            assert path in ("src/kernels.rs", "src/engine/quantized.rs"), f"{path} looks kernels up itself"
+    assert used, "the engine no longer names kernels by Kernel::"
+    assert used <= ids | {"ALL"}, f"unknown kernel ids {used - ids - {'ALL'}}"
+
+
+def test_every_listed_kernel_is_defined_in_its_file():
+    for name, (file, _) in kernel_table().items():
+        assert re.search(rf"\b{name}\s*[(,]", read("kernels", file)), f"{name} is not defined in {file}"
+
+
+def built(when, arch, fp16, head_dim, quant):
+    """Whether a kernel listed `when` is in a program for (arch, precision, head size, quant)."""
+    sm80 = arch != "compute_75"
+    return {
+        "Always": True,
+        "Fp16Sm80": fp16 == 1 and sm80,
+        "Fp16Sm80Head16": fp16 == 1 and sm80 and head_dim % 16 == 0,
+        "Fp16Sm90a": fp16 == 1 and arch == "compute_90a",
+        "Quant": quant != 0,
+    }[when]
 
 
 # (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
 SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
 # compute_90a: Hopper's arch-specific target, which the engine uses on compute capability 9.0.
-ARCHS = ["compute_75", "compute_80", "compute_90a"]
+ARCHS = ["compute_75", "compute_80", "compute_86", "compute_89", "compute_90a"]
 
 
 def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
-    lib, src, names = nvrtc(), source(), looked_up()
+    """Each listed kernel is in the program exactly where its `when` says (present where the
+    engine may look it up, absent where the `#if` guards keep it out)."""
+    lib, src, table = nvrtc(), source(), kernel_table()
     jobs = [(arch, fp16, h, d) for arch in ARCHS for fp16 in (1, 0) for h, d in SIZES]
 
     def one(job):
@@ -59,17 +118,9 @@ def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
     for (arch, fp16, h, d), rc, log, entries in results:
         where = f"{arch} fp16={fp16} hidden={h} head_dim={d}"
         assert rc == 0, f"{where}: NVRTC failed:\n{log}"
-        always = {"embed_layernorm", "layernorm", "gelu", "attention", "pool"}
-        assert always <= entries, f"{where}: missing {always - entries}"
-        tensor_cores = fp16 == 1 and arch != "compute_75"
-        small = {n for n in names if n.startswith("small_linear_")}
-        if tensor_cores:
-            assert small <= entries, f"{where}: missing {small - entries}"
-            assert ("attention_tc" in entries) == (d % 16 == 0), f"{where}: attention_tc presence"
-        else:
-            assert not (small | {"attention_tc"}) & entries, f"{where}: tensor-core kernels built"
-        hopper = fp16 == 1 and arch == "compute_90a"
-        assert ("ffn_in_gelu_sm90" in entries) == hopper, f"{where}: ffn_in_gelu_sm90 presence"
+        for name, (_, when) in table.items():
+            want = built(when, arch, fp16, d, 0)
+            assert (name in entries) == want, f"{where}: {name} ({when}) {'missing' if want else 'built'}"
 
 
 def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
@@ -96,9 +147,8 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
 
 
 def quant_looked_up():
-    """Kernel names the quantized encoder (engine/quantized.rs) asks the module for."""
-    with open(os.path.join(CUDA, "src", "engine", "quantized.rs")) as f:
-        names = set(re.findall(r'func\("([a-z_0-9]+)"\)', f.read()))
+    """The quantized encoder's own kernels: the table's `when Quant` entries."""
+    names = {n for n, (_, when) in kernel_table().items() if when == "Quant"}
     assert {"embed_layernorm_q", "layernorm_q", "gelu_q", "epilogue_bias", "epilogue_ln"} <= names
     return names
 
@@ -126,7 +176,7 @@ def test_quantized_kernels_compile_for_every_gpu_that_runs_them():
     for (q, arch, h, d), rc, log, entries, ptx in results:
         where = f"{arch} quant={q} hidden={h} head_dim={d}"
         assert rc == 0, f"{where}: NVRTC failed:\n{log}"
-        wanted = names | {"attention", "pool", "gelu"}
+        wanted = names | {n for n, (_, when) in kernel_table().items() if when == "Always"}
         assert wanted <= entries, f"{where}: missing {wanted - entries}"
         if q == 2:
             # The e4m3 conversion is the hardware's (round to nearest even, saturating).

@@ -167,6 +167,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         precision,
         profile,
         tune: true,
+        engine: embedrt_runtime::engine_options_from_env()?,
     };
     let result = build_plan(&model, &opts, &|step| bar.set_message(step.to_string()));
     bar.finish_and_clear();

@@ -184,7 +184,8 @@ fn sensitivity_fallback(
 }
 
 fn open(plan: &Plan, model: &SentenceModel, ordinal: usize) -> Result<Embedder> {
-    let engine = CudaEngine::load(plan, ordinal).context("loading the quantized plan")?;
+    let options = embedrt_runtime::engine_options_from_env()?;
+    let engine = CudaEngine::load(plan, ordinal, &options).context("loading the quantized plan")?;
     Ok(Embedder::new(model.clone(), Arc::new(engine)))
 }
 
@@ -245,6 +246,7 @@ impl Reference {
             precision: Precision::Fp32,
             profile: Profile::DEFAULT.parse()?,
             tune: false,
+            engine: embedrt_runtime::engine_options_from_env()?,
         };
         let (plan, _) = build_plan(model, &opts, &|_| {})?;
         let fp32 = open(&plan, model, ordinal)?;

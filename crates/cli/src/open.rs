@@ -35,14 +35,17 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn spec(&self) -> EngineSpec {
-        EngineSpec {
+    /// The spec these options name; GPU tuning comes from the environment
+    /// (`EMBEDRT_CUDA_SLOTS`, ...: embedrt_runtime::engine_options_from_env).
+    pub fn spec(&self) -> Result<EngineSpec> {
+        Ok(EngineSpec {
             model: self.model.clone(),
             plan: self.plan.clone(),
             device: self.device.clone(),
             precision: self.precision.clone(),
             pooling: self.pooling.clone(),
-        }
+            engine_options: embedrt_runtime::engine_options_from_env()?,
+        })
     }
 }
 
@@ -56,14 +59,14 @@ pub fn open(args: &ModelArgs) -> Result<Embedder> {
     if let Some(embedder) = crate::open_quant::open_if_quantized(args)? {
         return Ok(embedder);
     }
-    let opened = embedrt_runtime::open(&args.spec())?;
+    let opened = embedrt_runtime::open(&args.spec()?)?;
     print_notes(&opened.notes);
     Ok(opened.embedder)
 }
 
 /// The model and one engine per device, for `serve`.
 pub fn open_engines(args: &ModelArgs) -> Result<(Arc<SentenceModel>, Vec<embedrt_server::Engine>)> {
-    let (model, engines, notes) = embedrt_runtime::open_engines(&args.spec())?;
+    let (model, engines, notes) = embedrt_runtime::open_engines(&args.spec()?)?;
     print_notes(&notes);
     let engines = engines
         .into_iter()

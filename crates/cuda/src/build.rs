@@ -21,6 +21,8 @@ pub struct BuildOptions {
     /// Time cuBLASLt's candidates (embedrt build); off for in-memory plans,
     /// which then take cuBLASLt's first heuristic choice once per shape.
     pub tune: bool,
+    /// How the engine that tunes (and is handed back) runs.
+    pub engine: crate::engine::EngineOptions,
 }
 
 /// A plan with no GEMM algorithms yet, for `gpu`. Needs no GPU.
@@ -175,7 +177,7 @@ pub fn build_plan(
         return Ok((plan, None));
     }
     progress("loading onto the GPU, compiling kernels");
-    let engine = CudaEngine::load(&plan, opts.ordinal)?;
+    let engine = CudaEngine::load(&plan, opts.ordinal, &opts.engine)?;
     progress("timing GEMM algorithms");
     plan.header.gemm_algos = engine.tune_gemms(plan.header.profile.opt.tokens())?;
     Ok((plan, Some(engine)))

@@ -7,7 +7,7 @@
 //! than loaded.
 
 use std::ffi::{c_char, c_int, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cudarc::nvrtc::sys as nvrtc;
 use embedrt_core::{Error, Result};
@@ -25,12 +25,109 @@ pub const ENCODER_SOURCE: &str = concat!(
     include_str!("../kernels/quant.cu"),
 );
 
-/// Where compiled kernels live: `$EMBEDRT_KERNEL_CACHE`, else
-/// `$XDG_CACHE_HOME/embedrt/kernels`, else `~/.cache/embedrt/kernels`.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EMBEDRT_KERNEL_CACHE") {
-        return Some(PathBuf::from(p));
-    }
+/// Where a kernel is in the compiled program: the `.cu` files guard the
+/// tensor-core, Hopper and quantized kernels with `#if`, so a program for
+/// another GPU or precision does not have them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Built {
+    /// Every program.
+    Always,
+    /// fp16 on sm_80+.
+    Fp16Sm80,
+    /// fp16 on sm_80+ with a head size that is a multiple of 16.
+    Fp16Sm80Head16,
+    /// fp16 on sm_90a (Hopper's arch-specific target).
+    Fp16Sm90a,
+    /// Programs for quantized plans (`EMBEDRT_QUANT` defined).
+    Quant,
+}
+
+/// One table of every kernel the engine looks up: its id, its `extern "C"`
+/// name, the `.cu` file defining it and when it is built. The engine asks for
+/// kernels by id only ([`Kernel::name`]); tests/python/test_kernels_nvrtc.py
+/// parses the lines between the BEGIN and END markers (keep one entry a line).
+macro_rules! kernel_table {
+    ($($id:ident = $name:literal in $file:literal when $built:ident,)*) => {
+        /// A kernel of the encoder program (the table in kernels.rs).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Kernel {
+            $($id,)*
+        }
+
+        impl Kernel {
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$id,)*];
+
+            /// The `extern "C"` name in the CUBIN.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$id => $name,)*
+                }
+            }
+
+            /// The file under `crates/cuda/kernels/` that defines it.
+            pub fn source_file(self) -> &'static str {
+                match self {
+                    $(Kernel::$id => $file,)*
+                }
+            }
+
+            pub fn built(self) -> Built {
+                match self {
+                    $(Kernel::$id => Built::$built,)*
+                }
+            }
+        }
+    };
+}
+
+kernel_table! {
+    // BEGIN KERNELS
+    EmbedLayernorm = "embed_layernorm" in "encoder.cu" when Always,
+    Layernorm = "layernorm" in "encoder.cu" when Always,
+    Gelu = "gelu" in "encoder.cu" when Always,
+    Attention = "attention" in "encoder.cu" when Always,
+    Pool = "pool" in "encoder.cu" when Always,
+    AttentionTc = "attention_tc" in "attention_tc.cu" when Fp16Sm80Head16,
+    SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
+    SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,
+    SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,
+    SmallLinearM64 = "small_linear_m64" in "small_linear.cu" when Fp16Sm80,
+    FfnInGeluSm90 = "ffn_in_gelu_sm90" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
+    EmbedLayernormQ = "embed_layernorm_q" in "quant.cu" when Quant,
+    LayernormQ = "layernorm_q" in "quant.cu" when Quant,
+    GeluQ = "gelu_q" in "quant.cu" when Quant,
+    EpilogueBias = "epilogue_bias" in "quant.cu" when Quant,
+    EpilogueLn = "epilogue_ln" in "quant.cu" when Quant,
+    // END KERNELS
+}
+
+/// The small-token linear kernels by token bucket: 16, 32, 48, 64 tokens.
+pub const SMALL_LINEAR: [Kernel; 4] = [
+    Kernel::SmallLinearM16,
+    Kernel::SmallLinearM32,
+    Kernel::SmallLinearM48,
+    Kernel::SmallLinearM64,
+];
+
+/// Looks `kernel` up in a loaded module of the encoder program.
+///
+/// # Safety
+/// `module` must be a live module loaded from [`ENCODER_SOURCE`].
+pub unsafe fn function(
+    module: cudarc::driver::sys::CUmodule,
+    kernel: Kernel,
+) -> Result<cudarc::driver::sys::CUfunction> {
+    let name = CString::new(kernel.name()).unwrap_or_default();
+    // SAFETY: the caller's promise on `module`.
+    unsafe { cudarc::driver::result::module::get_function(module, name) }
+        .map_err(|e| crate::fault::driver_fault(&format!("kernel lookup of {}", kernel.name()), e))
+}
+
+/// Where compiled kernels live unless the caller names a directory
+/// (`EngineOptions::kernel_cache`, which the CLI fills from
+/// `$EMBEDRT_KERNEL_CACHE`): `$XDG_CACHE_HOME/embedrt/kernels`, else
+/// `~/.cache/embedrt/kernels`.
+pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return Some(PathBuf::from(p).join("embedrt/kernels"));
     }
@@ -64,8 +161,14 @@ pub fn target_arch(cc: (i32, i32)) -> String {
     }
 }
 
-/// Compiles `source` with `defines` for [`target_arch`] or takes it from the cache.
-pub fn compile_cached(source: &str, defines: &[String], cc: (i32, i32)) -> Result<Cubin> {
+/// Compiles `source` with `defines` for [`target_arch`] or takes it from the
+/// cache in `cache_dir` (None: [`default_cache_dir`]).
+pub fn compile_cached(
+    source: &str,
+    defines: &[String],
+    cc: (i32, i32),
+    cache_dir: Option<&Path>,
+) -> Result<Cubin> {
     let nv = nvrtc_version()?;
     let arch = target_arch(cc);
     let mut h = Sha256::new();
@@ -76,7 +179,8 @@ pub fn compile_cached(source: &str, defines: &[String], cc: (i32, i32)) -> Resul
     }
     h.update(format!("\0{arch}\0nvrtc {}.{}", nv.0, nv.1).as_bytes());
     let key = hex::encode(h.finalize());
-    let path = cache_dir().map(|d| d.join(format!("{key}.cubin")));
+    let dir = cache_dir.map(Path::to_path_buf).or_else(default_cache_dir);
+    let path = dir.map(|d| d.join(format!("{key}.cubin")));
     if let Some(p) = &path {
         if let Ok(bytes) = std::fs::read(p) {
             if let Some(image) = verify_entry(&bytes) {
@@ -110,8 +214,8 @@ pub fn verify_entry(bytes: &[u8]) -> Option<Vec<u8>> {
     (Sha256::digest(image).as_slice() == sum).then(|| image.to_vec())
 }
 
-fn store_entry(path: &std::path::Path, image: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+fn store_entry(path: &Path, image: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut bytes = image.to_vec();
     bytes.extend_from_slice(&Sha256::digest(image));
@@ -167,5 +271,51 @@ fn compile(source: &str, defines: &[String], arch: &str) -> Result<Vec<u8>> {
             return Err(err("get CUBIN", r));
         }
         Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each listed kernel is defined in the file the table names (the NVRTC
+    /// test compiles them; this keeps the table's file column honest).
+    #[test]
+    fn every_kernel_is_in_its_source_file() {
+        let files = [
+            ("encoder.cu", include_str!("../kernels/encoder.cu")),
+            (
+                "attention_tc.cu",
+                include_str!("../kernels/attention_tc.cu"),
+            ),
+            (
+                "small_linear.cu",
+                include_str!("../kernels/small_linear.cu"),
+            ),
+            (
+                "ffn_gemm_sm90.cu",
+                include_str!("../kernels/ffn_gemm_sm90.cu"),
+            ),
+            ("quant.cu", include_str!("../kernels/quant.cu")),
+        ];
+        for k in Kernel::ALL {
+            let (_, src) = files
+                .iter()
+                .find(|(f, _)| *f == k.source_file())
+                .unwrap_or_else(|| panic!("{k:?}: no file {}", k.source_file()));
+            // `name(` after `__global__ ...`, or the small-linear macro's `(name,`.
+            let defined = src.contains(&format!("\n{}(", k.name()))
+                || src.contains(&format!(" {}(", k.name()))
+                || src.contains(&format!("({},", k.name()));
+            assert!(defined, "{} not defined in {}", k.name(), k.source_file());
+        }
+        let mut names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            Kernel::ALL.len(),
+            "a kernel name is listed twice"
+        );
     }
 }

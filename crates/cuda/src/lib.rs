@@ -15,5 +15,5 @@ pub mod qgemm;
 pub mod quant_plan;
 
 pub use build::{build_plan, model_from_plan, BuildOptions};
-pub use engine::CudaEngine;
+pub use engine::{CudaEngine, EngineOptions};
 pub use plan::{Plan, Precision, Profile};

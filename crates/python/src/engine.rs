@@ -52,6 +52,8 @@ impl Engine {
             device: device.clone(),
             precision,
             pooling,
+            // The Python package, like the CLI, takes GPU tuning from EMBEDRT_* variables.
+            engine_options: embedrt_runtime::engine_options_from_env().map_err(to_py)?,
         };
         let opened = py.detach(|| embedrt_runtime::open(&spec)).map_err(to_py)?;
         Ok(Engine {

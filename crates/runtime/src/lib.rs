@@ -12,5 +12,6 @@ pub mod error;
 mod open;
 
 pub use device::{Device, Devices};
+pub use embedrt_cuda::EngineOptions;
 pub use error::{chain_message, Error, ErrorKind, Result, ResultExt};
-pub use open::{open, open_engines, EngineSpec, LabeledEngine, Opened};
+pub use open::{engine_options_from_env, open, open_engines, EngineSpec, LabeledEngine, Opened};

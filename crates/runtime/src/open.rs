@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use embedrt_core::{Backend, Embedder, PoolingMode, SentenceModel};
 use embedrt_cpu::CpuEngine;
-use embedrt_cuda::{build_plan, model_from_plan, BuildOptions, CudaEngine, Plan, Precision};
+use embedrt_cuda::{
+    build_plan, model_from_plan, BuildOptions, CudaEngine, EngineOptions, Plan, Precision,
+};
 
 use crate::device::{Device, Devices};
 use crate::error::{Error, Result, ResultExt};
@@ -26,6 +28,10 @@ pub struct EngineSpec {
     pub precision: Option<String>,
     /// Overrides the model's pooling: mean, cls, max, mean_sqrt_len.
     pub pooling: Option<String>,
+    /// How GPU engines run (slots, graphs, kernel choices, kernel cache);
+    /// the CLI and the Python package fill it from the environment
+    /// ([`engine_options_from_env`]).
+    pub engine_options: EngineOptions,
 }
 
 impl Default for EngineSpec {
@@ -36,8 +42,19 @@ impl Default for EngineSpec {
             device: "auto".into(),
             precision: None,
             pooling: None,
+            engine_options: EngineOptions::default(),
         }
     }
+}
+
+/// [`EngineOptions`] from the `EMBEDRT_*` variables the CLI and the Python
+/// package honour (`EngineOptions::ENV_VARS`: `EMBEDRT_CUDA_SLOTS`,
+/// `EMBEDRT_CUDA_GRAPHS`, `EMBEDRT_ATTENTION`, `EMBEDRT_GELU`,
+/// `EMBEDRT_FFN_GEMM`, `EMBEDRT_SMALL_LINEAR`, `EMBEDRT_KERNEL_CACHE`); a bad
+/// value is an error naming the variable. Libraries below read no environment.
+pub fn engine_options_from_env() -> Result<EngineOptions> {
+    let lookup = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    Ok(EngineOptions::from_lookup(lookup)?)
 }
 
 /// An opened engine and what the caller may want to tell the user (the
@@ -78,7 +95,7 @@ pub fn open_engines(
             .iter()
             .map(|&n| {
                 scope.spawn(move || {
-                    CudaEngine::load(plan, n)
+                    CudaEngine::load(plan, n, &spec.engine_options)
                         .with_context(|| format!("loading the model onto cuda:{n}"))
                 })
             })
@@ -151,6 +168,7 @@ fn gpu_plan(spec: &EngineSpec, first: usize) -> Result<(SentenceModel, Plan)> {
         precision: precision.unwrap_or(Precision::Fp32),
         profile: embedrt_cuda::Profile::DEFAULT.parse()?,
         tune: false,
+        engine: spec.engine_options.clone(),
     };
     let (plan, _) = build_plan(&model, &opts, &|_| {})?;
     Ok((model, plan))
@@ -164,7 +182,8 @@ pub fn open(spec: &EngineSpec) -> Result<Opened> {
         return Err(Error::spec("give --model or --plan, not both"));
     }
     if let Some(path) = &spec.plan {
-        return open_plan(path, device, pooling, precision).map(without_notes);
+        return open_plan(path, device, pooling, precision, &spec.engine_options)
+            .map(without_notes);
     }
     let model_id = spec.model.as_ref().ok_or_else(no_model)?;
     let mut model = SentenceModel::load(model_id)?;
@@ -180,14 +199,24 @@ pub fn open(spec: &EngineSpec) -> Result<Opened> {
             }
             open_cpu(model).map(without_notes)
         }
-        Device::Cuda(n) => open_gpu(model, n, precision.unwrap_or(Precision::Fp32))
-            .with_context(|| format!("--device {}", spec.device))
-            .map(without_notes),
+        Device::Cuda(n) => open_gpu(
+            model,
+            n,
+            precision.unwrap_or(Precision::Fp32),
+            &spec.engine_options,
+        )
+        .with_context(|| format!("--device {}", spec.device))
+        .map(without_notes),
         Device::Auto => match embedrt_cuda::probe::check_device(0) {
             // A usable GPU: model errors are errors, not a reason to fall back.
-            Ok(()) => open_gpu(model, 0, precision.unwrap_or(Precision::Fp32))
-                .context("--device auto (cuda:0)")
-                .map(without_notes),
+            Ok(()) => open_gpu(
+                model,
+                0,
+                precision.unwrap_or(Precision::Fp32),
+                &spec.engine_options,
+            )
+            .context("--device auto (cuda:0)")
+            .map(without_notes),
             Err(why) => {
                 // The note only once the CPU engine is up, so a failure stays one line.
                 let embedder = open_cpu(model)?;
@@ -220,15 +249,21 @@ fn open_cpu(model: SentenceModel) -> Result<Embedder> {
 
 /// A GPU engine from a model directory: an in-memory plan with the default
 /// profile (cuBLASLt's first choice per shape instead of timed algorithms).
-fn open_gpu(model: SentenceModel, ordinal: usize, precision: Precision) -> Result<Embedder> {
+fn open_gpu(
+    model: SentenceModel,
+    ordinal: usize,
+    precision: Precision,
+    options: &EngineOptions,
+) -> Result<Embedder> {
     let opts = BuildOptions {
         ordinal,
         precision,
         profile: embedrt_cuda::Profile::DEFAULT.parse()?,
         tune: false,
+        engine: options.clone(),
     };
     let (plan, _) = build_plan(&model, &opts, &|_| {})?;
-    let engine = CudaEngine::load(&plan, ordinal)?;
+    let engine = CudaEngine::load(&plan, ordinal, options)?;
     Ok(Embedder::new(model, Arc::new(engine)))
 }
 
@@ -237,6 +272,7 @@ fn open_plan(
     device: Device,
     pooling: Option<PoolingMode>,
     precision: Option<Precision>,
+    options: &EngineOptions,
 ) -> Result<Embedder> {
     let ordinal = match device {
         Device::Cpu => {
@@ -249,7 +285,7 @@ fn open_plan(
     };
     let plan = read_plan(path, pooling, precision)?;
     let model = model_from_plan(&plan, path)?;
-    let engine = CudaEngine::load(&plan, ordinal)
+    let engine = CudaEngine::load(&plan, ordinal, options)
         .with_context(|| format!("loading plan {}", path.display()))?;
     Ok(Embedder::new(model, Arc::new(engine)))
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use embedrt_core::{sts, Backend, BackendInfo, SentenceModel, TokenBatch};
 use embedrt_cpu::CpuEngine;
 use embedrt_cuda::engine::random_batch;
-use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Precision};
+use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, EngineOptions, Precision};
 use embedrt_server::pool::{worker, Engine, Pool};
 use embedrt_server::queue::{BatchLimits, Queue};
 use embedrt_server::Metrics;
@@ -58,13 +58,14 @@ fn engines(model: &SentenceModel, devices: &str, precision: Precision) -> Result
         precision,
         profile: profile.parse()?,
         tune: false,
+        engine: EngineOptions::default(),
     };
     let (plan, _) = build_plan(model, &opts, &|_| {})?;
     let plan = &plan;
     let loaded: Vec<Result<CudaEngine>> = std::thread::scope(|s| {
         let handles: Vec<_> = ordinals
             .iter()
-            .map(|&n| s.spawn(move || Ok(CudaEngine::load(plan, n)?)))
+            .map(|&n| s.spawn(move || Ok(CudaEngine::load(plan, n, &EngineOptions::default())?)))
             .collect();
         handles
             .into_iter()

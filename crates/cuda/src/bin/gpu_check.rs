@@ -17,21 +17,56 @@
 //! `embedrt-gpu-check profile PLAN`: loads a plan and runs the W1 batch
 //! (256 x 128) and the W3 sentence (16 tokens) a few times each, nothing
 //! else: a short program for `ncu` to look at single kernels.
+//!
+//! Engine options: the `EMBEDRT_*` variables the CLI reads
+//! (`EngineOptions::ENV_VARS`), then `--engine KEY=VALUE` flags before the
+//! command (`--engine graphs=off --engine attention=scalar parity DIR`), apply
+//! to every engine a command loads; bench's ablation variants change one
+//! option each on top of them.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use embedrt_core::{sts, Backend, Embedder, SentenceModel, TokenBatch};
 use embedrt_cpu::CpuEngine;
 use embedrt_cuda::engine::random_batch;
-use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Plan, Precision};
+use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, EngineOptions, Plan, Precision};
 use serde_json::json;
 
+/// The options every engine of this run loads with (set once in `main`).
+static OPTIONS: OnceLock<EngineOptions> = OnceLock::new();
+
+fn options() -> EngineOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// The environment's options, then each leading `--engine KEY=VALUE`; the
+/// rest of the arguments are the command.
+fn engine_options(args: &mut Vec<String>) -> Result<EngineOptions> {
+    let mut o = EngineOptions::from_lookup(|n| std::env::var(n).ok())?;
+    while args.first().map(String::as_str) == Some("--engine") {
+        let kv = args.get(1).context("--engine needs KEY=VALUE")?.clone();
+        let (k, v) = kv.split_once('=').context("--engine takes KEY=VALUE")?;
+        o.set(k, v)?;
+        args.drain(..2);
+    }
+    Ok(o)
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match engine_options(&mut args) {
+        Ok(o) => {
+            let _ = OPTIONS.set(o);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let r = match args.first().map(String::as_str) {
         Some("parity") if args.len() >= 2 => parity(Path::new(&args[1]), args.get(2)),
         Some("assemble-plan") if args.len() >= 3 => {
@@ -51,7 +86,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: embedrt-gpu-check parity MODEL_DIR [STS_CSV] | bench MODEL_DIR STS_CSV PLAN_DIR \
+                "usage: embedrt-gpu-check [--engine KEY=VALUE]... parity MODEL_DIR [STS_CSV] | bench MODEL_DIR STS_CSV PLAN_DIR \
                  | assemble-plan MODEL_DIR OUT_PLAN [CC] | profile PLAN"
             );
             return ExitCode::from(2);
@@ -68,7 +103,7 @@ fn main() -> ExitCode {
 
 fn profile(plan_path: &Path) -> Result<()> {
     let plan = Plan::read(plan_path)?;
-    let engine = CudaEngine::load(&plan, 0)?;
+    let engine = CudaEngine::load(&plan, 0, &options())?;
     let cfg = &plan.header.config;
     let w1 = random_batch(cfg, 256, 128, 11);
     let w3 = random_batch(cfg, 1, 16, 13);
@@ -117,6 +152,7 @@ fn gpu_engine(
         precision,
         profile: profile.parse()?,
         tune: true,
+        engine: options(),
     };
     let (plan, engine) = build_plan(model, &opts, &|_| {})?;
     let build_s = t0.elapsed().as_secs_f64();
@@ -124,7 +160,7 @@ fn gpu_engine(
     plan.write(plan_path)?;
     // Load from the file, as `--plan` does.
     let plan = Plan::read(plan_path)?;
-    let engine = CudaEngine::load(&plan, 0)?;
+    let engine = CudaEngine::load(&plan, 0, &options())?;
     Ok((engine, plan, build_s))
 }
 
@@ -208,7 +244,7 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
     let profile = format!("1x{}:64x{}:256x{m}", m.min(8), m.min(128));
     let tmp = std::env::temp_dir();
     let mut rec = json!({"model": dir.display().to_string(), "texts": texts.len(), "cpu_seconds": cpu_s,
-        "cpu_composition_max_abs": cpu_comp});
+        "cpu_composition_max_abs": cpu_comp, "engine_options": format!("{:?}", options())});
     let mut fp32_out = Vec::new();
     let mut fp32_bytes = 0usize;
     for precision in [Precision::Fp32, Precision::Fp16] {
@@ -359,32 +395,26 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
         drop(engine);
         if precision == Precision::Fp16 {
             // Ablations from the same plan file, one switch at a time.
-            let variants: [(&[(&str, &str)], &str); 4] = [
+            let variants: [((&str, &str), &str); 4] = [
+                (("slots", "1"), "fp16 one slot (no pipelining)"),
                 (
-                    &[("EMBEDRT_CUDA_SLOTS", "1")],
-                    "fp16 one slot (no pipelining)",
-                ),
-                (
-                    &[("EMBEDRT_SMALL_LINEAR", "0")],
+                    ("small_linear", "0"),
                     "fp16 small-token kernels off (cuBLASLt + separate LayerNorm/GELU)",
                 ),
                 (
-                    &[("EMBEDRT_FFN_GEMM", "own")],
+                    ("ffn_gemm", "own"),
                     "fp16 FFN-in through our wgmma GEMM with the exact GELU fused (opt-in)",
                 ),
-                (
-                    &[("EMBEDRT_GELU", "tanh")],
-                    "fp16 tanh-GELU in the GEMM epilogue",
-                ),
+                (("gelu", "tanh"), "fp16 tanh-GELU in the GEMM epilogue"),
             ];
-            for (vars, label) in variants {
-                for (k, v) in vars {
-                    std::env::set_var(k, v);
-                }
+            for ((key, value), label) in variants {
                 // A failing variant is reported, not fatal: the rest still runs.
                 let r = (|| -> Result<serde_json::Value> {
+                    let mut variant = options();
+                    variant.set(key, value)?;
                     let (free0, _) = cudarc_mem()?;
-                    let engine = Arc::new(CudaEngine::load(&Plan::read(&plan_path)?, 0)?);
+                    let plan = Plan::read(&plan_path)?;
+                    let engine = Arc::new(CudaEngine::load(&plan, 0, &variant)?);
                     let (free1, _) = cudarc_mem()?;
                     let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
                     rec["slots"] = json!(engine.report().slots);
@@ -404,10 +434,8 @@ fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
                 })();
                 let mut rec = r.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
                 rec["precision"] = json!(label);
+                rec["option"] = json!(format!("{key}={value}"));
                 println!("{rec}");
-                for (k, _) in vars {
-                    std::env::remove_var(k);
-                }
             }
         }
     }
@@ -442,7 +470,7 @@ fn bench_plan(
     let w3 = random_batch(cfg, 1, 16, 13);
     let plan = Plan::read(plan_path)?;
     let (free0, _) = cudarc_mem()?;
-    let engine = Arc::new(CudaEngine::load(&plan, 0)?);
+    let engine = Arc::new(CudaEngine::load(&plan, 0, &options())?);
     let (free1, _) = cudarc_mem()?;
     let mut rec = measure(&model, &engine, &w1_refs, &w2_refs, &w3)?;
     let h = &plan.header;
@@ -458,7 +486,7 @@ fn bench_plan(
     let out = emb.embed_ids(&w2_refs, 256, false, &|_| {})?;
     rec["spearman"] = json!(100.0 * spearman_of(&pairs, &out));
     if let Some(r) = reference {
-        let ref_engine = Arc::new(CudaEngine::load(&Plan::read(r)?, 0)?);
+        let ref_engine = Arc::new(CudaEngine::load(&Plan::read(r)?, 0, &options())?);
         let ref_emb = Embedder::new(model.clone(), ref_engine);
         let ref_out = ref_emb.embed_ids(&w2_refs, 256, false, &|_| {})?;
         let cos: Vec<f64> = out

@@ -1,0 +1,475 @@
+//! The float encoder's forward pass over an unpadded batch, as the model's
+//! stages:
+//!
+//! ```text
+//! embeddings + LayerNorm
+//! per layer: QKV GEMM → attention → attn-out GEMM (+bias +residual) → LayerNorm
+//!            → FFN-in GEMM (+bias) → GELU → FFN-out GEMM (+bias +residual) → LayerNorm
+//! pooling (+ L2 normalization when the staged flag asks)
+//! ```
+//!
+//! Graph buckets of 16..64 tokens fuse each linear layer with its epilogue
+//! (small_linear.cu: bias, GELU, or residual + LayerNorm). Staging the batch
+//! into pinned memory and the eager / graph choice are here too; the graph
+//! machinery is graphs.rs, quantized plans' pass is quantized.rs.
+
+use cudarc::driver::{result as cr, sys as cu};
+use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
+
+use super::slot::{Buffers, Gpu, LayerPtrs};
+use super::timing::Marks;
+use super::{drv, CudaEngine};
+use crate::ffn_sm90::FfnInGeluSm90;
+use crate::gemm::{GemmKind, Gemms};
+use crate::plan::staged_u32s;
+
+impl CudaEngine {
+    /// ids | positions | offsets | normalize flag into pinned memory, padded
+    /// to (tp, np): padding tokens are id 0 at position 0, padding sequences
+    /// are empty. The flag is data, not a kernel argument, so one captured
+    /// graph serves both.
+    pub(super) fn stage(
+        &self,
+        g: &mut Gpu,
+        batch: &TokenBatch,
+        (tp, np): (usize, usize),
+        normalize: bool,
+    ) -> usize {
+        let (n, t) = (batch.len(), batch.total_tokens());
+        let staged = staged_u32s(tp, np);
+        // SAFETY: pinned_in holds pinned_in_len >= staged u32s (tp, np within MAX).
+        let stage = unsafe { std::slice::from_raw_parts_mut(g.pinned_in, staged) };
+        stage[..t].copy_from_slice(&batch.ids);
+        stage[t..tp].fill(0);
+        for s in 0..n {
+            let (a, b) = (batch.offsets[s], batch.offsets[s + 1]);
+            for (i, p) in stage[tp + a..tp + b].iter_mut().enumerate() {
+                *p = self.config.position_id(i) as u32;
+            }
+        }
+        stage[tp + t..2 * tp].fill(0);
+        for (o, &v) in stage[2 * tp..2 * tp + n + 1].iter_mut().zip(&batch.offsets) {
+            *o = v as u32;
+        }
+        stage[2 * tp + n + 1..staged - 1].fill(t as u32);
+        stage[staged - 1] = normalize as u32;
+        staged
+    }
+
+    /// One batch on slot `g`: staged, run (one graph launch for small
+    /// batches, else copy in + the encoder + copy out), pooled vectors back.
+    pub(super) fn forward(
+        &self,
+        g: &mut Gpu,
+        batch: &TokenBatch,
+        normalize: bool,
+    ) -> Result<Vec<f32>> {
+        let (n, t) = (batch.len(), batch.total_tokens());
+        let h = self.config.hidden_size;
+        if n > self.max.batch || t > self.max_tokens {
+            return Err(Error::Input(format!(
+                "batch of {n} sequences / {t} tokens exceeds the plan's limits ({} sequences, {} tokens)",
+                self.max.batch, self.max_tokens
+            )));
+        }
+        let (tp, np, graph) = self.run_shape(g, t, n);
+        let staged = self.stage(g, batch, (tp, np), normalize);
+        let stream = g.stream;
+        if graph {
+            // The graph holds the copy in and the copy out too: one launch.
+            let exec = self.graph_for(g, tp, np)?;
+            // SAFETY: exec was captured from this slot's buffers; pinned_out
+            // holds max.batch * h floats >= n * h.
+            unsafe {
+                cr::graph::launch(exec, stream).map_err(drv("graph launch"))?;
+                cr::stream::synchronize(stream).map_err(drv("batch"))?;
+                return Ok(std::slice::from_raw_parts(g.pinned_out, n * h).to_vec());
+            }
+        }
+        // SAFETY: pinned staging and device buffers sized for MAX; the copy
+        // is ordered before the compute on the same stream.
+        unsafe {
+            let src = std::slice::from_raw_parts(g.pinned_in, staged);
+            cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
+        }
+        self.enqueue(g, tp, np, batch.max_seq_len(), None)?;
+        // SAFETY: pinned_out holds max.batch * h floats >= n * h.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(g.pinned_out, n * h);
+            cr::memcpy_dtoh_async(out, g.b.pooled, stream).map_err(drv("copy out"))?;
+            cr::stream::synchronize(stream).map_err(drv("batch"))?;
+            Ok(out.to_vec())
+        }
+    }
+
+    /// Launches the whole encoder for `tp` tokens in `np` sequences (the
+    /// staged buffer already on the device). With `timer`, records an event
+    /// after each stage.
+    pub(super) fn enqueue(
+        &self,
+        g: &mut Gpu,
+        tp: usize,
+        np: usize,
+        max_len_batch: usize,
+        timer: Option<&mut Vec<(&'static str, cu::CUevent)>>,
+    ) -> Result<()> {
+        if g.quant.is_some() {
+            return self.enqueue_quant(g, tp, np, max_len_batch, timer);
+        }
+        let mut marks = Marks::new(g.stream, timer);
+        let pass = Pass::new(self, g, tp, np, max_len_batch);
+        let gemms = g
+            .gemms
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no GEMMs".into()))?;
+        marks.mark("start")?;
+        pass.embeddings()?;
+        marks.mark("embedding+layernorm")?;
+        for (li, l) in g.layers.iter().enumerate() {
+            pass.qkv(gemms, li, l)?;
+            marks.mark("gemm qkv")?;
+            pass.attention()?;
+            marks.mark("attention")?;
+            if let Some(f) = pass.small {
+                pass.small_tail(f, l, &mut marks)?;
+                continue;
+            }
+            pass.attn_out_residual(gemms, li, l)?;
+            marks.mark("gemm attn_out (+bias+residual)")?;
+            pass.layernorm(l.attn_norm)?;
+            marks.mark("layernorm")?;
+            pass.ffn_in_gelu(gemms, g.ffn_sm90.as_ref(), li, l, &mut marks)?;
+            pass.ffn_out_residual(gemms, li, l)?;
+            marks.mark("gemm ffn_out (+bias+residual)")?;
+            pass.layernorm(l.ffn_norm)?;
+            marks.mark("layernorm")?;
+        }
+        self.launch_pool(g, tp, np)?;
+        marks.mark("pooling")?;
+        Ok(())
+    }
+
+    /// Sentence pooling of the final hidden states into `pooled` (fp32).
+    pub(super) fn launch_pool(&self, g: &Gpu, tp: usize, np: usize) -> Result<()> {
+        let mode: i32 = match self.pooling {
+            PoolingMode::Mean => 0,
+            PoolingMode::Cls => 1,
+            PoolingMode::Max => 2,
+            PoolingMode::MeanSqrtLen => 3,
+        };
+        let threads = self.config.hidden_size.next_multiple_of(32).min(256) as u32;
+        let (hidden, pooled) = (g.b.hidden, g.b.pooled);
+        let offs = g.b.tokens + 8 * tp as u64;
+        let normalize_flag = g.b.tokens + 4 * (staged_u32s(tp, np) - 1) as u64;
+        // SAFETY: buffers of this slot sized for the plan's limits; arguments
+        // match `pool` in encoder.cu.
+        unsafe {
+            cr::launch_kernel(
+                g.f.pool,
+                (np as u32, 1, 1),
+                (threads, 1, 1),
+                0,
+                g.stream,
+                kargs![hidden, offs, mode, normalize_flag, pooled],
+            )
+        }
+        .map_err(drv("pooling kernel"))
+    }
+}
+
+/// What every launch of one batch shares, copied out of the slot (all plain
+/// handles and addresses) so the layer loop can borrow the slot's GEMMs
+/// mutably. Made only by [`Pass::new`] from a slot whose buffers hold the
+/// batch: every launch below relies on that (the `SAFETY` notes say so).
+struct Pass {
+    stream: cu::CUstream,
+    b: Buffers,
+    tp: usize,
+    np: usize,
+    tokens_i: i32,
+    /// LayerNorm grids: one warp per token, four tokens per 128-thread block.
+    row_blocks: u32,
+    eps: f32,
+    hidden: usize,
+    inter: usize,
+    /// ids, positions, offsets inside the staged tokens buffer.
+    ids: u64,
+    pos: u64,
+    offs: u64,
+    embeddings: (u64, u64, u64, (u64, u64)),
+    embed_fn: cu::CUfunction,
+    layernorm_fn: cu::CUfunction,
+    gelu_fn: cu::CUfunction,
+    /// The attention kernel, its threads per block and query blocks per head.
+    attention: (cu::CUfunction, u32, u32),
+    heads: i32,
+    scale: f32,
+    max_len: i32,
+    rel_bias: u64,
+    /// The small-token linear kernel for this token bucket, if it runs.
+    small: Option<cu::CUfunction>,
+    ticket: u64,
+    tanh_gelu: bool,
+}
+
+impl Pass {
+    fn new(e: &CudaEngine, g: &Gpu, tp: usize, np: usize, max_len_batch: usize) -> Pass {
+        let c = &e.config;
+        // Both attention kernels take the same arguments: tensor cores with up to 8
+        // warps of 16 queries a block, else one thread a query, 32 a block.
+        let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
+        let (attention, threads, queries_per_block) = match tc {
+            Some(f) => {
+                let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+                (f, 32 * warps, 16 * warps)
+            }
+            None => (g.f.attention, 32, 32),
+        };
+        let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
+        // Small batches (graph buckets of 16..64 tokens): linear layers with the bias,
+        // GELU, residual and LayerNorm fused in (kernels/small_linear.cu).
+        let small = match tp {
+            16 | 32 | 48 | 64 if tp <= g.small_max_tokens => {
+                g.f.small_linear.get(tp / 16 - 1).copied()
+            }
+            _ => None,
+        };
+        let b = g.b;
+        Pass {
+            stream: g.stream,
+            b,
+            tp,
+            np,
+            tokens_i: tp as i32,
+            row_blocks: tp.div_ceil(4) as u32,
+            eps: c.layer_norm_eps,
+            hidden: c.hidden_size,
+            inter: c.intermediate_size,
+            ids: b.tokens,
+            pos: b.tokens + 4 * tp as u64,
+            offs: b.tokens + 8 * tp as u64,
+            embeddings: (g.word, g.position, g.type0, g.emb_norm),
+            embed_fn: g.f.embed,
+            layernorm_fn: g.f.layernorm,
+            gelu_fn: g.f.gelu,
+            attention: (attention, threads as u32, query_blocks),
+            heads: c.num_attention_heads as i32,
+            scale: 1.0f32 / (c.head_dim() as f32).sqrt(),
+            max_len: e.max.seq as i32,
+            rel_bias: g.rel_bias,
+            small,
+            ticket: g.ticket,
+            tanh_gelu: g.tanh_gelu,
+        }
+    }
+
+    /// Word (+ position, + token type 0) embeddings and their LayerNorm into hidden.
+    fn embeddings(&self) -> Result<()> {
+        let (ids, pos, tokens_i, eps) = (self.ids, self.pos, self.tokens_i, self.eps);
+        let (wd, po, t0, (ga, be)) = self.embeddings;
+        let out = self.b.hidden;
+        // SAFETY: see Pass; arguments match `embed_layernorm` in encoder.cu.
+        unsafe {
+            cr::launch_kernel(
+                self.embed_fn,
+                (self.row_blocks, 1, 1),
+                (128, 1, 1),
+                0,
+                self.stream,
+                kargs![ids, pos, tokens_i, wd, po, t0, ga, be, out, eps],
+            )
+        }
+        .map_err(drv("embedding kernel"))
+    }
+
+    /// hidden → qkv (+bias).
+    fn qkv(&self, gemms: &mut Gemms, li: usize, l: &LayerPtrs) -> Result<()> {
+        let b = &self.b;
+        match self.small {
+            Some(f) => self.small_linear(
+                f,
+                (b.hidden, l.qkv_w, l.biases[0], 0, b.qkv),
+                (3 * self.hidden, self.hidden),
+                0,
+                (0, 0),
+            ),
+            None => self.gemm(gemms, li, GemmKind::Qkv, l.qkv_w, b.hidden, None, b.qkv),
+        }
+    }
+
+    /// qkv → context: one kernel over all sequences (query tiles × heads × sequences).
+    fn attention(&self) -> Result<()> {
+        let (f, threads, query_blocks) = self.attention;
+        let b = self.b;
+        let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
+        let (rb, bk) = (self.rel_bias, b.bucket);
+        // SAFETY: see Pass; both attention kernels take these arguments.
+        unsafe {
+            cr::launch_kernel(
+                f,
+                (query_blocks, heads as u32, self.np as u32),
+                (threads, 1, 1),
+                0,
+                self.stream,
+                kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
+            )
+        }
+        .map_err(drv("attention kernel"))
+    }
+
+    /// context → scratch = attn_out(context) + bias + hidden (the residual).
+    fn attn_out_residual(&self, gemms: &mut Gemms, li: usize, l: &LayerPtrs) -> Result<()> {
+        let b = &self.b;
+        let (w, x, res, y) = (l.attn_out_w, b.context, Some(b.hidden), b.scratch);
+        self.gemm(gemms, li, GemmKind::AttnOut, w, x, res, y)
+    }
+
+    /// hidden → inter = GELU(ffn_in(hidden) + bias): our Hopper GEMM with the
+    /// GELU fused where chosen, else cuBLASLt then the GELU pass (or cuBLASLt's
+    /// tanh GELU epilogue).
+    fn ffn_in_gelu(
+        &self,
+        gemms: &mut Gemms,
+        own: Option<&FfnInGeluSm90>,
+        li: usize,
+        l: &LayerPtrs,
+        marks: &mut Marks,
+    ) -> Result<()> {
+        let b = &self.b;
+        if let Some(ffn) = own {
+            // SAFETY: see Pass; the tensor maps were made for this slot's buffers.
+            unsafe { ffn.launch(li, l.biases[2], b.inter, self.tp, self.stream) }?;
+            return marks.mark("ffn_in+gelu (own wgmma GEMM)");
+        }
+        self.gemm(
+            gemms,
+            li,
+            GemmKind::FfnIn,
+            l.ffn_in_w,
+            b.hidden,
+            None,
+            b.inter,
+        )?;
+        marks.mark("gemm ffn_in (+bias)")?;
+        if !self.tanh_gelu {
+            self.gelu(b.inter, (self.tp * self.inter) as i64)?;
+            marks.mark("gelu")?;
+        }
+        Ok(())
+    }
+
+    /// inter → scratch = ffn_out(inter) + bias + hidden (the residual).
+    fn ffn_out_residual(&self, gemms: &mut Gemms, li: usize, l: &LayerPtrs) -> Result<()> {
+        let b = &self.b;
+        let (w, x, res, y) = (l.ffn_out_w, b.inter, Some(b.hidden), b.scratch);
+        self.gemm(gemms, li, GemmKind::FfnOut, w, x, res, y)
+    }
+
+    /// Post-attention and post-FFN LayerNorm: scratch (sum with the residual,
+    /// from the GEMM epilogue) normalized into hidden.
+    fn layernorm(&self, (ga, be): (u64, u64)) -> Result<()> {
+        let (b, tokens_i, eps) = (self.b, self.tokens_i, self.eps);
+        // SAFETY: see Pass; arguments match `layernorm` in encoder.cu.
+        unsafe {
+            cr::launch_kernel(
+                self.layernorm_fn,
+                (self.row_blocks, 1, 1),
+                (128, 1, 1),
+                0,
+                self.stream,
+                kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
+            )
+        }
+        .map_err(drv("layernorm kernel"))
+    }
+
+    /// Exact-erf GELU in place over `n` values.
+    fn gelu(&self, x: u64, n: i64) -> Result<()> {
+        let blocks = (n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
+        // SAFETY: see Pass; x holds n values; arguments match `gelu` in encoder.cu.
+        unsafe {
+            cr::launch_kernel(
+                self.gelu_fn,
+                (blocks, 1, 1),
+                (256, 1, 1),
+                0,
+                self.stream,
+                kargs![x, n],
+            )
+        }
+        .map_err(drv("gelu kernel"))
+    }
+
+    /// The rest of a layer for small batches, each linear layer one kernel
+    /// with its epilogue: attn-out + residual + LayerNorm, FFN-in + GELU,
+    /// FFN-out + residual + LayerNorm.
+    fn small_tail(&self, f: cu::CUfunction, l: &LayerPtrs, marks: &mut Marks) -> Result<()> {
+        let (b, hid, inter) = (&self.b, self.hidden, self.inter);
+        self.small_linear(
+            f,
+            (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch),
+            (hid, hid),
+            2,
+            l.attn_norm,
+        )?;
+        marks.mark("small attn_out+layernorm")?;
+        self.small_linear(
+            f,
+            (b.hidden, l.ffn_in_w, l.biases[2], 0, b.inter),
+            (inter, hid),
+            1,
+            (0, 0),
+        )?;
+        marks.mark("small ffn_in+gelu")?;
+        self.small_linear(
+            f,
+            (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch),
+            (hid, inter),
+            2,
+            l.ffn_norm,
+        )?;
+        marks.mark("small ffn_out+layernorm")
+    }
+
+    /// `y = x wᵀ + bias` for `n` outputs over `k` inputs, then the epilogue:
+    /// 0 none, 1 GELU, 2 + residual and the LayerNorm of whole rows into hidden.
+    fn small_linear(
+        &self,
+        f: cu::CUfunction,
+        (x, w, bias, res, y): (u64, u64, u64, u64, u64),
+        (n, k): (usize, usize),
+        epilogue: i32,
+        (gamma, beta): (u64, u64),
+    ) -> Result<()> {
+        let warps = (k / 32).div_ceil(4).clamp(4, 16) as u32;
+        let (n_i, k_i) = (n as i32, k as i32);
+        let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
+        // SAFETY: see Pass; arguments match SMALL_LINEAR in small_linear.cu.
+        unsafe {
+            cr::launch_kernel(
+                f,
+                ((n / 8) as u32, 1, 1),
+                (32 * warps, 1, 1),
+                0,
+                self.stream,
+                kargs![x, w, bias, res, y, n_i, k_i, epilogue, gamma, beta, eps, ticket, ln_out],
+            )
+        }
+        .map_err(drv("small linear kernel"))
+    }
+
+    /// One cuBLASLt GEMM of layer `li` over this batch's tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        gemms: &mut Gemms,
+        li: usize,
+        kind: GemmKind,
+        w: u64,
+        x: u64,
+        res: Option<u64>,
+        y: u64,
+    ) -> Result<()> {
+        gemms.run(li, kind, self.tp, w, x, res, y, self.stream as _)
+    }
+}

@@ -1,0 +1,302 @@
+//! How an engine runs, chosen by the caller at load: `CudaEngine::load(plan,
+//! ordinal, &options)`. The defaults are the proven, fastest-measured path;
+//! every other value is an ablation or an opt-in experiment (docs/perf/gpu.md).
+//!
+//! The library reads no environment variable. The CLI and the Python package
+//! read the `EMBEDRT_*` names in [`EngineOptions::ENV_VARS`] through
+//! [`EngineOptions::from_lookup`], which they hand a lookup (`std::env::var`),
+//! so the names and their parsing live here, once.
+
+use std::path::PathBuf;
+
+use embedrt_core::{Error, Result};
+
+/// Execution slots made by default: two let one batch's copies and host work
+/// overlap another's compute.
+pub const DEFAULT_SLOTS: usize = 2;
+/// Most execution slots a load makes.
+pub const MAX_SLOTS: usize = 4;
+/// Graph buckets up to this many tokens use the small-token linear kernels
+/// by default (the kernels exist for 16 to 64).
+pub const SMALL_LINEAR_MAX_TOKENS: usize = 64;
+
+/// Which attention kernel runs where both apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Attention {
+    /// The tensor-core kernel (`attention_tc.cu`) where it applies (fp16,
+    /// sm_80+, head size a multiple of 16), else the CUDA-core one.
+    #[default]
+    TensorCores,
+    /// Always the CUDA-core kernel (an ablation).
+    Scalar,
+}
+
+/// How the FFN-in activation is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Gelu {
+    /// The models' definition: exact-erf GELU, a pass after the GEMM (or fused
+    /// in the small-token and Hopper FFN-in kernels).
+    #[default]
+    Exact,
+    /// cuBLASLt's tanh-approximated `GELU_BIAS` epilogue: an experiment
+    /// measuring what a fused epilogue saves, not the models' definition
+    /// (docs/perf/gpu.md run 9). Float plans only.
+    Tanh,
+}
+
+/// Which GEMM runs the FFN-in layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FfnGemm {
+    /// cuBLASLt, then the GELU pass.
+    #[default]
+    Cublaslt,
+    /// Hopper only (fp16, sm_90): our wgmma GEMM with the exact GELU in its
+    /// epilogue (`ffn_gemm_sm90.cu`). Correct, but slower than cuBLASLt + the
+    /// GELU pass so far (docs/perf/gpu.md run 16); elsewhere cuBLASLt runs.
+    Own,
+}
+
+/// Tuning and ablation switches of one engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Execution slots wanted (clamped to 1..=4): each has its own stream,
+    /// activations, pinned staging and graphs, so that many batches can be in
+    /// flight. Fewer are made where they do not fit in free memory with 512 MiB
+    /// to spare; one always is.
+    pub slots: usize,
+    /// Batches of up to 2,048 tokens run as one CUDA graph launch; off: every
+    /// batch launches its kernels one by one.
+    pub graphs: bool,
+    pub attention: Attention,
+    pub gelu: Gelu,
+    pub ffn_gemm: FfnGemm,
+    /// Graph buckets of at most this many tokens run their linear layers
+    /// through the small-token kernels (`small_linear.cu`); 0 turns them off.
+    pub small_linear_max_tokens: usize,
+    /// Where compiled kernels are cached; None: [`crate::kernels::default_cache_dir`].
+    pub kernel_cache: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            slots: DEFAULT_SLOTS,
+            graphs: true,
+            attention: Attention::default(),
+            gelu: Gelu::default(),
+            ffn_gemm: FfnGemm::default(),
+            small_linear_max_tokens: SMALL_LINEAR_MAX_TOKENS,
+            kernel_cache: None,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The option keys [`EngineOptions::set`] takes, with the values they accept.
+    pub const KEYS: &'static [(&'static str, &'static str)] = &[
+        ("slots", "1 to 4"),
+        ("graphs", "on or off (1 or 0)"),
+        ("attention", "tc or scalar"),
+        ("gelu", "exact or tanh"),
+        ("ffn_gemm", "cublaslt or own"),
+        ("small_linear", "the largest token bucket, 0 = off"),
+        ("kernel_cache", "a directory"),
+    ];
+
+    /// The environment variables the CLI and the Python package map onto
+    /// option keys (the names bench/gpu scripts and docs/perf use).
+    pub const ENV_VARS: &'static [(&'static str, &'static str)] = &[
+        ("EMBEDRT_CUDA_SLOTS", "slots"),
+        ("EMBEDRT_CUDA_GRAPHS", "graphs"),
+        ("EMBEDRT_ATTENTION", "attention"),
+        ("EMBEDRT_GELU", "gelu"),
+        ("EMBEDRT_FFN_GEMM", "ffn_gemm"),
+        ("EMBEDRT_SMALL_LINEAR", "small_linear"),
+        ("EMBEDRT_KERNEL_CACHE", "kernel_cache"),
+    ];
+
+    /// Sets one option from its text form (`slots=1`, `attention=scalar`, ...).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.parse(key, value)
+            .map_err(|why| Error::Input(format!("engine option {key}={value}: {why}")))
+    }
+
+    /// The defaults with every variable of [`Self::ENV_VARS`] that `lookup`
+    /// finds applied (an empty value counts as unset). The caller decides where
+    /// the values come from: `|name| std::env::var(name).ok()`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut options = EngineOptions::default();
+        for (var, key) in Self::ENV_VARS {
+            let Some(value) = lookup(var).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            options
+                .parse(key, &value)
+                .map_err(|why| Error::Input(format!("{var}={value}: {why}")))?;
+        }
+        Ok(options)
+    }
+
+    fn parse(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        let expected = || {
+            let what = Self::KEYS.iter().find(|(k, _)| *k == key).map(|(_, w)| *w);
+            format!("expected {}", what.unwrap_or("?"))
+        };
+        match key {
+            "slots" => {
+                self.slots = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_SLOTS).contains(n))
+                    .ok_or_else(expected)?
+            }
+            "graphs" => {
+                self.graphs = match value {
+                    "1" | "on" | "true" => true,
+                    "0" | "off" | "false" => false,
+                    _ => return Err(expected()),
+                }
+            }
+            "attention" => {
+                self.attention = match value {
+                    "tc" => Attention::TensorCores,
+                    "scalar" => Attention::Scalar,
+                    _ => return Err(expected()),
+                }
+            }
+            "gelu" => {
+                self.gelu = match value {
+                    "exact" => Gelu::Exact,
+                    "tanh" => Gelu::Tanh,
+                    _ => return Err(expected()),
+                }
+            }
+            "ffn_gemm" => {
+                self.ffn_gemm = match value {
+                    "cublaslt" => FfnGemm::Cublaslt,
+                    "own" => FfnGemm::Own,
+                    _ => return Err(expected()),
+                }
+            }
+            "small_linear" => {
+                self.small_linear_max_tokens = value.parse().map_err(|_| expected())?
+            }
+            "kernel_cache" => self.kernel_cache = Some(PathBuf::from(value)),
+            _ => {
+                let keys: Vec<&str> = Self::KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(format!(
+                    "unknown option; the options are {}",
+                    keys.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_map_onto_the_options_they_set() {
+        let env = [
+            ("EMBEDRT_CUDA_SLOTS", "1"),
+            ("EMBEDRT_CUDA_GRAPHS", "0"),
+            ("EMBEDRT_ATTENTION", "scalar"),
+            ("EMBEDRT_GELU", "tanh"),
+            ("EMBEDRT_FFN_GEMM", "own"),
+            ("EMBEDRT_SMALL_LINEAR", "0"),
+            ("EMBEDRT_KERNEL_CACHE", "/tmp/k"),
+        ];
+        let lookup = |n: &str| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let o = EngineOptions::from_lookup(lookup).unwrap();
+        assert_eq!(
+            o,
+            EngineOptions {
+                slots: 1,
+                graphs: false,
+                attention: Attention::Scalar,
+                gelu: Gelu::Tanh,
+                ffn_gemm: FfnGemm::Own,
+                small_linear_max_tokens: 0,
+                kernel_cache: Some(PathBuf::from("/tmp/k")),
+            }
+        );
+        // Every ENV_VARS key is one set() knows, and every KEYS key has a variable.
+        assert_eq!(EngineOptions::ENV_VARS.len(), EngineOptions::KEYS.len());
+    }
+
+    #[test]
+    fn nothing_set_or_empty_values_are_the_defaults() {
+        assert_eq!(
+            EngineOptions::from_lookup(|_| None).unwrap(),
+            EngineOptions::default()
+        );
+        let empty = EngineOptions::from_lookup(|_| Some(String::new())).unwrap();
+        assert_eq!(empty, EngineOptions::default());
+        let d = EngineOptions::default();
+        assert_eq!(
+            (d.slots, d.graphs, d.small_linear_max_tokens),
+            (2, true, 64)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_what_it_takes() {
+        let one = |var: &'static str, value: &'static str| {
+            EngineOptions::from_lookup(move |n| (n == var).then(|| value.to_string()))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = one("EMBEDRT_CUDA_SLOTS", "many");
+        assert!(
+            e.contains("EMBEDRT_CUDA_SLOTS=many: expected 1 to 4"),
+            "{e}"
+        );
+        let e = one("EMBEDRT_CUDA_SLOTS", "9");
+        assert!(e.contains("expected 1 to 4"), "{e}");
+        let e = one("EMBEDRT_ATTENTION", "flash");
+        assert!(
+            e.contains("EMBEDRT_ATTENTION=flash: expected tc or scalar"),
+            "{e}"
+        );
+        let e = one("EMBEDRT_CUDA_GRAPHS", "maybe");
+        assert!(e.contains("expected on or off"), "{e}");
+        let e = EngineOptions::default()
+            .set("slot", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("engine option slot=1: unknown option; the options are slots,"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn set_takes_each_key() {
+        let mut o = EngineOptions::default();
+        for (k, v) in [
+            ("slots", "3"),
+            ("graphs", "off"),
+            ("attention", "tc"),
+            ("gelu", "exact"),
+        ] {
+            o.set(k, v).unwrap();
+        }
+        o.set("ffn_gemm", "cublaslt").unwrap();
+        o.set("small_linear", "32").unwrap();
+        assert_eq!(
+            (o.slots, o.graphs, o.small_linear_max_tokens),
+            (3, false, 32)
+        );
+        assert_eq!(
+            (o.attention, o.gelu, o.ffn_gemm),
+            (Attention::TensorCores, Gelu::Exact, FfnGemm::Cublaslt)
+        );
+    }
+}

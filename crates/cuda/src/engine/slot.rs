@@ -1,0 +1,444 @@
+//! Execution slots: each has its own stream, every activation buffer of the
+//! MAX profile, pinned host staging, the compiled kernels, cuBLASLt handles
+//! and CUDA graphs; the weights are uploaded by slot 0 and shared. A slot sits
+//! behind its own `Mutex`; a batch takes a free one (`acquire`).
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use cudarc::driver::{result as cr, sys as cu, CudaContext};
+use embedrt_core::{Architecture, Error, Result};
+
+use super::options::{Attention, EngineOptions, FfnGemm, Gelu};
+use super::{drv, quantized, CudaEngine};
+use crate::ffn_sm90::FfnInGeluSm90;
+use crate::gemm::Gemms;
+use crate::kernels::{self, Kernel};
+use crate::plan::{layer_tensor, staged_u32s, Plan, Precision, GEMM_WORKSPACE_BYTES};
+
+/// Device addresses of one layer's weights (inside the shared blob).
+pub(super) struct LayerPtrs {
+    pub(super) qkv_w: u64,
+    pub(super) attn_out_w: u64,
+    pub(super) attn_norm: (u64, u64),
+    pub(super) ffn_in_w: u64,
+    pub(super) ffn_out_w: u64,
+    pub(super) ffn_norm: (u64, u64),
+    /// qkv, attn_out, ffn_in, ffn_out biases (the small-token path adds them itself).
+    pub(super) biases: [u64; 4],
+}
+
+/// The float encoder's kernels, looked up once per slot.
+pub(super) struct Functions {
+    pub(super) embed: cu::CUfunction,
+    pub(super) layernorm: cu::CUfunction,
+    pub(super) gelu: cu::CUfunction,
+    pub(super) attention: cu::CUfunction,
+    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
+    pub(super) attention_tc: Option<cu::CUfunction>,
+    pub(super) pool: cu::CUfunction,
+    /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
+    /// tokens (fp16, sm_80+); empty where they do not apply.
+    pub(super) small_linear: Vec<cu::CUfunction>,
+}
+
+/// A slot's activation buffers (`plan::workspace_layout`, sized for MAX).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Buffers {
+    pub(super) hidden: u64,
+    pub(super) qkv: u64,
+    pub(super) context: u64,
+    pub(super) scratch: u64,
+    pub(super) inter: u64,
+    pub(super) tokens: u64,
+    pub(super) pooled: u64,
+    pub(super) gemm_ws: u64,
+    pub(super) bucket: u64,
+}
+
+/// One execution slot.
+pub(super) struct Gpu {
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) stream: cu::CUstream,
+    pub(super) module: cu::CUmodule,
+    pub(super) f: Functions,
+    pub(super) allocations: Vec<u64>,
+    pub(super) b: Buffers,
+    pub(super) word: u64,
+    pub(super) position: u64,
+    pub(super) type0: u64,
+    pub(super) emb_norm: (u64, u64),
+    pub(super) layers: Vec<LayerPtrs>,
+    pub(super) rel_bias: u64,
+    /// Pinned staging: ids | positions | offsets | normalize flag in, pooled out.
+    pub(super) pinned_in: *mut u32,
+    pub(super) pinned_in_len: usize,
+    pub(super) pinned_out: *mut f32,
+    pub(super) pinned_out_len: usize,
+    pub(super) gemms: Option<Gemms>,
+    /// Captured encoder graphs by (padded tokens, padded sequences).
+    pub(super) graphs: HashMap<(usize, usize), cu::CUgraphExec>,
+    pub(super) use_graphs: bool,
+    pub(super) use_tc_attention: bool,
+    /// `Gelu::Tanh`: GELU as cuBLASLt's tanh approximation in the FFN-in
+    /// epilogue instead of the exact-erf pass (an experiment: what a fused
+    /// epilogue saves; not the models' definition).
+    pub(super) tanh_gelu: bool,
+    /// The weight blob (owned by slot 0's allocations).
+    pub(super) weights: u64,
+    pub(super) kernels_from_cache: bool,
+    /// One u32, zero between launches: the small-token LayerNorm's ticket.
+    pub(super) ticket: u64,
+    /// Hopper, opt-in (`FfnGemm::Own`): FFN-in with the exact GELU fused,
+    /// through our wgmma GEMM instead of cuBLASLt + the GELU pass. Correct,
+    /// but slower than cuBLASLt + GELU so far (docs/perf/gpu.md run 16).
+    pub(super) ffn_sm90: Option<FfnInGeluSm90>,
+    /// Batches of at most this many tokens (graph buckets) run their linear
+    /// layers through the small-token kernels (0 = off).
+    pub(super) small_max_tokens: usize,
+    /// Quantized plans: the 8-bit GEMMs and their kernels (engine/quantized.rs).
+    pub(super) quant: Option<quantized::QuantState>,
+}
+
+// SAFETY: the raw handles are used only while holding the engine's mutex,
+// with the context bound to the calling thread first.
+unsafe impl Send for Gpu {}
+
+impl Gpu {
+    /// A slot holding nothing yet, its switches set from `options`; Drop
+    /// frees whatever the steps of `make_slot` made.
+    fn empty(ctx: &Arc<CudaContext>, options: &EngineOptions, quantized: bool) -> Gpu {
+        Gpu {
+            ctx: ctx.clone(),
+            stream: std::ptr::null_mut(),
+            module: std::ptr::null_mut(),
+            f: Functions {
+                embed: std::ptr::null_mut(),
+                layernorm: std::ptr::null_mut(),
+                gelu: std::ptr::null_mut(),
+                attention: std::ptr::null_mut(),
+                attention_tc: None,
+                pool: std::ptr::null_mut(),
+                small_linear: Vec::new(),
+            },
+            allocations: Vec::new(),
+            b: Buffers::default(),
+            word: 0,
+            position: 0,
+            type0: 0,
+            emb_norm: (0, 0),
+            layers: Vec::new(),
+            rel_bias: 0,
+            pinned_in: std::ptr::null_mut(),
+            pinned_in_len: 0,
+            pinned_out: std::ptr::null_mut(),
+            pinned_out_len: 0,
+            gemms: None,
+            graphs: HashMap::new(),
+            use_graphs: options.graphs,
+            use_tc_attention: options.attention == Attention::TensorCores,
+            // Quantized plans run their own encoder loop: no fp16-only variants in it.
+            tanh_gelu: options.gelu == Gelu::Tanh && !quantized,
+            weights: 0,
+            kernels_from_cache: false,
+            ticket: 0,
+            ffn_sm90: None,
+            small_max_tokens: if quantized {
+                0
+            } else {
+                options.small_linear_max_tokens
+            },
+            quant: None,
+        }
+    }
+
+    fn alloc(&mut self, what: &str, bytes: usize) -> Result<u64> {
+        // SAFETY: plain device allocation, freed in Gpu::drop.
+        let p = unsafe { cr::malloc_sync(bytes.max(256)) }.map_err(|e| {
+            let free = cr::mem_get_info().map(|(f, _)| f).unwrap_or(0);
+            Error::fault(
+                crate::fault::kind_of(e.0),
+                format!(
+                    "out of GPU memory allocating {what} ({bytes} bytes needed, {free} free): {e}"
+                ),
+            )
+        })?;
+        self.allocations.push(p);
+        Ok(p)
+    }
+}
+
+/// One execution slot: stream, activation buffers, pinned staging, kernels
+/// and GEMM handles; the weights are uploaded by the first slot and shared
+/// by the others.
+pub(super) fn make_slot(
+    plan: &Plan,
+    ctx: &Arc<CudaContext>,
+    cc: (i32, i32),
+    layout: &[(&'static str, usize)],
+    shared_weights: Option<u64>,
+    options: &EngineOptions,
+) -> Result<Gpu> {
+    let h = &plan.header;
+    let config = &h.config;
+    let max = h.profile.max;
+    let quantized = h.quant.is_some();
+    let mut gpu = Gpu::empty(ctx, options, quantized);
+    // From here on, Gpu's Drop frees whatever was made if a step fails.
+    gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
+    let weights = match shared_weights {
+        Some(w) => w,
+        None => {
+            let w = gpu.alloc("weights", h.weight_bytes)?;
+            // SAFETY: w has weight_bytes bytes; the plan's blob is that long.
+            unsafe { cr::memcpy_htod_sync(w, &plan.weights) }.map_err(drv("weight upload"))?;
+            w
+        }
+    };
+    gpu.ticket = gpu.alloc("LayerNorm ticket", 4)?;
+    // SAFETY: a 256-byte allocation (alloc rounds up).
+    unsafe { cr::memset_d8_sync(gpu.ticket, 0, 4) }.map_err(drv("memset"))?;
+    let mut bufs = Vec::new();
+    for (what, bytes) in layout {
+        bufs.push((*what, gpu.alloc(what, *bytes)?));
+    }
+    let get = |n: &str| {
+        bufs.iter()
+            .find(|(w, _)| *w == n)
+            .map(|(_, p)| *p)
+            .unwrap_or(0)
+    };
+    gpu.b = Buffers {
+        hidden: get("hidden"),
+        qkv: get("qkv"),
+        context: get("context"),
+        scratch: get("scratch"),
+        inter: get("intermediate"),
+        tokens: get("tokens"),
+        pooled: get("pooled"),
+        gemm_ws: get("gemm_workspace"),
+        bucket: get("bucket_table"),
+    };
+    if config.architecture == Architecture::Mpnet {
+        let table: Vec<i32> = config
+            .relative_bucket_table(max.seq)
+            .into_iter()
+            .map(|b| b as i32)
+            .collect();
+        // SAFETY: the buffer holds 2*max.seq-1 ints.
+        unsafe { cr::memcpy_htod_sync(gpu.b.bucket, &table) }.map_err(drv("upload"))?;
+    }
+    let biases = weight_pointers(&mut gpu, plan, weights)?;
+    // Pinned host staging.
+    gpu.pinned_in_len = staged_u32s(h.profile.token_budget(), max.batch);
+    gpu.pinned_out_len = max.batch * config.hidden_size;
+    // SAFETY: page-locked host allocations, freed in Gpu::drop.
+    unsafe {
+        gpu.pinned_in = cr::malloc_host(gpu.pinned_in_len * 4, 0)
+            .map_err(drv("pinned host memory"))? as *mut u32;
+        gpu.pinned_out = cr::malloc_host(gpu.pinned_out_len * 4, 0)
+            .map_err(drv("pinned host memory"))? as *mut f32;
+    }
+    load_kernels(&mut gpu, plan, cc, options)?;
+    let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
+    let fp16 = h.precision == Precision::Fp16;
+    let (hid, inter) = (config.hidden_size, config.intermediate_size);
+    let wanted = options.ffn_gemm == FfnGemm::Own;
+    if wanted && !quantized && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
+        // SAFETY: the module was loaded by load_kernels.
+        let f = unsafe { kernels::function(gpu.module, Kernel::FfnInGeluSm90) }?;
+        let sms = ctx
+            .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("device attribute"))?;
+        gpu.ffn_sm90 = Some(FfnInGeluSm90::new(
+            f,
+            sms as usize,
+            gpu.b.hidden,
+            h.profile.token_budget(),
+            (hid, inter),
+            &ffn_in,
+        )?);
+    }
+    gpu.gemms = Some(Gemms::new(
+        h.precision,
+        config.hidden_size,
+        config.intermediate_size,
+        &biases,
+        gpu.b.gemm_ws,
+        GEMM_WORKSPACE_BYTES,
+        &h.gemm_algos,
+        gpu.tanh_gelu,
+    )?);
+    let quant_buffers = (get("quant_act"), get("quant_acc"), gpu.b.gemm_ws);
+    gpu.quant = quantized::QuantState::new(plan, gpu.module, weights, quant_buffers)?;
+    gpu.weights = weights;
+    Ok(gpu)
+}
+
+/// Device addresses of every weight inside the blob at `weights`; returns
+/// each layer's four GEMM biases (for the cuBLASLt epilogues).
+fn weight_pointers(gpu: &mut Gpu, plan: &Plan, weights: u64) -> Result<Vec<[u64; 4]>> {
+    let config = &plan.header.config;
+    let t = |n: &str| -> Result<u64> { Ok(weights + plan.tensor(n)?.offset as u64) };
+    gpu.word = t("embeddings.word")?;
+    gpu.position = t("embeddings.position")?;
+    gpu.type0 = match config.architecture {
+        Architecture::Bert => t("embeddings.token_type0")?,
+        Architecture::Mpnet => 0,
+    };
+    gpu.emb_norm = (t("embeddings.norm.gamma")?, t("embeddings.norm.beta")?);
+    gpu.rel_bias = match config.architecture {
+        Architecture::Mpnet => t("relative_attention_bias")?,
+        Architecture::Bert => 0,
+    };
+    let mut biases = Vec::new();
+    for i in 0..config.num_hidden_layers {
+        let lt = |w: &str| t(&layer_tensor(i, w));
+        let b = [
+            lt("qkv.bias")?,
+            lt("attn_out.bias")?,
+            lt("ffn_in.bias")?,
+            lt("ffn_out.bias")?,
+        ];
+        gpu.layers.push(LayerPtrs {
+            qkv_w: lt("qkv.weight")?,
+            attn_out_w: lt("attn_out.weight")?,
+            attn_norm: (lt("attn_norm.gamma")?, lt("attn_norm.beta")?),
+            ffn_in_w: lt("ffn_in.weight")?,
+            ffn_out_w: lt("ffn_out.weight")?,
+            ffn_norm: (lt("ffn_norm.gamma")?, lt("ffn_norm.beta")?),
+            biases: b,
+        });
+        biases.push(b);
+    }
+    Ok(biases)
+}
+
+/// Compiles (or finds cached) the encoder program for this plan and GPU,
+/// loads it and looks up the float encoder's kernels.
+fn load_kernels(gpu: &mut Gpu, plan: &Plan, cc: (i32, i32), options: &EngineOptions) -> Result<()> {
+    let h = &plan.header;
+    let config = &h.config;
+    let max = h.profile.max;
+    let mut defines = vec![
+        format!("EMBEDRT_FP16={}", (h.precision == Precision::Fp16) as i32),
+        format!("HIDDEN={}", config.hidden_size),
+        format!("HEAD_DIM={}", config.head_dim()),
+    ];
+    if let Some(q) = &h.quant {
+        let code = match q.format() {
+            embedrt_core::quant::QuantFormat::Int8 => 1,
+            embedrt_core::quant::QuantFormat::Fp8 => 2,
+        };
+        defines.push(format!("EMBEDRT_QUANT={code}"));
+    }
+    let cubin = kernels::compile_cached(
+        kernels::ENCODER_SOURCE,
+        &defines,
+        cc,
+        options.kernel_cache.as_deref(),
+    )?;
+    // SAFETY: a CUBIN NVRTC made for this GPU (checked by its trailer).
+    gpu.module = unsafe { cr::module::load_data(cubin.image.as_ptr() as *const c_void) }
+        .map_err(drv("kernel module load"))?;
+    gpu.kernels_from_cache = cubin.from_cache;
+    let module = gpu.module;
+    // SAFETY: module loaded above, unloaded in Gpu::drop.
+    let func = |k: Kernel| unsafe { kernels::function(module, k) };
+    let tensor_cores = cc.0 >= 8 && h.precision == Precision::Fp16;
+    gpu.f = Functions {
+        embed: func(Kernel::EmbedLayernorm)?,
+        layernorm: func(Kernel::Layernorm)?,
+        gelu: func(Kernel::Gelu)?,
+        attention: func(Kernel::Attention)?,
+        // MPNet's bias table per block holds up to 1,024 key - query values.
+        attention_tc: if tensor_cores
+            && config.head_dim().is_multiple_of(16)
+            && (config.architecture != Architecture::Mpnet || max.seq <= 768)
+        {
+            func(Kernel::AttentionTc).ok()
+        } else {
+            None
+        },
+        pool: func(Kernel::Pool)?,
+        small_linear: if tensor_cores
+            && config.hidden_size.is_multiple_of(32)
+            && config.intermediate_size.is_multiple_of(32)
+        {
+            kernels::SMALL_LINEAR
+                .iter()
+                .map(|&k| func(k))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        },
+    };
+    Ok(())
+}
+
+impl CudaEngine {
+    /// Slot 0 (tuning, stage timing).
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, Gpu>> {
+        Self::bound(&self.slots[0])
+    }
+
+    pub(super) fn bound(slot: &Mutex<Gpu>) -> Result<MutexGuard<'_, Gpu>> {
+        // A panic inside a batch poisons the lock; the GPU state itself is
+        // still consistent (every batch starts from scratch), so go on.
+        let g = slot.lock().unwrap_or_else(|p| p.into_inner());
+        g.ctx.bind_to_thread().map_err(drv("bind context"))?;
+        Ok(g)
+    }
+
+    /// A free slot if there is one, else waits for the next in turn.
+    pub(super) fn acquire(&self) -> Result<MutexGuard<'_, Gpu>> {
+        let n = self.slots.len();
+        let first = self
+            .next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for k in 0..n {
+            let g = match self.slots[(first + k) % n].try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            g.ctx.bind_to_thread().map_err(drv("bind context"))?;
+            return Ok(g);
+        }
+        Self::bound(&self.slots[first % n])
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: each handle was made by this struct and is released once,
+        // after the stream has drained.
+        unsafe {
+            if !self.stream.is_null() {
+                let _ = cr::stream::synchronize(self.stream);
+            }
+            for (_, e) in self.graphs.drain() {
+                let _ = cr::graph::exec_destroy(e);
+            }
+            self.gemms = None;
+            self.quant = None;
+            for p in self.allocations.drain(..) {
+                let _ = cr::free_sync(p);
+            }
+            if !self.pinned_in.is_null() {
+                let _ = cr::free_host(self.pinned_in as *mut c_void);
+            }
+            if !self.pinned_out.is_null() {
+                let _ = cr::free_host(self.pinned_out as *mut c_void);
+            }
+            if !self.module.is_null() {
+                let _ = cr::module::unload(self.module);
+            }
+            if !self.stream.is_null() {
+                let _ = cr::stream::destroy(self.stream);
+            }
+        }
+    }
+}
