@@ -15,7 +15,9 @@
 # measured, MiniLM STS drop <= 0.3 becomes the fp8 default; --tune-8bit becomes the default
 # if its rows beat the untuned ones of the same output form (int8 included).
 # Every step is logged and may fail alone; the table comes last; results in $OUT.
-# Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh, run from this worktree).
+# Binaries come prebuilt in .gpu/: here, `bench/gpu/prepare_carry.sh .gpu` (from the checkout
+# whose binaries should travel); then one device call with carry [".gpu"]:
+#   bash bench/gpu/quant_fast.sh
 set -uo pipefail
 G=.gpu
 O=/tmp/qfast
