@@ -8,8 +8,11 @@ use embedrt_core::quant::{
 };
 use embedrt_core::{GemmKind, GemmSite, QuantFormat};
 use embedrt_cuda::build::assemble_quantized_plan;
+use embedrt_cuda::plan::GemmChoice;
 use embedrt_cuda::plan::{layer_tensor, GpuTarget, Plan};
-use embedrt_cuda::quant_plan::{check_format_supported, model_fingerprint};
+use embedrt_cuda::quant_plan::{
+    check_format_supported, check_gemm_output, model_fingerprint, GemmOutput,
+};
 use sha2::{Digest, Sha256};
 
 use super::{h100, model, written};
@@ -223,4 +226,74 @@ fn bad_tables_are_refused_with_the_tensor_named() {
         .unwrap()
         .to_string();
     assert!(e.contains("layers.0.qkv.input"), "{e}");
+}
+
+#[test]
+fn gemm_output_and_tuned_algorithms_survive_the_file_and_default_to_run_19s_path() {
+    let mut plan = quant_plan(QuantFormat::Fp8, &[], h100()).unwrap();
+    // A plan as `embedrt build` wrote it before these fields: acc32, no algorithms.
+    assert_eq!(
+        plan.header.quant.as_ref().unwrap().gemm_output,
+        GemmOutput::Acc32
+    );
+    let json = serde_json::to_value(&plan.header).unwrap();
+    assert!(
+        json["quant"].get("gemm_algos").is_none(),
+        "empty list not written"
+    );
+    let mut old = json.clone();
+    old["quant"].as_object_mut().unwrap().remove("gemm_output");
+    let back: embedrt_cuda::plan::PlanHeader = serde_json::from_value(old).unwrap();
+    assert_eq!(back.quant.unwrap().gemm_output, GemmOutput::Acc32);
+    // fp16 output with timed algorithms, through a file.
+    let q = plan.header.quant.as_mut().unwrap();
+    q.gemm_output = GemmOutput::Fp16Fast;
+    q.gemm_algos = vec![GemmChoice {
+        gemm: "ffn_in".into(),
+        tokens: 4096,
+        algo: "ab".repeat(64),
+    }];
+    let (_dir, path, _) = written(&plan);
+    let back = Plan::read(&path).unwrap();
+    assert_eq!(back.header.quant, plan.header.quant);
+    let text = serde_json::to_string(&back.header).unwrap();
+    assert!(text.contains("\"gemm_output\":\"fp16-fast\""), "{text}");
+}
+
+#[test]
+fn gemm_output_names_parse_and_bad_ones_say_what_is_expected() {
+    for o in [GemmOutput::Acc32, GemmOutput::Fp16, GemmOutput::Fp16Fast] {
+        assert_eq!(o.name().parse::<GemmOutput>().unwrap(), o);
+    }
+    let e = "fp8".parse::<GemmOutput>().unwrap_err().to_string();
+    assert!(
+        e.contains("acc32, fp16, fp16-fast") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+#[test]
+fn fp16_gemm_output_is_only_for_fp8_on_hopper() {
+    use GemmOutput::*;
+    // acc32 runs everywhere the format does.
+    assert!(check_gemm_output(Acc32, QuantFormat::Int8, "Tesla T4", (7, 5)).is_ok());
+    assert!(check_gemm_output(Acc32, QuantFormat::Fp8, "NVIDIA L4", (8, 9)).is_ok());
+    assert!(check_gemm_output(Fp16, QuantFormat::Fp8, "NVIDIA H200", (9, 0)).is_ok());
+    assert!(check_gemm_output(Fp16Fast, QuantFormat::Fp8, "NVIDIA H100", (9, 0)).is_ok());
+    // int8 GEMMs cannot write fp16 with per-channel scales.
+    let e = check_gemm_output(Fp16, QuantFormat::Int8, "NVIDIA H200", (9, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("int8") && e.contains("acc32") && !e.contains('\n'),
+        "{e}"
+    );
+    // Ada has fp8 but not the outer-vector scales: named, with what to use instead.
+    let e = check_gemm_output(Fp16, QuantFormat::Fp8, "NVIDIA L4", (8, 9))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("NVIDIA L4") && e.contains("8.9") && e.contains("9.0") && e.contains("acc32"),
+        "{e}"
+    );
 }

@@ -131,3 +131,17 @@ def test_build_without_gpu_is_one_clear_error(embedrt_bin, fixtures_dir, tmp_pat
         r = run(embedrt_bin, "build", "--model", fixtures_dir / FIXTURE, "-o", out)
         assert r.returncode == 1 and "CUDA is not usable" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_8bit_gemm_options_are_checked_before_any_gpu_work(embedrt_bin, fixtures_dir, tmp_path):
+    out = tmp_path / "x.plan"
+    model = fixtures_dir / FIXTURE
+    for extra in (["--quant-gemm-output", "fp16"], ["--tune-8bit"]):
+        r = run(embedrt_bin, "build", "--model", model, "--precision", "fp16", *extra, "-o", out)
+        assert r.returncode == 1, r.stderr
+        assert "--quant-gemm-output and --tune-8bit are for --precision int8 or fp8" in r.stderr
+        assert r.stderr.strip().count("\n") == 0, r.stderr
+    r = run(embedrt_bin, "build", "--model", model, "--precision", "fp8",
+            "--quant-gemm-output", "fp32", "-o", out)
+    assert r.returncode == 1 and "expected one of acc32, fp16, fp16-fast" in r.stderr, r.stderr
+    assert not out.exists()

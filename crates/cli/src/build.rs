@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 use embedrt_core::{QuantFormat, SentenceModel};
+use embedrt_cuda::quant_plan::GemmOutput;
 use embedrt_cuda::{build_plan, BuildOptions, Precision, Profile};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -56,6 +57,16 @@ pub struct BuildArgs {
     /// int8/fp8: held-out sentences taken from --eval for the cosine measurement.
     #[arg(long, default_value_t = 1000)]
     held_out: usize,
+    /// int8/fp8: how the 8-bit GEMMs hand their result on: acc32 (32-bit accumulators
+    /// through our epilogue kernels, every GPU), fp16 or fp16-fast (fp8 on sm_90:
+    /// cuBLASLt applies the scales, bias and residual and writes fp16; -fast adds
+    /// cuBLASLt's fp8 fast accumulation).
+    #[arg(long, default_value = "acc32")]
+    quant_gemm_output: String,
+    /// int8/fp8: time cuBLASLt's top candidates for every 8-bit GEMM on this GPU and
+    /// record the fastest per token count in the plan (default: the heuristic's first).
+    #[arg(long)]
+    tune_8bit: bool,
     /// MIN:OPT:MAX, each BATCHxSEQ; memory is sized for MAX, GEMMs tuned around OPT.
     #[arg(long, default_value = Profile::DEFAULT)]
     profile: String,
@@ -92,13 +103,16 @@ pub fn run(args: BuildArgs) -> Result<()> {
             || args.calibration.is_some()
             || args.fallback.is_some()
             || args.accuracy_target.is_some()
-            || args.eval.is_some())
+            || args.eval.is_some()
+            || args.tune_8bit
+            || args.quant_gemm_output != "acc32")
     {
         bail!(
-            "--calibration-table, --calibration, --fallback, --eval and --accuracy-target are for \
-             --precision int8 or fp8"
+            "--calibration-table, --calibration, --fallback, --eval, --accuracy-target, \
+             --quant-gemm-output and --tune-8bit are for --precision int8 or fp8"
         );
     }
+    let gemm_output: GemmOutput = args.quant_gemm_output.parse()?;
     if let Some(t) = args.accuracy_target {
         if !(t > 0.0 && t <= 1.0) {
             bail!("--accuracy-target {t}: give a mean cosine in (0, 1], e.g. 0.995");
@@ -131,6 +145,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
             accuracy_target: args.accuracy_target,
             eval: args.eval.clone(),
             held_out: args.held_out,
+            gemm_output,
+            tune: args.tune_8bit,
         };
         let result = build_quant::build(&model, ordinal, profile, &req, &|step| {
             bar.set_message(step.to_string())
@@ -155,6 +171,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
                 "gemm_weight_bytes": q.map(|q| q.gemm_weight_bytes),
                 "gemm_weight_bytes_fp32": q.map(|q| q.gemm_weight_bytes_fp32()),
                 "fallback": q.map(|q| q.fallback.clone()),
+                "gemm_output": q.map(|q| q.gemm_output.name()),
+                "tuned_8bit_gemms": q.map(|q| q.gemm_algos.len()),
                 "accuracy": q.and_then(|q| q.accuracy.clone()),
                 "evaluations": built.evaluations,
                 "seconds": started.elapsed().as_secs_f64(),

@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use embedrt_core::quant::MeasuredAccuracy;
 use embedrt_core::{sts, CalibrationTable, Embedder, GemmSite, QuantFormat, SentenceModel};
 use embedrt_cuda::build::{build_quantized_plan, gpu_target};
-use embedrt_cuda::quant_plan::{check_format_supported, model_fingerprint};
+use embedrt_cuda::quant_plan::{
+    check_format_supported, check_gemm_output, model_fingerprint, GemmOutput,
+};
 use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Plan, Precision, Profile};
 
 use crate::calibrate::{make_table, CalibrationArgs};
@@ -29,6 +31,10 @@ pub struct QuantRequest {
     pub accuracy_target: Option<f64>,
     pub eval: Option<PathBuf>,
     pub held_out: usize,
+    /// How the 8-bit GEMMs hand their result on (recorded in the plan).
+    pub gemm_output: GemmOutput,
+    /// Time the 8-bit GEMMs' algorithms on this GPU (`--tune-8bit`).
+    pub tune: bool,
 }
 
 /// The plan built and the table it was built from (fallback and accuracy filled in).
@@ -47,9 +53,23 @@ pub fn build(
 ) -> Result<QuantBuilt> {
     let gpu = gpu_target(ordinal)?;
     check_format_supported(req.format, &gpu.name, (gpu.cc_major, gpu.cc_minor))?;
+    check_gemm_output(
+        req.gemm_output,
+        req.format,
+        &gpu.name,
+        (gpu.cc_major, gpu.cc_minor),
+    )?;
     let table = read_table(model, req)?;
     progress("loading weights");
     let weights = model.load_weights()?;
+    // Every plan built here (the evaluated ones too) has the GEMM output asked for.
+    let assemble = |fallback: &[String]| -> Result<Plan> {
+        let mut plan = build_quantized_plan(model, &weights, &table, fallback, profile, &gpu)?;
+        if let Some(q) = plan.header.quant.as_mut() {
+            q.gemm_output = req.gemm_output;
+        }
+        Ok(plan)
+    };
     let mut fallback = req
         .fallback
         .clone()
@@ -71,7 +91,7 @@ pub fn build(
         let reference = Reference::new(model, ordinal, eval)?;
         let mut measure = |fallback: &[String]| -> Result<(f64, f64, Plan)> {
             evaluations += 1;
-            let plan = build_quantized_plan(model, &weights, &table, fallback, profile, &gpu)?;
+            let plan = assemble(fallback)?;
             let (mean, min) = reference.cosines(&open(&plan, model, ordinal)?, eval)?;
             Ok((mean, min, plan))
         };
@@ -95,7 +115,7 @@ pub fn build(
         });
     }
     progress("writing the plan");
-    let mut plan = build_quantized_plan(model, &weights, &table, &fallback, profile, &gpu)?;
+    let mut plan = assemble(&fallback)?;
     if let Some(q) = plan.header.quant.as_mut() {
         q.accuracy = accuracy.clone().or_else(|| table.accuracy.clone());
     }
@@ -109,8 +129,19 @@ pub fn build(
     if accuracy.is_some() {
         table.accuracy = accuracy;
     }
-    // Nothing else to tune: the 8-bit GEMMs take cuBLASLt's heuristic choice.
+    // The fp16 tuner does not run (it would time fp16 GEMMs over 1-byte weights);
+    // with --tune-8bit the 8-bit GEMMs are timed on this GPU, else they take
+    // cuBLASLt's heuristic choice at load.
     plan.header.gemm_algos.clear();
+    if req.tune {
+        progress("timing the 8-bit GEMMs");
+        let engine = CudaEngine::load(&plan, ordinal)?;
+        let algos = engine.tune_quant_gemms(plan.header.profile.opt.tokens())?;
+        drop(engine);
+        if let Some(q) = plan.header.quant.as_mut() {
+            q.gemm_algos = algos;
+        }
+    }
     Ok(QuantBuilt {
         plan,
         table,

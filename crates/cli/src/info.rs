@@ -108,6 +108,15 @@ fn quant_lines(q: &QuantInfo, mib: impl Fn(usize) -> f64) {
         q.gemm_weight_bytes_fp32(),
         mib(q.gemm_weight_bytes_fp32())
     );
+    let algos = if q.gemm_algos.is_empty() {
+        "cuBLASLt's heuristic choice".to_string()
+    } else {
+        format!("{} timed at build time", q.gemm_algos.len())
+    };
+    println!(
+        "8-bit gemms     {} output, algorithms: {algos}",
+        q.gemm_output.name()
+    );
     if q.fallback.is_empty() {
         println!("fallback        none (every GEMM quantized)");
     } else {

@@ -1,17 +1,27 @@
-//! The 8-bit GEMMs of quantized plans through cuBLASLt: `ACC[T, N] =
-//! Xq[T, K] Wq[N, K]^T` with raw 32-bit accumulators out (int32 for int8,
-//! fp32 for fp8). The epilogue kernels (kernels/quant.cu) apply the
-//! activation and per-channel weight scales, the bias, GELU, residual and
-//! LayerNorm: cuBLASLt has no epilogues for int8 (IMMA) GEMMs, and doing the
-//! same for fp8 keeps both paths one shape, with per-channel weight scales on
-//! every GPU (cuBLASLt's outer-vector scale mode is not on every fp8 GPU).
+//! The 8-bit GEMMs of quantized plans through cuBLASLt, in one of two forms
+//! (`QuantInfo::gemm_output`):
+//!
+//! - `acc32` (run 19's path, every GPU): `ACC[T, N] = Xq[T, K] Wq[N, K]^T`,
+//!   raw 32-bit accumulators (int32 for int8, fp32 for fp8); the epilogue
+//!   kernels (kernels/quant.cu) apply the activation and per-channel weight
+//!   scales, bias, GELU, residual and LayerNorm. cuBLASLt has no epilogues for
+//!   int8 (IMMA) GEMMs, and no fp16 output for them either.
+//! - `fp16` / `fp16-fast` (fp8 on sm_90): `Y[T, N] = s_a s_w[n] (Xq Wq^T) +
+//!   bias (+ residual)` in fp16, straight from cuBLASLt: outer-vector scales
+//!   (`CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F`, cuBLAS 12.9+; A's vector
+//!   is `act_scale * w_scale[n]`, B's all ones), the bias epilogue, the
+//!   residual as C with beta = 1. The GEMM then stands where the fp16 plans'
+//!   GEMM stands and the fp16 plans' GELU and LayerNorm kernels follow it,
+//!   reading half the bytes of the 32-bit accumulators.
 //!
 //! Layout: as the fp16 GEMMs (gemm.rs), column-major `D (N x T) = op_T(W)
 //! (N x K) * X^T (K x T)`: "TN", the only form cuBLASLt's int8 IMMA kernels
 //! with the plain column order and its fp8 kernels accept. K, N and the
 //! leading dimensions are multiples of 16 for every model we ship (checked at
 //! load), pointers are 256-byte aligned allocations or 16-byte aligned plan
-//! tensors. Algorithms come from cuBLASLt's heuristic, once per token count.
+//! tensors. Algorithms come from the plan (timed at build time with
+//! `--tune-8bit`, checked with `cublasLtMatmulAlgoCheck`) or else from
+//! cuBLASLt's heuristic, once per token count.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -20,8 +30,9 @@ use cudarc::cublaslt::sys;
 use embedrt_core::quant::QuantFormat;
 use embedrt_core::{Error, ModelConfig, Result};
 
-use crate::gemm::GemmKind;
-use crate::plan::Profile;
+use crate::gemm::{algo_from_hex, GemmKind};
+use crate::plan::{GemmChoice, Profile};
+use crate::quant_plan::GemmOutput;
 
 /// Extra device buffers a quantized plan's execution slot needs, by the
 /// profile's token budget: the 8-bit input of the next GEMM (`quant_act`,
@@ -75,16 +86,31 @@ struct Prepared {
     algo: sys::cublasLtMatmulAlgo_t,
 }
 
+/// What an fp16-output 8-bit GEMM's descriptor points at (device pointers).
+#[derive(Clone, Copy, Debug)]
+pub struct SitePointers {
+    /// fp16 `[N]`.
+    pub bias: u64,
+    /// fp32 `[N]`: `act_scale * w_scale[n]`.
+    pub scale: u64,
+}
+
 pub struct QGemms {
     handle: sys::cublasLtHandle_t,
     format: QuantFormat,
+    output: GemmOutput,
     hidden: usize,
     inter: usize,
-    /// One descriptor serves every GEMM: no bias or scale pointers in it.
+    /// acc32: one descriptor serves every GEMM (no bias or scale pointers in it).
     desc: sys::cublasLtMatmulDesc_t,
+    /// fp16 output: `[layer][kind]` descriptors with the bias and scale
+    /// pointers; null where the GEMM runs in fp16.
+    site_descs: Vec<[sys::cublasLtMatmulDesc_t; 4]>,
     pref: sys::cublasLtMatmulPreference_t,
     workspace: u64,
     workspace_bytes: usize,
+    /// Algorithms from the plan by kind, sorted by token count.
+    plan_algos: HashMap<GemmKind, Vec<(usize, sys::cublasLtMatmulAlgo_t)>>,
     cache: HashMap<(GemmKind, usize), Prepared>,
 }
 
@@ -92,52 +118,44 @@ pub struct QGemms {
 unsafe impl Send for QGemms {}
 
 impl QGemms {
+    /// `sites[layer][kind]`: the pointers of each quantized GEMM (None: fp16
+    /// fallback), used by the fp16-output form; `ones` is an fp32 vector of
+    /// 1.0 as long as the padded token budget (B's outer-vector scale).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         format: QuantFormat,
-        hidden: usize,
-        inter: usize,
+        output: GemmOutput,
+        (hidden, inter): (usize, usize),
         workspace: u64,
         workspace_bytes: usize,
+        sites: &[[Option<SitePointers>; 4]],
+        ones: u64,
+        choices: &[GemmChoice],
     ) -> Result<Self> {
+        if output.is_fp16() && format != QuantFormat::Fp8 {
+            return Err(Error::Model(format!(
+                "this {} plan asks for fp16 GEMM output, which only fp8 GEMMs have; rebuild it with acc32",
+                format.name()
+            )));
+        }
         let mut me = QGemms {
             handle: std::ptr::null_mut(),
             format,
+            output,
             hidden,
             inter,
             desc: std::ptr::null_mut(),
+            site_descs: Vec::new(),
             pref: std::ptr::null_mut(),
             workspace,
             workspace_bytes,
+            plan_algos: HashMap::new(),
             cache: HashMap::new(),
-        };
-        let (compute, scale) = match format {
-            QuantFormat::Int8 => (
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
-                sys::cudaDataType::CUDA_R_32I,
-            ),
-            QuantFormat::Fp8 => (
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                sys::cudaDataType::CUDA_R_32F,
-            ),
         };
         // SAFETY: out-parameters; attribute values are live locals of the
         // size given. Drop releases whatever was made if a step fails.
         unsafe {
             check("create", sys::cublasLtCreate(&mut me.handle))?;
-            check(
-                "descriptor",
-                sys::cublasLtMatmulDescCreate(&mut me.desc, compute, scale),
-            )?;
-            let ta: i32 = 1; // CUBLAS_OP_T: A = W^T ("TN")
-            check(
-                "descriptor attribute",
-                sys::cublasLtMatmulDescSetAttribute(
-                    me.desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    &ta as *const i32 as *const c_void,
-                    4,
-                ),
-            )?;
             check(
                 "preference",
                 sys::cublasLtMatmulPreferenceCreate(&mut me.pref),
@@ -153,7 +171,98 @@ impl QGemms {
                 ),
             )?;
         }
+        if output.is_fp16() {
+            for layer in sites {
+                // Pushed first, so that Drop frees what was made if a later one fails.
+                me.site_descs.push([std::ptr::null_mut(); 4]);
+                let li = me.site_descs.len() - 1;
+                for (ki, site) in layer.iter().enumerate() {
+                    if let Some(p) = site {
+                        let d = me.make_fp16_desc(p, ones)?;
+                        me.site_descs[li][ki] = d;
+                    }
+                }
+            }
+        } else {
+            me.desc = me.make_acc_desc()?;
+        }
+        for c in choices {
+            let kind = GemmKind::ALL.iter().copied().find(|k| k.name() == c.gemm);
+            if let (Some(kind), Some(algo)) = (kind, algo_from_hex(&c.algo)) {
+                me.plan_algos
+                    .entry(kind)
+                    .or_default()
+                    .push((c.tokens, algo));
+            }
+        }
+        for v in me.plan_algos.values_mut() {
+            v.sort_by_key(|(t, _)| *t);
+        }
         Ok(me)
+    }
+
+    fn new_desc(&self) -> Result<sys::cublasLtMatmulDesc_t> {
+        let (compute, scale) = match self.format {
+            QuantFormat::Int8 => (
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
+                sys::cudaDataType::CUDA_R_32I,
+            ),
+            QuantFormat::Fp8 => (
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cudaDataType::CUDA_R_32F,
+            ),
+        };
+        let mut desc: sys::cublasLtMatmulDesc_t = std::ptr::null_mut();
+        // SAFETY: out-parameter.
+        check("descriptor", unsafe {
+            sys::cublasLtMatmulDescCreate(&mut desc, compute, scale)
+        })?;
+        let ta: i32 = 1; // CUBLAS_OP_T: A = W^T ("TN")
+        if let Err(e) = set_attr(
+            desc,
+            sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+            &ta,
+        ) {
+            // SAFETY: made above, not used afterwards.
+            unsafe { sys::cublasLtMatmulDescDestroy(desc) };
+            return Err(e);
+        }
+        Ok(desc)
+    }
+
+    fn make_acc_desc(&self) -> Result<sys::cublasLtMatmulDesc_t> {
+        self.new_desc()
+    }
+
+    /// fp8 x fp8 -> fp16 with outer-vector scales and the bias epilogue.
+    fn make_fp16_desc(&self, p: &SitePointers, ones: u64) -> Result<sys::cublasLtMatmulDesc_t> {
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        let desc = self.new_desc()?;
+        let mode = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        let bias_type = sys::cudaDataType::CUDA_R_16F;
+        let fast: i8 = (self.output == GemmOutput::Fp16Fast) as i8;
+        let set = || -> Result<()> {
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
+            // Both modes must be outer-vector (cuBLASLt's rule for this scaling).
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.scale)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ones)?;
+            set_attr(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast)
+        };
+        if let Err(e) = set() {
+            // SAFETY: made above, not used afterwards.
+            unsafe { sys::cublasLtMatmulDescDestroy(desc) };
+            return Err(e);
+        }
+        Ok(desc)
+    }
+
+    pub fn output(&self) -> GemmOutput {
+        self.output
     }
 
     fn input_type(&self) -> sys::cudaDataType {
@@ -163,111 +272,200 @@ impl QGemms {
         }
     }
 
-    fn acc_type(&self) -> sys::cudaDataType {
-        match self.format {
-            QuantFormat::Int8 => sys::cudaDataType::CUDA_R_32I,
-            QuantFormat::Fp8 => sys::cudaDataType::CUDA_R_32F,
+    fn out_type(&self) -> sys::cudaDataType {
+        match (self.format, self.output.is_fp16()) {
+            (_, true) => sys::cudaDataType::CUDA_R_16F,
+            (QuantFormat::Int8, false) => sys::cudaDataType::CUDA_R_32I,
+            (QuantFormat::Fp8, false) => sys::cudaDataType::CUDA_R_32F,
         }
     }
 
-    /// Layouts and the heuristic's first algorithm for `kind` at `tokens`, made once.
-    fn prepare(&mut self, kind: GemmKind, tokens: usize) -> Result<()> {
-        if self.cache.contains_key(&(kind, tokens)) {
-            return Ok(());
+    /// The descriptor for (layer, kind): acc32's shared one, or the site's.
+    fn desc_for(&self, layer: usize, kind: GemmKind) -> Option<sys::cublasLtMatmulDesc_t> {
+        if !self.output.is_fp16() {
+            return Some(self.desc);
         }
+        let d = self.site_descs.get(layer)?[kind as usize];
+        (!d.is_null()).then_some(d)
+    }
+
+    /// A descriptor of `kind` for heuristic queries and checks: every site
+    /// of a kind has the same types and shapes, only its pointers differ.
+    fn any_desc(&self, kind: GemmKind) -> Option<sys::cublasLtMatmulDesc_t> {
+        (0..self.site_descs.len().max(1)).find_map(|l| self.desc_for(l, kind))
+    }
+
+    fn layouts(&self, kind: GemmKind, rows: usize, p: &mut Prepared) -> Result<()> {
         let (n, k) = kind.dims(self.hidden, self.inter);
-        let mut p = Prepared {
+        let (input, out) = (self.input_type(), self.out_type());
+        // SAFETY: out-parameters.
+        unsafe {
+            check(
+                "layout",
+                sys::cublasLtMatrixLayoutCreate(&mut p.a, input, k as u64, n as u64, k as i64),
+            )?;
+            check(
+                "layout",
+                sys::cublasLtMatrixLayoutCreate(&mut p.b, input, k as u64, rows as u64, k as i64),
+            )?;
+            check(
+                "layout",
+                sys::cublasLtMatrixLayoutCreate(&mut p.d, out, n as u64, rows as u64, n as i64),
+            )
+        }
+    }
+
+    fn empty() -> Prepared {
+        Prepared {
             a: std::ptr::null_mut(),
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
-            // SAFETY: a POD struct, filled below.
+            // SAFETY: a POD struct, filled later.
             algo: unsafe { std::mem::zeroed() },
+        }
+    }
+
+    fn no_gemm(&self, kind: GemmKind, rows: usize, why: &str) -> Error {
+        let (n, k) = kind.dims(self.hidden, self.inter);
+        Error::Backend(format!(
+            "cuBLASLt has no {} GEMM ({} output) for {} ({n} x {k} weight, {rows} tokens) on this GPU \
+             ({why}); build an fp16 plan, or list the GEMM in the calibration table's fallback",
+            self.format.name(),
+            self.output.name(),
+            kind.name()
+        ))
+    }
+
+    fn query(
+        &self,
+        kind: GemmKind,
+        rows: usize,
+        p: &Prepared,
+        count: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+        let desc = self
+            .any_desc(kind)
+            .ok_or_else(|| self.no_gemm(kind, rows, "no quantized GEMM of this kind"))?;
+        // SAFETY: zeroed POD structs filled by cuBLASLt.
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
+            vec![unsafe { std::mem::zeroed() }; count.max(1)];
+        let mut found = 0i32;
+        // SAFETY: live descriptor, layouts and preference; `results` holds `count` entries.
+        let s = unsafe {
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                desc,
+                p.a,
+                p.b,
+                p.d,
+                p.d,
+                self.pref,
+                results.len() as i32,
+                results.as_mut_ptr(),
+                &mut found,
+            )
         };
-        let (input, acc) = (self.input_type(), self.acc_type());
+        let algos: Vec<_> = results[..found.clamp(0, results.len() as i32) as usize]
+            .iter()
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .filter(|r| r.workspaceSize <= self.workspace_bytes)
+            .map(|r| r.algo)
+            .collect();
+        if s != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS || algos.is_empty() {
+            return Err(self.no_gemm(kind, rows, &format!("heuristic: {s:?}, {found} found")));
+        }
+        Ok(algos)
+    }
+
+    fn algo_ok(&self, kind: GemmKind, p: &Prepared, algo: &sys::cublasLtMatmulAlgo_t) -> bool {
+        let Some(desc) = self.any_desc(kind) else {
+            return false;
+        };
+        // SAFETY: zeroed POD out-parameter; live descriptor and layouts.
+        let mut res: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+        let s = unsafe {
+            sys::cublasLtMatmulAlgoCheck(self.handle, desc, p.a, p.b, p.d, p.d, algo, &mut res)
+        };
+        s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && res.workspaceSize <= self.workspace_bytes
+    }
+
+    /// Up to `count` heuristic candidates for `kind` at `tokens` (padded), best first.
+    pub fn heuristics(
+        &self,
+        kind: GemmKind,
+        tokens: usize,
+        count: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
+        let rows = gemm_rows(tokens);
+        let mut p = Self::empty();
+        let out = self
+            .layouts(kind, rows, &mut p)
+            .and_then(|_| self.query(kind, rows, &p, count));
+        destroy_layouts(&p);
+        out
+    }
+
+    /// Layouts and the algorithm for `kind` at `rows`, made once: the plan's
+    /// for the smallest timed count >= rows (else the largest) where
+    /// cuBLASLt accepts it, else the heuristic's first.
+    fn prepare(&mut self, kind: GemmKind, rows: usize) -> Result<()> {
+        if self.cache.contains_key(&(kind, rows)) {
+            return Ok(());
+        }
+        let mut p = Self::empty();
         let made = (|| -> Result<()> {
-            // SAFETY: out-parameters.
-            unsafe {
-                check(
-                    "layout",
-                    sys::cublasLtMatrixLayoutCreate(&mut p.a, input, k as u64, n as u64, k as i64),
-                )?;
-                check(
-                    "layout",
-                    sys::cublasLtMatrixLayoutCreate(
-                        &mut p.b,
-                        input,
-                        k as u64,
-                        tokens as u64,
-                        k as i64,
-                    ),
-                )?;
-                check(
-                    "layout",
-                    sys::cublasLtMatrixLayoutCreate(
-                        &mut p.d,
-                        acc,
-                        n as u64,
-                        tokens as u64,
-                        n as i64,
-                    ),
-                )?;
-            }
-            // SAFETY: zeroed POD out-parameter filled by cuBLASLt.
-            let mut result: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
-            let mut found = 0i32;
-            let s = unsafe {
-                sys::cublasLtMatmulAlgoGetHeuristic(
-                    self.handle,
-                    self.desc,
-                    p.a,
-                    p.b,
-                    p.d,
-                    p.d,
-                    self.pref,
-                    1,
-                    &mut result,
-                    &mut found,
-                )
+            self.layouts(kind, rows, &mut p)?;
+            let from_plan = self.plan_algos.get(&kind).and_then(|v| {
+                v.iter()
+                    .find(|(t, _)| *t >= rows)
+                    .or(v.last())
+                    .map(|(_, a)| *a)
+            });
+            p.algo = match from_plan.filter(|a| self.algo_ok(kind, &p, a)) {
+                Some(a) => a,
+                None => self.query(kind, rows, &p, 1)?[0],
             };
-            let ok = s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                && found > 0
-                && result.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-                && result.workspaceSize <= self.workspace_bytes;
-            if !ok {
-                return Err(Error::Backend(format!(
-                    "cuBLASLt has no {} GEMM for {} ({n} x {k} weight, {tokens} tokens) on this GPU \
-                     (heuristic: {s:?}, {found} found); build an fp16 plan, or list the GEMM in the \
-                     calibration table's fallback",
-                    self.format.name(),
-                    kind.name()
-                )));
-            }
-            p.algo = result.algo;
             Ok(())
         })();
         if let Err(e) = made {
             destroy_layouts(&p);
             return Err(e);
         }
-        self.cache.insert((kind, tokens), p);
+        self.cache.insert((kind, rows), p);
         Ok(())
     }
 
-    /// Runs one GEMM on `stream`: `acc = xq wq^T` (32-bit accumulators).
+    /// Runs one GEMM of layer `layer` on `stream`. acc32: `out = xq wq^T`
+    /// (32-bit accumulators; `residual` must be None). fp16 output: `out =
+    /// scales * (xq wq^T) + bias (+ residual)`, fp16. `algo` overrides the
+    /// prepared algorithm (build-time timing).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &mut self,
+        layer: usize,
         kind: GemmKind,
         tokens: usize,
         weight: u64,
         xq: u64,
-        acc: u64,
+        residual: Option<u64>,
+        out: u64,
         stream: sys::cudaStream_t,
+        algo: Option<sys::cublasLtMatmulAlgo_t>,
     ) -> Result<()> {
-        let tokens = gemm_rows(tokens);
-        self.prepare(kind, tokens)?;
-        let p = &self.cache[&(kind, tokens)];
-        let (one_i, zero_i, one_f, zero_f) = (1i32, 0i32, 1f32, 0f32);
+        let rows = gemm_rows(tokens);
+        if residual.is_some() && !self.output.is_fp16() {
+            return Err(Error::Backend(
+                "acc32 8-bit GEMMs take no residual (the epilogue adds it)".into(),
+            ));
+        }
+        let desc = self
+            .desc_for(layer, kind)
+            .ok_or_else(|| self.no_gemm(kind, rows, "this GEMM is not quantized"))?;
+        self.prepare(kind, rows)?;
+        let p = &self.cache[&(kind, rows)];
+        let algo = algo.unwrap_or(p.algo);
+        let beta_f = if residual.is_some() { 1f32 } else { 0f32 };
+        let (one_i, zero_i, one_f) = (1i32, 0i32, 1f32);
         let (alpha, beta): (*const c_void, *const c_void) = match self.format {
             QuantFormat::Int8 => (
                 &one_i as *const i32 as *const c_void,
@@ -275,29 +473,30 @@ impl QGemms {
             ),
             QuantFormat::Fp8 => (
                 &one_f as *const f32 as *const c_void,
-                &zero_f as *const f32 as *const c_void,
+                &beta_f as *const f32 as *const c_void,
             ),
         };
-        // SAFETY: device pointers sized by the engine for `tokens` rows (the
-        // token budget); descriptor and layouts live as long as self; alpha
-        // and beta outlive the call.
+        let c = residual.unwrap_or(out);
+        // SAFETY: device pointers sized by the engine for the padded token
+        // budget (checked at load); descriptor and layouts live as long as
+        // self; alpha and beta outlive the call.
         check(
             &format!("{} matmul ({})", self.format.name(), kind.name()),
             unsafe {
                 sys::cublasLtMatmul(
                     self.handle,
-                    self.desc,
+                    desc,
                     alpha,
                     weight as *const c_void,
                     p.a,
                     xq as *const c_void,
                     p.b,
                     beta,
-                    acc as *const c_void,
+                    c as *const c_void,
                     p.d,
-                    acc as *mut c_void,
+                    out as *mut c_void,
                     p.d,
-                    &p.algo,
+                    &algo,
                     self.workspace as *mut c_void,
                     self.workspace_bytes,
                     stream,
@@ -307,8 +506,25 @@ impl QGemms {
     }
 }
 
+/// Sets one descriptor attribute from a live value of its type.
+fn set_attr<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<()> {
+    // SAFETY: `value` is a live T of the size passed.
+    check(&format!("descriptor attribute {attr:?}"), unsafe {
+        sys::cublasLtMatmulDescSetAttribute(
+            desc,
+            attr,
+            value as *const T as *const c_void,
+            std::mem::size_of::<T>(),
+        )
+    })
+}
+
 fn destroy_layouts(p: &Prepared) {
-    // SAFETY: each layout was made by `prepare` (or is null) and is not used afterwards.
+    // SAFETY: each layout was made by `layouts` (or is null) and is not used afterwards.
     unsafe {
         for l in [p.a, p.b, p.d] {
             if !l.is_null() {
@@ -325,6 +541,11 @@ impl Drop for QGemms {
         }
         // SAFETY: every object was made by this struct and is destroyed once.
         unsafe {
+            for d in self.site_descs.iter().flatten() {
+                if !d.is_null() {
+                    sys::cublasLtMatmulDescDestroy(*d);
+                }
+            }
             if !self.desc.is_null() {
                 sys::cublasLtMatmulDescDestroy(self.desc);
             }

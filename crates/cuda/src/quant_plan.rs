@@ -9,7 +9,87 @@ use embedrt_core::quant::{
 use embedrt_core::{Error, GemmKind, GemmSite, QuantFormat, Result, TransformerWeights};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{pack_weights_with, Precision, TensorEntry};
+use crate::plan::{pack_weights_with, GemmChoice, Precision, TensorEntry};
+
+/// How an 8-bit GEMM hands its result on (`embedrt build --quant-gemm-output`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GemmOutput {
+    /// 32-bit accumulators; our epilogue kernels apply the scales, bias, GELU and
+    /// residual + LayerNorm (run 19's path, every GPU).
+    #[default]
+    Acc32,
+    /// fp8 on sm_90: cuBLASLt applies the per-channel (outer-vector) scales, the bias
+    /// and the residual and writes fp16, half the bytes the epilogues read back.
+    Fp16,
+    /// `Fp16` with `CUBLASLT_MATMUL_DESC_FAST_ACCUM` (no periodic promotion of the
+    /// fp8 tensor-core partial sums: faster, less exact).
+    Fp16Fast,
+}
+
+impl GemmOutput {
+    pub const NAMES: &'static str = "acc32, fp16, fp16-fast";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmOutput::Acc32 => "acc32",
+            GemmOutput::Fp16 => "fp16",
+            GemmOutput::Fp16Fast => "fp16-fast",
+        }
+    }
+
+    pub fn is_fp16(self) -> bool {
+        self != GemmOutput::Acc32
+    }
+}
+
+impl std::str::FromStr for GemmOutput {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "acc32" => Ok(GemmOutput::Acc32),
+            "fp16" => Ok(GemmOutput::Fp16),
+            "fp16-fast" => Ok(GemmOutput::Fp16Fast),
+            _ => Err(Error::Input(format!(
+                "unknown 8-bit GEMM output {s:?}; expected one of {}",
+                GemmOutput::NAMES
+            ))),
+        }
+    }
+}
+
+/// Refuses a GEMM output the format or GPU cannot give: cuBLASLt's int8
+/// (IMMA) GEMMs write int32, or int8 with a float scale, never fp16; fp8
+/// with per-channel scales and fp16 out needs the outer-vector scale mode,
+/// which cuBLASLt has on Hopper (sm_90) and newer.
+pub fn check_gemm_output(
+    output: GemmOutput,
+    format: QuantFormat,
+    gpu: &str,
+    cc: (i32, i32),
+) -> Result<()> {
+    if !output.is_fp16() {
+        return Ok(());
+    }
+    if format != QuantFormat::Fp8 {
+        return Err(Error::Input(format!(
+            "--quant-gemm-output {} is for fp8 plans: cuBLASLt's int8 GEMMs cannot write fp16 \
+             with per-channel scales; use acc32 for {} plans",
+            output.name(),
+            format.name()
+        )));
+    }
+    if cc < (9, 0) {
+        return Err(Error::Input(format!(
+            "--quant-gemm-output {} needs cuBLASLt's outer-vector fp8 scales (compute capability \
+             9.0 or newer); {gpu} is {}.{}; use acc32 on this GPU",
+            output.name(),
+            cc.0,
+            cc.1
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantInfo {
@@ -27,6 +107,13 @@ pub struct QuantInfo {
     /// (1 per quantized parameter, 2 per fallback one, plus the fp32 scales).
     pub gemm_params: usize,
     pub gemm_weight_bytes: usize,
+    /// How the 8-bit GEMMs hand their result on (absent in run 19's plans: acc32).
+    #[serde(default)]
+    pub gemm_output: GemmOutput,
+    /// cuBLASLt algorithms timed at build time for the 8-bit GEMMs (`--tune-8bit`),
+    /// for `gemm_output`'s descriptors, by GEMM and token count (a multiple of 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gemm_algos: Vec<GemmChoice>,
 }
 
 impl QuantInfo {
@@ -172,6 +259,8 @@ pub fn pack_quantized(
         accuracy: table.accuracy.clone(),
         gemm_params,
         gemm_weight_bytes,
+        gemm_output: GemmOutput::default(),
+        gemm_algos: Vec::new(),
     };
     Ok((entries, blob, info))
 }
