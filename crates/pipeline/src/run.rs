@@ -582,7 +582,11 @@ impl Ctx<'_> {
     /// GPU. Returns the per-precision summary and flat metrics for the report.
     fn calibrate_quantized(&self, dir: &Path) -> Result<(Map<String, Value>, Map<String, Value>)> {
         let (mut quantized, mut metrics) = (Map::new(), Map::new());
-        let wanted: Vec<&String> = (self.config.optimize.precisions.iter())
+        let wanted: Vec<&String> = self
+            .config
+            .optimize
+            .precisions
+            .iter()
             .filter(|p| matches!(p.as_str(), "int8" | "fp8"))
             .collect();
         if wanted.is_empty() {
