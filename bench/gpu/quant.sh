@@ -6,7 +6,8 @@
 #     GPU (--eval, 1000 held-out STS-B dev sentences) and int8 with the sensitivity fallback
 #     (--accuracy-target); `embedrt info` (precision, GEMM bytes vs fp32, fallback, accuracy);
 #     `embedrt eval` (STS-B dev Spearman: target drop <= 0.3); gpu-check bench-plan (cosine of
-#     every sentence vs the fp32 plan, W1/W2/W3).
+#     every sentence vs the fp32 plan, W1/W2/W3); then (1b) the CPU fake-quant reference with the
+#     plan's own table on 256 sentences, and the GPU-vs-CPU-fake-quant cosine (quant_cpu_ref.py).
 #  2. MPNet-base random weights (make_mpnet.py): the same plans, W1 (256x128), W2 (3,000 STS-B
 #     dev sentences), W3 (one 16-token sentence), cosine vs fp32; the PyTorch fp16 peer and,
 #     where it runs, PyTorch's fp8 path (peer_torch_fp8.py: torch._scaled_mm, row-wise scales).
@@ -58,6 +59,18 @@ model_run() { # model_run TAG DIR PROFILE [BUILD_EVAL_ARGS...]
 if [ -d $G/minilm ]; then
   model_run minilm $G/minilm 1x8:256x128:1024x256 --eval "$STS" --held-out 1000
   for p in fp32 fp16 int8 fp8; do step "minilm-eval-$p" 60 $E eval --plan /tmp/qplans/minilm-$p.plan --sts "$STS"; done
+  # 1b. The CPU fake-quant reference (the same table the plan holds, PLAN.calib.json: same
+  # scales and fallback) on the device's CPU against the GPU plan: 256 STS-B dev sentences.
+  step minilm-ref-sentences 20 python3 bench/gpu/quant_cpu_ref.py sentences "$STS" 256 /tmp/qplans/ref256.jsonl
+  for f in int8 fp8; do
+    T=/tmp/qplans/minilm-$f.plan.calib.json; [ -f "$T" ] || T=/tmp/qplans/minilm-$f.table.json
+    step minilm-gpu-embed-$f 60 $E embed --plan /tmp/qplans/minilm-$f.plan --input /tmp/qplans/ref256.jsonl \
+      --output /tmp/qplans/minilm-gpu-$f.jsonl
+    step minilm-cpu-fq-embed-$f 120 $E embed --model $G/minilm --device cpu --precision $f \
+      --calibration-table "$T" --input /tmp/qplans/ref256.jsonl --output /tmp/qplans/minilm-cpu-$f.jsonl
+    step minilm-gpu-vs-cpu-fq-$f 30 python3 bench/gpu/quant_cpu_ref.py compare \
+      /tmp/qplans/minilm-gpu-$f.jsonl /tmp/qplans/minilm-cpu-$f.jsonl
+  done
   # Bad input: a table for the other format; fp8 on a GPU without it is checked in CI (unit test).
   step minilm-bad-format 30 $E build --model $G/minilm --precision fp8 --calibration-table /tmp/qplans/minilm-int8.table.json -o /tmp/qplans/bad.plan
 fi

@@ -74,6 +74,14 @@ for path in sorted(glob.glob(os.path.join(d, "*info-*.log"))):
              if ln.startswith(("precision", "gemm weights", "fallback", "accuracy", "quantization"))]
     if lines:
         print(os.path.basename(path)[:-4] + ":\n  " + "\n  ".join(lines))
+for p in ("int8", "fp8"):
+    r = last_json(os.path.join(d, f"minilm-gpu-vs-cpu-fq-{p}.log"))
+    if r and "gpu_vs_cpu_fake_quant_mean" in r:
+        print(f"MiniLM {p}: GPU plan vs CPU fake-quant reference (same table, {r['sentences']} "
+              f"sentences): cosine mean {r['gpu_vs_cpu_fake_quant_mean']:.6f}, "
+              f"min {r['gpu_vs_cpu_fake_quant_min']:.6f}")
+    else:
+        print(f"MiniLM {p}: GPU vs CPU fake-quant: no result (see minilm-*-{p}.log)")
 bad = os.path.join(d, "minilm-bad-format.log")
 if os.path.exists(bad):
     print("bad input (fp8 build with an int8 table): " + read(bad).strip().splitlines()[-1])

@@ -39,6 +39,7 @@ def make_config(path, *, base, registry, port, stsb_dir, **over):
         "learning_rate": 2e-5,
         "inject_fault": "false",
         "frozen_rows": 200,
+        "optimize": 'device = "cpu"',
     }
     values.update(over)
     path.write_text(
@@ -61,7 +62,7 @@ frozen_epsilon = {values["frozen_epsilon"]}
 held_out_epsilon = {values["held_out_epsilon"]}
 throughput_margin = 0.8
 [optimize]
-device = "cpu"
+{values["optimize"]}
 [[deploy]]
 kind = "embedrt-serve"
 url = "http://127.0.0.1:{port}"
@@ -329,6 +330,52 @@ def test_rollback_by_hand_to_an_older_version(tiny_env, embedrt_bin):
         pipeline(embedrt_bin, "history", "--config", env["config"]).stdout
     )
     assert [h["decision"] for h in history].count("deployed") >= 2
+
+
+def test_quantized_precisions_without_a_gpu_register_tables_and_check_them_on_the_cpu(
+    tmp_path, embedrt_bin, fixtures_dir, stsb_dir
+):
+    """`precisions = ["fp16", "int8"]` with `device = "auto"` on a machine
+    without a GPU: the CPU engine serves, but the int8 table is calibrated on
+    the day's sentences, registered with the version, and the CPU fake-quant
+    engine's cosine to fp32 is in the report's metrics."""
+    base = fixtures_dir / "tiny-bert-mean-norm"
+    server = Server(embedrt_bin, "--model", base)
+    try:
+        registry = tmp_path / "registry"
+        config = make_config(
+            tmp_path / "quant.toml",
+            base=base,
+            registry=registry,
+            port=server.port,
+            stsb_dir=stsb_dir,
+            optimize='device = "auto"\nprecisions = ["fp16", "int8"]\ncalibration_size = 128',
+        )
+        day = write_day(tmp_path / "day.csv", stsb_rows(stsb_dir, 2400, 150))
+        proc = pipeline(embedrt_bin, "run", "--config", config, "--data", day)
+        assert proc.returncode == 0, proc.stderr
+        out = outcome(proc)
+        assert out["decision"] == "deployed", out
+        version = registry / "versions" / out["version"]
+        info = json.loads((version / "version.json").read_text())
+        assert info["engine"] == {"kind": "cpu"} and info["plans"] == []
+        table = json.loads((version / "plans/int8.calib.json").read_text())
+        assert table["precision"] == "int8" and table["model"]["num_layers"] >= 1
+        # Calibrated on the day: 150 rows, 300 sentences less the held-out fifth.
+        assert 0 < table["sentences"] <= 128
+        assert all(t["amax"] > 0 for t in table["tensors"])
+        report = json.loads((registry / "runs" / out["run"] / "report.json").read_text())
+        m = report["metrics"]
+        # The default accuracy target (mean cosine 0.995, with fallback) held
+        # on calibrate's held-out part; the check here is on the held sentences.
+        assert 0.99 <= m["int8_cpu_fake_quant_mean_cosine"] <= 1.0, m
+        assert m["int8_cpu_fake_quant_min_cosine"] <= m["int8_cpu_fake_quant_mean_cosine"]
+        assert "fp16_cpu_fake_quant_mean_cosine" not in m
+        q = report["stages"]["optimize"]["quantized"]["int8"]
+        assert q["table"] == "plans/int8.calib.json" and q["cpu_check_sentences"] > 0
+        assert "no GPU plan" in report["stages"]["optimize"]["note"]
+    finally:
+        server.stop()
 
 
 def test_poisoned_day_is_rejected_by_the_frozen_gate(

@@ -60,12 +60,24 @@ def calib_text(stsb_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def minilm_int8(embedrt_bin, minilm_dir, stsb_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("minilm-int8")
-    table = d / "table.json"
-    calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", table)
-    export = export_ok(embedrt_bin, minilm_dir, d / "export", "--precision", "int8",
-                       "--calibration-table", table)
+def minilm_tables(embedrt_bin, minilm_dir, stsb_dir, tmp_path_factory):
+    """MiniLM's int8 and fp8 tables with the default settings (calibrator,
+    size, fallback search against the 0.995 target), made once for every
+    test here: the int8 search is the most expensive step of the module."""
+    d = tmp_path_factory.mktemp("minilm-tables")
+    tables = {}
+    for precision in ["int8", "fp8"]:
+        tables[precision] = d / f"{precision}.json"
+        calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", tables[precision],
+                  "--precision", precision)
+    return tables
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(embedrt_bin, minilm_dir, minilm_tables, tmp_path_factory):
+    table = minilm_tables["int8"]
+    export = export_ok(embedrt_bin, minilm_dir, tmp_path_factory.mktemp("minilm-int8") / "export",
+                       "--precision", "int8", "--calibration-table", table)
     return table, export
 
 
@@ -106,10 +118,9 @@ def test_minilm_qdq_onnx_stsb_drop_within_target(minilm_int8, stsb_dir):
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_minilm_cpu_fake_quant_stsb_drop_within_target(embedrt_bin, minilm_dir, stsb_dir,
-                                                       tmp_path, precision):
-    table = tmp_path / "t.json"
-    t = calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", table,
-                  "--precision", precision)
+                                                       minilm_tables, precision):
+    table = minilm_tables[precision]
+    t = json.loads(table.read_text())
     assert t["accuracy"]["mean_cosine"] >= 0.995
     proc = run(embedrt_bin, "eval", "--model", minilm_dir, "--device", "cpu", "--precision",
                precision, "--calibration-table", table, "--sts", stsb_dir / "stsb-en-dev.csv")

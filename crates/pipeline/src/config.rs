@@ -167,8 +167,11 @@ fn default_margin() -> f64 {
 pub struct OptimizeSection {
     /// `auto` (GPU plans when a GPU answers, else the CPU engine), `cpu`, `cuda`.
     pub device: String,
-    /// Plan precisions to build on a GPU; `int8`/`fp8` are calibrated on the day's sentences.
+    /// Plan precisions to build on a GPU; `int8`/`fp8` are calibrated on the
+    /// day's sentences (on the CPU, so also without a GPU).
     pub precisions: Vec<String>,
+    /// Sentences of the day that `embedrt calibrate` calibrates over.
+    pub calibration_size: usize,
 }
 
 impl Default for OptimizeSection {
@@ -176,6 +179,7 @@ impl Default for OptimizeSection {
         OptimizeSection {
             device: "auto".into(),
             precisions: vec!["fp16".into()],
+            calibration_size: 512,
         }
     }
 }
@@ -265,6 +269,17 @@ impl Config {
         }
         if !["auto", "cpu", "cuda"].contains(&self.optimize.device.as_str()) {
             anyhow::bail!("optimize.device must be auto, cpu or cuda");
+        }
+        if let Some(p) = self
+            .optimize
+            .precisions
+            .iter()
+            .find(|p| !["fp32", "fp16", "int8", "fp8"].contains(&p.as_str()))
+        {
+            anyhow::bail!("optimize.precisions: {p:?} is not fp32, fp16, int8 or fp8");
+        }
+        if self.optimize.calibration_size == 0 {
+            anyhow::bail!("optimize.calibration_size must be at least 1");
         }
         if self.canary.sentences.is_empty() {
             anyhow::bail!("canary.sentences must not be empty");

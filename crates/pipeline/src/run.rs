@@ -17,7 +17,7 @@ use crate::deploy;
 use crate::lock::RunLock;
 use crate::registry::{read_json, write_json, Aliases, DayEntry, Registry};
 use crate::report;
-use crate::tools::{min_cosine, Engine, Tools};
+use crate::tools::{cosine, min_cosine, Engine, Tools};
 
 pub const STAGES: [&str; 7] = [
     "validate", "train", "export", "optimize", "evaluate", "register", "deploy",
@@ -533,14 +533,22 @@ impl Ctx<'_> {
 
     fn optimize(&mut self) -> Result<Step> {
         let device = self.config.optimize.device.as_str();
+        let dir = self.dir.join("challenger/plans");
+        let (quantized, metrics) = self.calibrate_quantized(&dir)?;
         let mut plans = Vec::new();
         let mut note = None;
         if device != "cpu" {
-            let dir = self.dir.join("challenger/plans");
             std::fs::create_dir_all(&dir)?;
             for p in &self.config.optimize.precisions {
                 let path = dir.join(format!("{p}.plan"));
-                match self.opts.tools.build_plan(&self.model_dir(), p, &path) {
+                let table = quantized
+                    .get(p)
+                    .map(|_| dir.join(format!("{p}.calib.json")));
+                match self
+                    .opts
+                    .tools
+                    .build_plan(&self.model_dir(), p, table.as_deref(), &path)
+                {
                     Ok(()) => {
                         plans.push(json!({"precision": p, "file": format!("plans/{p}.plan")}))
                     }
@@ -556,9 +564,77 @@ impl Ctx<'_> {
             Some(p) => json!({"kind": "plan", "plan": p["file"]}),
             None => json!({"kind": "cpu"}),
         };
-        Ok(Step::Next(
-            json!({"engine": engine, "plans": plans, "note": note}),
-        ))
+        Ok(Step::Next(json!({
+            "engine": engine,
+            "plans": plans,
+            "note": note,
+            "quantized": quantized,
+            "metrics": metrics,
+        })))
+    }
+
+    /// For `int8`/`fp8` in `optimize.precisions`, on any machine: the
+    /// challenger's calibration table over the new day's accepted sentences
+    /// (`embedrt calibrate`: fp32 CPU statistics, default calibrator and
+    /// fallback search), written into `plans/` so the version keeps it, and
+    /// the CPU fake-quant engine with that table against fp32 on the held
+    /// sentences: the chain a GPU plan of the table runs, checked without a
+    /// GPU. Returns the per-precision summary and flat metrics for the report.
+    fn calibrate_quantized(&self, dir: &Path) -> Result<(Map<String, Value>, Map<String, Value>)> {
+        let (mut quantized, mut metrics) = (Map::new(), Map::new());
+        let wanted: Vec<&String> = self
+            .config
+            .optimize
+            .precisions
+            .iter()
+            .filter(|p| matches!(p.as_str(), "int8" | "fp8"))
+            .collect();
+        if wanted.is_empty() {
+            return Ok((quantized, metrics));
+        }
+        std::fs::create_dir_all(dir)?;
+        let tools = &self.opts.tools;
+        let model = self.model_dir();
+        let rows = self.reg.day_rows(&self.state.data_sha256)?;
+        let texts: Vec<&str> = rows.iter().flat_map(|r| r.texts()).collect();
+        let input = self.dir.join("calibration.jsonl");
+        write_texts(&input, &texts)?;
+        let held = self.dir.join("held.jsonl");
+        let fp32 = tools.embed(&Engine::Model(model.clone()), &held)?;
+        for p in wanted {
+            let table = dir.join(format!("{p}.calib.json"));
+            let size = self.config.optimize.calibration_size;
+            let summary = tools
+                .calibrate(&model, &input, p, size, &table)
+                .with_context(|| format!("calibrating {p} on the day's sentences"))?;
+            let fq = tools.embed_fake_quant(&model, p, &table, &held)?;
+            let cos: Vec<f64> = fp32.iter().zip(&fq).map(|(a, b)| cosine(a, b)).collect();
+            if cos.is_empty() || fp32.len() != fq.len() {
+                bail!(
+                    "the {p} CPU check embedded {} of {} held sentences",
+                    fq.len(),
+                    fp32.len()
+                );
+            }
+            let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+            let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+            metrics.insert(format!("{p}_cpu_fake_quant_mean_cosine"), json!(mean));
+            metrics.insert(format!("{p}_cpu_fake_quant_min_cosine"), json!(min));
+            quantized.insert(
+                p.clone(),
+                json!({
+                    "table": format!("plans/{p}.calib.json"),
+                    "calibrator": summary["calibrator"],
+                    "sentences": summary["sentences"],
+                    "fallback": summary["fallback"],
+                    "calibration_accuracy": summary["accuracy"],
+                    "cpu_check_sentences": cos.len(),
+                    "cpu_fake_quant_mean_cosine": mean,
+                    "cpu_fake_quant_min_cosine": min,
+                }),
+            );
+        }
+        Ok((quantized, metrics))
     }
 
     fn challenger_engine(&self) -> Engine {
@@ -645,6 +721,14 @@ impl Ctx<'_> {
             "champion_sentences_per_s": champ_tput,
             "sentences_per_s": chall_tput,
         });
+        // The optimize stage's own checks (int8/fp8 CPU fake-quant cosines).
+        let mut metrics = metrics;
+        if let (Some(o), Value::Object(m)) = (
+            metrics.as_object_mut(),
+            self.output("optimize")["metrics"].clone(),
+        ) {
+            o.extend(m);
+        }
         let out = json!({"metrics": metrics, "gates": gates});
         if let Some(i) = first_fail {
             return Ok(Step::Stop {

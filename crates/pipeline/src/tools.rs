@@ -69,10 +69,29 @@ impl Tools {
 
     /// Normalized vectors of `input` (JSON lines `{"text"}`).
     pub fn embed(&self, engine: &Engine, input: &Path) -> Result<Vec<Vec<f32>>> {
+        self.embed_with(engine.args(), input)
+    }
+
+    /// Vectors of `input` from the CPU engine with fake quantization: the
+    /// scales of `table` (what a GPU int8/fp8 plan of it computes).
+    pub fn embed_fake_quant(
+        &self,
+        model: &Path,
+        precision: &str,
+        table: &Path,
+        input: &Path,
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut args = Engine::Model(model.to_path_buf()).args();
+        args.extend(["--precision".into(), precision.into()]);
+        args.extend(["--calibration-table".into(), table.into()]);
+        self.embed_with(args, input)
+    }
+
+    fn embed_with(&self, args: Vec<std::ffi::OsString>, input: &Path) -> Result<Vec<Vec<f32>>> {
         let out = self
             .embedrt()
             .arg("embed")
-            .args(engine.args())
+            .args(args)
             .arg("--input")
             .arg(input)
             .output()
@@ -91,6 +110,29 @@ impl Tools {
             );
         }
         Ok(rows)
+    }
+
+    /// `embedrt calibrate` on the CPU (statistics of the fp32 engine, the
+    /// default calibrator and fallback search); returns its summary line.
+    pub fn calibrate(
+        &self,
+        model: &Path,
+        input: &Path,
+        precision: &str,
+        size: usize,
+        out: &Path,
+    ) -> Result<Value> {
+        let mut c = self.embedrt();
+        c.arg("calibrate")
+            .arg("--model")
+            .arg(model)
+            .arg("--input")
+            .arg(input)
+            .args(["--precision", precision])
+            .args(["--calibration-size", &size.to_string()])
+            .arg("-o")
+            .arg(out);
+        run_json(&mut c, "embedrt calibrate")
     }
 
     pub fn export(&self, model: &Path, out: &Path) -> Result<()> {
@@ -112,14 +154,26 @@ impl Tools {
         Ok(())
     }
 
-    /// Builds a GPU plan; the error says why when there is no GPU.
-    pub fn build_plan(&self, model: &Path, precision: &str, out: &Path) -> Result<()> {
-        let o = self
-            .embedrt()
-            .arg("build")
-            .arg("--model")
-            .arg(model)
-            .args(["--device", "cuda", "--precision", precision])
+    /// Builds a GPU plan (int8/fp8 from `table`); the error says why when
+    /// there is no GPU.
+    pub fn build_plan(
+        &self,
+        model: &Path,
+        precision: &str,
+        table: Option<&Path>,
+        out: &Path,
+    ) -> Result<()> {
+        let mut c = self.embedrt();
+        c.arg("build").arg("--model").arg(model).args([
+            "--device",
+            "cuda",
+            "--precision",
+            precision,
+        ]);
+        if let Some(t) = table {
+            c.arg("--calibration-table").arg(t);
+        }
+        let o = c
             .arg("-o")
             .arg(out)
             .output()
