@@ -37,7 +37,17 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
     /// A local directory (the registry, the days' data, the runs).
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or an object store: `s3://bucket/prefix` (credentials and endpoint
+    /// from the `AWS_*` environment, IRSA on EKS) or `file:///dir`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// With `uri`: the local directory for the run lock, the runs' work
+    /// files and the versions downloaded for training and serving.
+    /// Default: `registry-cache` beside the config file.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -234,9 +244,33 @@ impl Config {
             .unwrap_or(Path::new("."));
         let base = std::fs::canonicalize(parent)
             .with_context(|| format!("{}: cannot resolve", parent.display()))?;
+        let r = &mut config.registry;
+        match (&r.path, &r.uri) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "{}: [registry] takes `path` or `uri`, not both",
+                path.display()
+            ),
+            (None, None) => anyhow::bail!(
+                "{}: [registry] needs `path` (a directory) or `uri` (s3://bucket/prefix)",
+                path.display()
+            ),
+            _ => {}
+        }
+        // A file:// or plain-path uri is a local registry like `path`.
+        if let Some(local) = r.uri.as_deref().and_then(crate::store::local_path) {
+            r.path = Some(local);
+            r.uri = None;
+        }
+        if r.uri.is_some() && r.cache.is_none() {
+            r.cache = Some(PathBuf::from("registry-cache"));
+        }
+        for p in r.path.iter_mut().chain(r.cache.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         for p in [
             &mut config.model.base,
-            &mut config.registry.path,
             &mut config.train.python,
             &mut config.train.scripts,
             &mut config.gates.frozen_benchmark,
