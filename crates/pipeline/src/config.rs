@@ -306,3 +306,54 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(registry: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[model]\nname = \"m\"\nbase = \"m\"\n[registry]\n{registry}\n\
+             [train]\npython = \"p\"\nscripts = \"s\"\nmax_steps = 1\n\
+             [gates]\nfrozen_benchmark = \"f.csv\"\nfrozen_epsilon = 1.0\n"
+        );
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        Config::load(&path).map(|mut c| {
+            // Relative to the config's directory, which goes away with `dir`.
+            for p in c
+                .registry
+                .path
+                .iter_mut()
+                .chain(c.registry.cache.iter_mut())
+            {
+                let rel = p
+                    .strip_prefix(&base)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| p.clone());
+                *p = rel;
+            }
+            c
+        })
+    }
+
+    #[test]
+    fn registry_is_a_path_or_a_uri() {
+        let c = load_with("path = \"reg\"").unwrap();
+        assert_eq!(c.registry.path, Some(PathBuf::from("reg")));
+        let c = load_with("uri = \"s3://bucket/pre/fix\"").unwrap();
+        assert_eq!(c.registry.uri.as_deref(), Some("s3://bucket/pre/fix"));
+        assert_eq!(c.registry.cache, Some(PathBuf::from("registry-cache")));
+        let c = load_with("uri = \"file:///abs/reg\"").unwrap();
+        assert_eq!(
+            (c.registry.path, c.registry.uri),
+            (Some(PathBuf::from("/abs/reg")), None)
+        );
+        let err = load_with("path = \"a\"\nuri = \"s3://b/c\"").unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = load_with("cache = \"c\"").unwrap_err();
+        assert!(err.to_string().contains("needs `path`"), "{err}");
+    }
+}

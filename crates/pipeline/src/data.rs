@@ -71,8 +71,7 @@ pub fn parse_day(uri: &str, bytes: &[u8]) -> Result<Vec<Row>> {
     if ext == "parquet" {
         return crate::parquet_day::parse(bytes).map_err(|e| anyhow::anyhow!("{uri}: {e:#}"));
     }
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{uri}: not UTF-8 ({e})"))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{uri}: not UTF-8 ({e})"))?;
     match ext.as_str() {
         "csv" => parse_csv_rows(text),
         "jsonl" | "json" | "ndjson" => parse_jsonl_rows(text),

@@ -81,10 +81,7 @@ impl Registry {
                 let store = Store::open(uri)?;
                 let root = match store.local_root() {
                     Some(r) => r.to_path_buf(),
-                    None => section
-                        .cache
-                        .clone()
-                        .context("registry.cache is not set")?,
+                    None => section.cache.clone().context("registry.cache is not set")?,
                 };
                 Registry::with_store(store, root)
             }
@@ -191,7 +188,10 @@ impl Registry {
         }
         // Into a sibling first, then renamed: a killed download leaves no
         // half directory that looks complete.
-        let partial = self.root.join("versions").join(format!(".{version}.partial"));
+        let partial = self
+            .root
+            .join("versions")
+            .join(format!(".{version}.partial"));
         if partial.exists() {
             std::fs::remove_dir_all(&partial)?;
         }

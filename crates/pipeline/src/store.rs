@@ -314,7 +314,9 @@ impl Store {
     /// Every key under `prefix` (relative to the store), sorted.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let k = self.key(prefix.trim_end_matches('/'));
-        let metas: Vec<_> = self.rt.block_on(self.inner.list(Some(&k)).collect::<Vec<_>>());
+        let metas: Vec<_> = self
+            .rt
+            .block_on(self.inner.list(Some(&k)).collect::<Vec<_>>());
         let mut out = Vec::new();
         for m in metas {
             let m = m.with_context(|| format!("{}: cannot list", self.name(prefix)))?;
