@@ -1,5 +1,6 @@
 """deploy/pipeline renders with kustomize and says what the schedule must say."""
 
+import re
 import shutil
 import subprocess
 
@@ -24,6 +25,8 @@ def test_pipeline_manifests_render():
     pod = cron["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "embedrt-pipeline"
     assert pod["containers"][0]["command"][:3] == ["embedrt", "pipeline", "run"]
+    # The registry is on S3: no volume claim to bind.
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert "pipeline.toml" in docs["ConfigMap"]["data"]
     workers = docs["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert (
@@ -35,12 +38,10 @@ def test_pipeline_manifests_render():
 
 
 def test_cluster_config_parses(embedrt_bin, tmp_path):
-    """The ConfigMap's TOML is a valid pipeline config (registry redirected to a temp dir)."""
-    text = (
-        (ROOT / "deploy/pipeline/pipeline.toml")
-        .read_text()
-        .replace('path = "/registry"', f'path = "{tmp_path}"')
-    )
+    """The ConfigMap's TOML is a valid pipeline config (its S3 registry redirected to a temp dir)."""
+    text = (ROOT / "deploy/pipeline/pipeline.toml").read_text()
+    assert 'uri = "s3://' in text
+    text = re.sub(r'(?m)^uri = "s3://[^"]*"$', f'uri = "file://{tmp_path}"', text)
     cfg = tmp_path / "p.toml"
     cfg.write_text(text)
     p = subprocess.run(

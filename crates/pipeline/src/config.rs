@@ -37,7 +37,17 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
     /// A local directory (the registry, the days' data, the runs).
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Or an object store: `s3://bucket/prefix` (credentials and endpoint
+    /// from the `AWS_*` environment, IRSA on EKS) or `file:///dir`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// With `uri`: the local directory for the run lock, the runs' work
+    /// files and the versions downloaded for training and serving.
+    /// Default: `registry-cache` beside the config file.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -238,9 +248,33 @@ impl Config {
             .unwrap_or(Path::new("."));
         let base = std::fs::canonicalize(parent)
             .with_context(|| format!("{}: cannot resolve", parent.display()))?;
+        let r = &mut config.registry;
+        match (&r.path, &r.uri) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "{}: [registry] takes `path` or `uri`, not both",
+                path.display()
+            ),
+            (None, None) => anyhow::bail!(
+                "{}: [registry] needs `path` (a directory) or `uri` (s3://bucket/prefix)",
+                path.display()
+            ),
+            _ => {}
+        }
+        // A file:// or plain-path uri is a local registry like `path`.
+        if let Some(local) = r.uri.as_deref().and_then(crate::store::local_path) {
+            r.path = Some(local);
+            r.uri = None;
+        }
+        if r.uri.is_some() && r.cache.is_none() {
+            r.cache = Some(PathBuf::from("registry-cache"));
+        }
+        for p in r.path.iter_mut().chain(r.cache.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         for p in [
             &mut config.model.base,
-            &mut config.registry.path,
             &mut config.train.python,
             &mut config.train.scripts,
             &mut config.gates.frozen_benchmark,
@@ -285,5 +319,56 @@ impl Config {
             anyhow::bail!("canary.sentences must not be empty");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(registry: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[model]\nname = \"m\"\nbase = \"m\"\n[registry]\n{registry}\n\
+             [train]\npython = \"p\"\nscripts = \"s\"\nmax_steps = 1\n\
+             [gates]\nfrozen_benchmark = \"f.csv\"\nfrozen_epsilon = 1.0\n"
+        );
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        Config::load(&path).map(|mut c| {
+            // Relative to the config's directory, which goes away with `dir`.
+            for p in c
+                .registry
+                .path
+                .iter_mut()
+                .chain(c.registry.cache.iter_mut())
+            {
+                let rel = p
+                    .strip_prefix(&base)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| p.clone());
+                *p = rel;
+            }
+            c
+        })
+    }
+
+    #[test]
+    fn registry_is_a_path_or_a_uri() {
+        let c = load_with("path = \"reg\"").unwrap();
+        assert_eq!(c.registry.path, Some(PathBuf::from("reg")));
+        let c = load_with("uri = \"s3://bucket/pre/fix\"").unwrap();
+        assert_eq!(c.registry.uri.as_deref(), Some("s3://bucket/pre/fix"));
+        assert_eq!(c.registry.cache, Some(PathBuf::from("registry-cache")));
+        let c = load_with("uri = \"file:///abs/reg\"").unwrap();
+        assert_eq!(
+            (c.registry.path, c.registry.uri),
+            (Some(PathBuf::from("/abs/reg")), None)
+        );
+        let err = load_with("path = \"a\"\nuri = \"s3://b/c\"").unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = load_with("cache = \"c\"").unwrap_err();
+        assert!(err.to_string().contains("needs `path`"), "{err}");
     }
 }

@@ -1,6 +1,8 @@
 //! Ingest and validate a day's data: CSV (`sentence1,sentence2,score` or
-//! `anchor,positive`, no header) or JSON lines with the same keys. A day
-//! that fails a check is rejected with a reason naming the row.
+//! `anchor,positive`, no header), JSON lines with the same keys, or Parquet
+//! with those columns ([`crate::parquet_day`]); from a local path, `file://`
+//! or `s3://bucket/key`. A day that fails a check is rejected with a reason
+//! naming the row (rows count from 1 in every format).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -54,26 +56,33 @@ pub struct DayStats {
     pub duplicates: usize,
 }
 
-/// Reads a local path. Object-store URIs are not read yet (see docs/arch/pipeline.md).
-pub fn read_day(path: &str) -> Result<(Vec<u8>, Vec<Row>)> {
-    if path.contains("://") {
-        bail!("{path}: object-store URIs are not supported yet; copy the file locally and pass its path");
-    }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("{path}: cannot read the day's data"))?;
-    let text =
-        std::str::from_utf8(&bytes).map_err(|e| anyhow::anyhow!("{path}: not UTF-8 ({e})"))?;
-    let ext = Path::new(path)
+/// The day's bytes from a local path, `file://` or `s3://bucket/key`.
+pub fn fetch(uri: &str) -> Result<Vec<u8>> {
+    crate::store::read_uri(uri).with_context(|| format!("{uri}: cannot read the day's data"))
+}
+
+/// Parses the day by its extension (`.csv`, `.jsonl`/`.json`/`.ndjson`, `.parquet`).
+pub fn parse_day(uri: &str, bytes: &[u8]) -> Result<Vec<Row>> {
+    let ext = Path::new(uri)
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let rows = match ext.as_str() {
-        "csv" => parse_csv_rows(text)?,
-        "jsonl" | "json" | "ndjson" => parse_jsonl_rows(text)?,
-        "parquet" => bail!("{path}: Parquet is not supported yet; convert to CSV or JSON lines"),
-        _ => bail!("{path}: unknown format {ext:?}; use .csv or .jsonl"),
-    };
+    if ext == "parquet" {
+        return crate::parquet_day::parse(bytes).map_err(|e| anyhow::anyhow!("{uri}: {e:#}"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{uri}: not UTF-8 ({e})"))?;
+    match ext.as_str() {
+        "csv" => parse_csv_rows(text),
+        "jsonl" | "json" | "ndjson" => parse_jsonl_rows(text),
+        _ => bail!("{uri}: unknown format {ext:?}; use .csv, .jsonl or .parquet"),
+    }
+}
+
+/// Fetches and parses a day.
+pub fn read_day(uri: &str) -> Result<(Vec<u8>, Vec<Row>)> {
+    let bytes = fetch(uri)?;
+    let rows = parse_day(uri, &bytes)?;
     Ok((bytes, rows))
 }
 

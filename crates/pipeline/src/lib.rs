@@ -4,16 +4,19 @@
 //! Stages are library code ([`run`]); the heavy work happens in
 //! subprocesses: the `embedrt` binary (export, eval, bench, embed, build)
 //! and the Python training step (`python/embedrt/train/run.py`, with
-//! sentence-transformers' own trainer). The registry is a directory
-//! ([`registry`]); deploy targets and the canary are in [`deploy`].
+//! sentence-transformers' own trainer). The registry is a local directory
+//! or an S3 prefix ([`registry`] on a [`store::Store`]); deploy targets and
+//! the canary are in [`deploy`].
 
 pub mod config;
 pub mod data;
 pub mod deploy;
 pub mod lock;
+pub mod parquet_day;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod store;
 pub mod tools;
 
 use anyhow::{Context, Result};
@@ -23,11 +26,11 @@ pub use config::Config;
 pub use run::{run, Outcome, RunOptions};
 pub use tools::Tools;
 
-use registry::{read_json, Aliases, Registry};
+use registry::{Aliases, Registry};
 
 /// Aliases and every version with its status and metrics.
 pub fn status(config: &Config) -> Result<Value> {
-    let reg = Registry::open(&config.registry.path)?;
+    let reg = Registry::from_config(&config.registry)?;
     let aliases = reg.aliases()?;
     let mut versions = Vec::new();
     for v in reg.versions()? {
@@ -46,17 +49,18 @@ pub fn status(config: &Config) -> Result<Value> {
 
 /// Every run, oldest first, with its decision.
 pub fn history(config: &Config) -> Result<Value> {
-    let reg = Registry::open(&config.registry.path)?;
+    let reg = Registry::from_config(&config.registry)?;
     let mut runs = Vec::new();
-    for e in std::fs::read_dir(reg.root.join("runs"))?.flatten() {
-        let report = e.path().join("report.json");
-        let state = e.path().join("state.json");
-        if let Ok(r) = read_json::<Value>(&report) {
+    // From the store: a local registry's run directories, or the records an
+    // S3 registry's runs uploaded.
+    for run in reg.runs()? {
+        if let Some(r) = reg.run_record(&run, "report.json")? {
             runs.push(
                 json!({"run": r["run"], "decision": r["decision"], "stage": r["stage"],
                 "version": r["version"], "reason": r["reason"]}),
             );
-        } else if let Ok(s) = read_json::<run::State>(&state) {
+        } else if let Some(s) = reg.run_record(&run, "state.json")? {
+            let s: run::State = serde_json::from_value(s).context("a run's state.json")?;
             runs.push(json!({"run": s.run, "decision": null, "finished": s.finished}));
         }
     }
@@ -67,7 +71,7 @@ pub fn history(config: &Config) -> Result<Value> {
 /// Serves `version` (default: the `previous` alias) on every target, checks
 /// the canary, then moves the aliases. Takes the run lock.
 pub fn rollback(config: &Config, tools: &Tools, version: Option<&str>) -> Result<Value> {
-    let reg = Registry::open(&config.registry.path)?;
+    let reg = Registry::from_config(&config.registry)?;
     let _lock = lock::RunLock::acquire(&reg.root.join("pipeline.lock"))?;
     let aliases = reg.aliases()?;
     let champion = aliases
@@ -98,6 +102,8 @@ pub fn rollback(config: &Config, tools: &Tools, version: Option<&str>) -> Result
                 &dir.join("report.json"),
                 &json!({"run": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "decision": "rolled_back", "stage": "rollback", "version": target}),
             )?;
+            let run = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            reg.publish_run(&run.unwrap_or_default(), &dir, &["report.json"])?;
             Ok(out)
         }
         Err((why, _)) => {

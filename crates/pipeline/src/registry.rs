@@ -1,5 +1,5 @@
-//! The versioned registry (a local directory; the layout is the one an S3
-//! prefix would have):
+//! The versioned registry on a [`Store`]: a local directory or an S3 prefix,
+//! with the same keys:
 //!
 //! ```text
 //! aliases.json                 {"champion": "v0002", "previous": "v0001"}
@@ -8,20 +8,31 @@
 //! versions/vNNNN/plans/        GPU plans (and calibration tables), when built
 //! versions/vNNNN/version.json  metrics, lineage (data hashes, parent, code version), fingerprint
 //! data/<sha256>.jsonl          each accepted day, content-addressed; days.json lists them in order
-//! runs/<run id>/               state.json, report.json, report.md, gates.svg, work files
+//! runs/<run id>/               state.json, report.json, report.md, gates.svg (+ work files locally)
 //! ```
 //!
-//! Aliases live in one small file replaced by rename, so a reader sees the
-//! old pair or the new pair, never a mix.
+//! Beside the store there is a local directory, [`Registry::root`]: the
+//! registry directory itself for a local store, `registry.cache` for S3. It
+//! holds the run lock, the runs' work files, and the versions materialized
+//! for stages that need files (training from the champion, the engines that
+//! `embedrt serve` reloads).
+//!
+//! Aliases are one object, written only if it is unchanged since this
+//! registry last read it (S3: `If-Match` on its ETag), so two writers cannot
+//! interleave: the one that lost gets an error, not a silent overwrite.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use embedrt_core::fsutil::write_atomic;
+use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::RegistrySection;
 use crate::data::{DayStats, Row};
+use crate::store::{Conflict, Store};
+use embedrt_core::fsutil::write_atomic;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Aliases {
@@ -37,7 +48,12 @@ pub struct DayEntry {
 }
 
 pub struct Registry {
+    pub store: Store,
+    /// The local directory: the lock, the runs, materialized versions.
     pub root: PathBuf,
+    /// The aliases object's version when last read (None: it did not exist),
+    /// the condition of the next [`Registry::set_aliases`].
+    aliases_read: Mutex<Option<Option<UpdateVersion>>>,
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -51,52 +67,173 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
+const ALIASES: &str = "aliases.json";
+const DAYS: &str = "data/days.json";
+/// Written in a materialized version's directory once every file is there.
+const MATERIALIZED: &str = ".materialized";
+
 impl Registry {
+    /// The registry the config names (`registry.path` or `registry.uri`).
+    pub fn from_config(section: &RegistrySection) -> Result<Registry> {
+        match (&section.path, &section.uri) {
+            (Some(path), _) => Registry::open(path),
+            (None, Some(uri)) => {
+                let store = Store::open(uri)?;
+                let root = match store.local_root() {
+                    Some(r) => r.to_path_buf(),
+                    None => section.cache.clone().context("registry.cache is not set")?,
+                };
+                Registry::with_store(store, root)
+            }
+            (None, None) => bail!("[registry] needs `path` or `uri`"),
+        }
+    }
+
+    /// A registry in a local directory.
     pub fn open(root: &Path) -> Result<Registry> {
+        Registry::with_store(Store::local(root)?, root.to_path_buf())
+    }
+
+    fn with_store(store: Store, root: PathBuf) -> Result<Registry> {
         for sub in ["versions", "data", "runs"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("{}: cannot create", root.join(sub).display()))?;
         }
         Ok(Registry {
-            root: root.to_path_buf(),
+            store,
+            root,
+            aliases_read: Mutex::new(None),
         })
     }
 
-    pub fn aliases(&self) -> Result<Aliases> {
-        let path = self.root.join("aliases.json");
-        if !path.exists() {
-            return Ok(Aliases::default());
+    fn is_remote(&self) -> bool {
+        self.store.local_root().is_none()
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .with_context(|| format!("{}/{key}: not valid JSON", self.store.uri())),
         }
-        read_json(&path)
     }
 
+    fn put_json(&self, key: &str, value: &impl Serialize) -> Result<()> {
+        self.store.put(key, serde_json::to_vec_pretty(value)?)
+    }
+
+    /// Reads the aliases and remembers their version for [`Self::set_aliases`].
+    pub fn aliases(&self) -> Result<Aliases> {
+        let got = self.store.get_versioned(ALIASES)?;
+        let (aliases, version) = match got {
+            None => (Aliases::default(), None),
+            Some((b, v)) => (
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{}/{ALIASES}: not valid JSON", self.store.uri()))?,
+                Some(v),
+            ),
+        };
+        *self.aliases_read.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+        Ok(aliases)
+    }
+
+    /// Replaces the aliases, only if nobody wrote them since this registry
+    /// last read them (a lost race is an error naming what happened).
     pub fn set_aliases(&self, aliases: &Aliases) -> Result<()> {
-        write_json(&self.root.join("aliases.json"), aliases)
+        let read = self
+            .aliases_read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let expected = match read {
+            Some(v) => v,
+            // Not read yet: the condition is the current version.
+            None => {
+                self.aliases()?;
+                self.aliases_read
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .flatten()
+            }
+        };
+        let bytes = serde_json::to_vec_pretty(aliases)?;
+        match self.store.put_if(ALIASES, bytes, expected.as_ref()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.downcast_ref::<Conflict>().is_some() => {
+                let now = self.aliases().map(|a| format!("{a:?}")).unwrap_or_default();
+                bail!(
+                    "{e}: the aliases changed while this run worked (now {now}); \
+                     not setting {aliases:?}. Check `embedrt pipeline status`"
+                )
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    pub fn version_dir(&self, version: &str) -> PathBuf {
-        self.root.join("versions").join(version)
+    /// A local directory holding the version's files: in the registry
+    /// directory itself, or downloaded from the store into `root` once.
+    pub fn version_dir(&self, version: &str) -> Result<PathBuf> {
+        let dir = self.root.join("versions").join(version);
+        if !self.is_remote() || dir.join(MATERIALIZED).exists() {
+            return Ok(dir);
+        }
+        let key = format!("versions/{version}");
+        if !self.store.exists(&format!("{key}/version.json"))? {
+            bail!(
+                "version {version} is not in the registry {}; `embedrt pipeline status` lists them",
+                self.store.uri()
+            );
+        }
+        // Into a sibling first, then renamed: a killed download leaves no
+        // half directory that looks complete.
+        let partial = self
+            .root
+            .join("versions")
+            .join(format!(".{version}.partial"));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        self.store.get_dir(&key, &partial)?;
+        std::fs::write(partial.join(MATERIALIZED), b"")?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&partial, &dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        Ok(dir)
     }
 
     pub fn versions(&self) -> Result<Vec<String>> {
-        let mut out: Vec<String> = std::fs::read_dir(self.root.join("versions"))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("version.json").exists())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        out.sort();
+        let mut out = Vec::new();
+        for v in self.store.list_dirs("versions")? {
+            // Hidden names are local partial downloads, not versions.
+            if !v.starts_with('.') && self.store.exists(&format!("versions/{v}/version.json"))? {
+                out.push(v);
+            }
+        }
         Ok(out)
     }
 
     pub fn version_info(&self, version: &str) -> Result<Value> {
-        let path = self.version_dir(version).join("version.json");
-        if !path.exists() {
-            bail!(
+        match self.get_json(&format!("versions/{version}/version.json"))? {
+            Some(v) => Ok(v),
+            None => bail!(
                 "version {version} is not in the registry {}; `embedrt pipeline status` lists them",
-                self.root.display()
-            );
+                self.store.uri()
+            ),
         }
-        read_json(&path)
+    }
+
+    /// Rewrites a registered version's version.json (its status changes).
+    pub fn write_version_info(&self, version: &str, info: &Value) -> Result<()> {
+        self.put_json(&format!("versions/{version}/version.json"), info)?;
+        let cached = self.root.join("versions").join(version);
+        if self.is_remote() && cached.join(MATERIALIZED).exists() {
+            write_json(&cached.join("version.json"), info)?;
+        }
+        Ok(())
     }
 
     pub fn next_version(&self) -> Result<String> {
@@ -108,7 +245,7 @@ impl Registry {
         Ok(format!("v{:04}", last + 1))
     }
 
-    /// Copies `model` (and optional ONNX/plan directories) in under a new
+    /// Uploads `model` (and optional ONNX/plan directories) under a new
     /// version, writing version.json last: a version without it does not exist.
     pub fn register(
         &self,
@@ -116,27 +253,25 @@ impl Registry {
         model: &Path,
         extra: &[(&str, &Path)],
         info: &Value,
-    ) -> Result<PathBuf> {
-        let dir = self.version_dir(version);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+    ) -> Result<()> {
+        let key = format!("versions/{version}");
+        // Leftovers of a killed attempt at this version.
+        self.store.delete_prefix(&key)?;
+        let cached = self.root.join("versions").join(version);
+        if self.is_remote() && cached.exists() {
+            std::fs::remove_dir_all(&cached)?;
         }
-        copy_dir(model, &dir.join("model"))?;
+        self.store.put_dir(&format!("{key}/model"), model)?;
         for (name, src) in extra {
             if src.exists() {
-                copy_dir(src, &dir.join(name))?;
+                self.store.put_dir(&format!("{key}/{name}"), src)?;
             }
         }
-        write_json(&dir.join("version.json"), info)?;
-        Ok(dir)
+        self.put_json(&format!("{key}/version.json"), info)
     }
 
     pub fn days(&self) -> Result<Vec<DayEntry>> {
-        let path = self.root.join("data/days.json");
-        if !path.exists() {
-            return Ok(Vec::new());
-        }
-        read_json(&path)
+        Ok(self.get_json(DAYS)?.unwrap_or_default())
     }
 
     /// Keeps an accepted day by content; idempotent (a resumed run adds nothing).
@@ -150,24 +285,52 @@ impl Registry {
             text.push_str(&serde_json::to_string(r)?);
             text.push('\n');
         }
-        let path = self.day_path(&entry.sha256);
-        write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        self.store.put(&day_key(&entry.sha256), text.into_bytes())?;
         days.push(entry);
-        write_json(&self.root.join("data/days.json"), &days)
-    }
-
-    pub fn day_path(&self, sha: &str) -> PathBuf {
-        self.root.join("data").join(format!("{sha}.jsonl"))
+        self.put_json(DAYS, &days)
     }
 
     pub fn day_rows(&self, sha: &str) -> Result<Vec<Row>> {
-        let text = std::fs::read_to_string(self.day_path(sha))?;
+        let key = day_key(sha);
+        let bytes = self
+            .store
+            .get(&key)?
+            .with_context(|| format!("{}/{key}: missing", self.store.uri()))?;
+        let text = std::str::from_utf8(&bytes).context("a stored day is not UTF-8")?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).context("a stored day row"))
             .collect()
     }
+
+    /// The run ids the store has records of.
+    pub fn runs(&self) -> Result<Vec<String>> {
+        self.store.list_dirs("runs")
+    }
+
+    /// A run's record (state.json, report.json) from the store.
+    pub fn run_record(&self, run: &str, file: &str) -> Result<Option<Value>> {
+        self.get_json(&format!("runs/{run}/{file}"))
+    }
+
+    /// Copies a run's record files to the store, where they already are for
+    /// a local registry. Missing files are skipped.
+    pub fn publish_run(&self, run: &str, dir: &Path, files: &[&str]) -> Result<()> {
+        if !self.is_remote() {
+            return Ok(());
+        }
+        for f in files {
+            let p = dir.join(f);
+            if p.exists() {
+                self.store.put_file(&format!("runs/{run}/{f}"), &p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn day_key(sha: &str) -> String {
+    format!("data/{sha}.jsonl")
 }
 
 pub fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
@@ -220,5 +383,44 @@ mod tests {
         reg.set_aliases(&a).unwrap();
         assert_eq!(reg.aliases().unwrap(), a);
         assert!(reg.version_info("v0009").is_err());
+        assert_eq!(
+            std::fs::read(reg.version_dir("v0001").unwrap().join("model/a.txt")).unwrap(),
+            b"x"
+        );
+    }
+
+    #[test]
+    fn a_second_alias_writer_that_read_the_same_pair_loses() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = Registry::open(dir.path()).unwrap();
+        let two = Registry::open(dir.path()).unwrap();
+        let first = Aliases {
+            champion: Some("v0001".into()),
+            previous: None,
+        };
+        // Both see no aliases; the first creates them, the second may not.
+        assert_eq!(one.aliases().unwrap(), Aliases::default());
+        assert_eq!(two.aliases().unwrap(), Aliases::default());
+        one.set_aliases(&first).unwrap();
+        let err = two.set_aliases(&first).unwrap_err().to_string();
+        assert!(err.contains("aliases changed"), "{err}");
+        // Both read v0001; the first moves it, the second's write is refused.
+        assert_eq!(one.aliases().unwrap(), first);
+        assert_eq!(two.aliases().unwrap(), first);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let moved = Aliases {
+            champion: Some("v0002".into()),
+            previous: Some("v0001".into()),
+        };
+        one.set_aliases(&moved).unwrap();
+        let other = Aliases {
+            champion: Some("v0003".into()),
+            previous: Some("v0001".into()),
+        };
+        assert!(two.set_aliases(&other).is_err());
+        assert_eq!(two.aliases().unwrap(), moved);
+        // Having read the new pair, it may write.
+        two.set_aliases(&other).unwrap();
+        assert_eq!(one.aliases().unwrap(), other);
     }
 }

@@ -115,8 +115,8 @@ pub fn utc_stamp() -> String {
 pub fn version_engine(reg: &Registry, version: &str) -> Result<Engine> {
     let info = reg.version_info(version)?;
     Ok(match info["engine"]["plan"].as_str() {
-        Some(plan) => Engine::Plan(reg.version_dir(version).join(plan)),
-        None => Engine::Model(reg.version_dir(version).join("model")),
+        Some(plan) => Engine::Plan(reg.version_dir(version)?.join(plan)),
+        None => Engine::Model(reg.version_dir(version)?.join("model")),
     })
 }
 
@@ -210,16 +210,11 @@ fn find_unfinished(reg: &Registry, sha: &str) -> Result<Option<State>> {
 
 /// Runs (or resumes) the pipeline on one day's data.
 pub fn run(config: &Config, opts: &RunOptions) -> Result<Outcome> {
-    let reg = Registry::open(&config.registry.path)?;
+    let reg = Registry::from_config(&config.registry)?;
     let _lock = RunLock::acquire(&reg.root.join("pipeline.lock"))?;
-    let (bytes, parsed) = match data::read_day(&opts.data) {
-        Ok(x) => (x.0, Ok(x.1)),
-        Err(e) => match std::fs::read(&opts.data) {
-            // Readable but malformed: a rejection, with a report.
-            Ok(b) if !opts.data.contains("://") => (b, Err(format!("{e:#}"))),
-            _ => return Err(e),
-        },
-    };
+    let bytes = data::fetch(&opts.data)?;
+    // Readable but malformed: a rejection, with a report.
+    let parsed = data::parse_day(&opts.data, &bytes).map_err(|e| format!("{e:#}"));
     let sha = data::sha256_hex(&bytes);
     let state = match find_unfinished(&reg, &sha)? {
         Some(mut s) => {
@@ -295,7 +290,9 @@ pub fn run(config: &Config, opts: &RunOptions) -> Result<Outcome> {
 
 impl Ctx<'_> {
     fn save(&self) -> Result<()> {
-        write_json(&self.dir.join("state.json"), &self.state)
+        write_json(&self.dir.join("state.json"), &self.state)?;
+        self.reg
+            .publish_run(&self.state.run, &self.dir, &["state.json"])
     }
 
     fn output(&self, stage: &str) -> Value {
@@ -348,6 +345,11 @@ impl Ctx<'_> {
         report["data"] = json!({"source": self.state.source, "sha256": self.state.data_sha256});
         report["stages"] = Value::Object(self.state.outputs.clone());
         report::write(&self.dir, &self.reg, &report)?;
+        self.reg.publish_run(
+            &self.state.run,
+            &self.dir,
+            &["report.json", "report.md", "gates.svg"],
+        )?;
         Ok(outcome)
     }
 
@@ -466,7 +468,7 @@ impl Ctx<'_> {
         write_texts(&self.dir.join("held.jsonl"), &texts)?;
 
         let champion = self.reg.aliases()?.champion.context("no champion")?;
-        let base = self.reg.version_dir(&champion).join("model");
+        let base = self.reg.version_dir(&champion)?.join("model");
         let out = self.dir.join("challenger");
         if cfg.train.runner == "ray" {
             bail!("train.runner = \"ray\" is not wired yet; use \"local\" (see docs/arch/pipeline.md)");
@@ -818,7 +820,7 @@ impl Ctx<'_> {
 fn set_status(reg: &Registry, version: &str, status: &str) -> Result<()> {
     let mut info = reg.version_info(version)?;
     info["status"] = json!(status);
-    write_json(&reg.version_dir(version).join("version.json"), &info)
+    reg.write_version_info(version, &info)
 }
 
 fn gate(name: &str, value: f64, threshold: f64, detail: String) -> Value {
