@@ -5,12 +5,16 @@
 //! subprocesses: the `embedrt` binary (export, eval, bench, embed, build)
 //! and the Python training step (`python/embedrt/train/run.py`, with
 //! sentence-transformers' own trainer). The registry is a directory
-//! ([`registry`]); deploy targets and the canary are in [`deploy`].
+//! ([`registry`]); deploy targets and the canary are in [`deploy`] (Ray
+//! Serve's REST API in [`ray_serve`]); `train.runner = "ray"` is [`ray_job`].
 
 pub mod config;
 pub mod data;
 pub mod deploy;
+pub mod http;
 pub mod lock;
+pub mod ray_job;
+pub mod ray_serve;
 pub mod registry;
 pub mod report;
 pub mod run;
