@@ -37,7 +37,9 @@ def stsb_dir():
         os.environ.get("EMBEDRT_STSB", ROOT.parent / "shared/data/stsb")
     )
     if not path.exists():
-        pytest.fail(f"{path} is missing: the STS Benchmark CSVs live in ../shared/data/stsb")
+        pytest.fail(
+            f"{path} is missing: the STS Benchmark CSVs live in ../shared/data/stsb"
+        )
     return path
 
 

@@ -184,7 +184,12 @@ pub fn apply(t: &Target, user_config: &Value) -> Result<Value> {
     let body = put_body(&details, t.app, t.deployment, user_config)?;
     http::send("PUT", &t.applications_url(), &body, REST_TIMEOUT)
         .with_context(|| format!("PUT {}", t.applications_url()))?;
-    let version = user_config["version"].as_str().map(String::from);
+    // The app str()s a YAML number (`version: 1`); compare the same way.
+    let version = match &user_config["version"] {
+        Value::Null => None,
+        Value::String(v) => Some(v.clone()),
+        other => Some(other.to_string()),
+    };
     let started = Instant::now();
     let replicas = wait_serving(t, version.as_deref())?;
     Ok(json!({
@@ -243,7 +248,8 @@ fn poll(
     let details = t.details().map_err(|e| Poll::NotYet(format!("{e:#}")))?;
     let app = &details["applications"][t.app];
     let status = app["status"].as_str().unwrap_or("");
-    if status == "DEPLOY_FAILED" || status == "UNHEALTHY" {
+    // UNHEALTHY can pass (a replica being replaced); DEPLOY_FAILED does not.
+    if status == "DEPLOY_FAILED" {
         return Err(Poll::Fatal(anyhow::anyhow!(
             "Ray Serve app {:?} is {status}: {}",
             t.app,

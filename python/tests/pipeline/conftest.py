@@ -6,7 +6,6 @@ import pathlib
 
 import pytest
 import ray_cluster
-
 from serve_helpers import app_status, deploy, serve_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]

@@ -150,9 +150,15 @@ class Load:
 def env(tmp_path_factory, ray_app, cluster, stsb_dir):
     tmp = tmp_path_factory.mktemp("ray-pipeline")
     e = {"tmp": tmp, "registry": tmp / "registry", "base": ray_app["base"]}
-    e["config"] = make_config(tmp / "ray.toml", env=e, cluster=cluster, stsb_dir=stsb_dir)
+    e["config"] = make_config(
+        tmp / "ray.toml", env=e, cluster=cluster, stsb_dir=stsb_dir
+    )
     e["faulty"] = make_config(
-        tmp / "faulty.toml", env=e, cluster=cluster, stsb_dir=stsb_dir, inject_fault=True
+        tmp / "faulty.toml",
+        env=e,
+        cluster=cluster,
+        stsb_dir=stsb_dir,
+        inject_fault=True,
     )
     e["port"] = ray_app["port"]
     return e
@@ -189,7 +195,9 @@ def test_good_day_deploys_to_ray_serve_under_load(env, cluster, embedrt_bin, sts
     assert target["switch"]["replicas"], target
 
 
-def test_failed_canary_rolls_the_ray_serve_app_back(env, cluster, embedrt_bin, stsb_dir):
+def test_failed_canary_rolls_the_ray_serve_app_back(
+    env, cluster, embedrt_bin, stsb_dir
+):
     day = write_day(env["tmp"] / "day2.csv", stsb_dir, 1800, 200)
     before = live_user_config(cluster)
     with Load(env["port"]) as load:
@@ -287,7 +295,9 @@ def test_a_failed_ray_job_fails_the_run_with_its_last_log_lines(
 
 def test_a_ray_job_past_its_limit_is_stopped(env, cluster, embedrt_bin, stsb_dir):
     scripts = fake_trainer(
-        env["tmp"], "slow", "import time\nprint('training forever', flush=True)\ntime.sleep(600)\n"
+        env["tmp"],
+        "slow",
+        "import time\nprint('training forever', flush=True)\ntime.sleep(600)\n",
     )
     config = make_config(
         env["tmp"] / "slow.toml",

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import ray_cluster
-
 from serve_helpers import app_status, deploy, serve_config
 
 
