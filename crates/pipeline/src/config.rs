@@ -109,8 +109,21 @@ pub struct TrainSection {
     /// `local` (a subprocess) or `ray` (`ray job submit` to `ray_address`).
     #[serde(default = "default_runner")]
     pub runner: String,
+    /// The Ray dashboard the job goes to (`http://HEAD:8265`); `runner = "ray"` only.
     #[serde(default)]
     pub ray_address: Option<String>,
+    /// The `ray` CLI that submits the job (a path or a name on PATH);
+    /// default: the `ray` beside `python`, else `ray` on PATH.
+    #[serde(default)]
+    pub ray_cli: Option<PathBuf>,
+    /// The job is stopped after this many seconds (default `time_budget_s` + 600).
+    #[serde(default)]
+    pub ray_job_timeout_s: Option<f64>,
+    /// CPUs / GPUs reserved for the job's entrypoint (Ray's default: none).
+    #[serde(default)]
+    pub ray_num_cpus: Option<f64>,
+    #[serde(default)]
+    pub ray_num_gpus: Option<f64>,
 }
 
 fn default_seed() -> u64 {
@@ -207,6 +220,35 @@ pub enum DeployTarget {
         app: String,
         import_path: String,
     },
+    /// A live Ray Serve app: its deployment's `user_config` changed through
+    /// the dashboard's REST API (`PUT /api/serve/applications/`), then the
+    /// canary through `url`.
+    RayServe {
+        /// The dashboard, `http://HEAD:8265`.
+        address: String,
+        /// The Serve application's name.
+        app: String,
+        /// The Serve HTTP endpoint, `http://HEAD:8000`.
+        url: String,
+        /// The app's route prefix (it must match the running app's).
+        #[serde(default = "default_route_prefix")]
+        route_prefix: String,
+        #[serde(default = "default_deployment")]
+        deployment: String,
+        /// How long every replica may take to serve the new version.
+        #[serde(default = "default_switch_timeout")]
+        timeout_s: f64,
+    },
+}
+
+fn default_route_prefix() -> String {
+    "/".into()
+}
+fn default_deployment() -> String {
+    "Embedder".into()
+}
+fn default_switch_timeout() -> f64 {
+    300.0
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -300,6 +342,33 @@ impl Config {
                 "train.runner must be \"local\" or \"ray\", not {:?}",
                 self.train.runner
             );
+        }
+        if self.train.runner == "ray" && self.train.ray_address.is_none() {
+            anyhow::bail!(
+                "train.runner = \"ray\" needs train.ray_address (the Ray dashboard, e.g. \"http://127.0.0.1:8265\")"
+            );
+        }
+        if let Some(t) = self.train.ray_job_timeout_s {
+            if t.is_nan() || t <= 0.0 {
+                anyhow::bail!("train.ray_job_timeout_s must be > 0");
+            }
+        }
+        for target in &self.deploy {
+            if let DeployTarget::RayServe {
+                route_prefix,
+                timeout_s,
+                ..
+            } = target
+            {
+                if !route_prefix.starts_with('/') {
+                    anyhow::bail!(
+                        "deploy.route_prefix must start with \"/\", not {route_prefix:?}"
+                    );
+                }
+                if timeout_s.is_nan() || *timeout_s <= 0.0 {
+                    anyhow::bail!("deploy.timeout_s must be > 0");
+                }
+            }
         }
         if !["auto", "cpu", "cuda"].contains(&self.optimize.device.as_str()) {
             anyhow::bail!("optimize.device must be auto, cpu or cuda");

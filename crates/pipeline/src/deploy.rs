@@ -3,42 +3,71 @@
 //! `/embed` must give the new version's vectors (cosine >= canary.min_cosine)
 //! and `x-model-version` must end in the new weights' fingerprint (the
 //! server names versions `<load counter>-<first 12 hex of the file's sha256>`).
-//! RayService: the `serveConfigV2` patch is written for `kubectl patch`.
+//! Ray Serve: the app's `user_config` through the dashboard's REST API
+//! ([`crate::ray_serve`]), labelled `<version>-<fingerprint>`, then the same
+//! canary. RayService: the `serveConfigV2` patch is written for `kubectl patch`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::config::{CanarySection, DeployTarget};
+use crate::http;
+use crate::ray_serve;
 use crate::tools::{cosine, Engine};
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(300))
-        .build()
-}
+/// Long: a reload answers when the new engine is loaded.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn post(url: &str, body: &Value) -> Result<(String, Value)> {
-    match agent()
-        .post(url)
-        .set("content-type", "application/json")
-        .send_string(&body.to_string())
-    {
-        Ok(resp) => {
-            let version = resp.header("x-model-version").unwrap_or("").to_string();
-            let text = resp.into_string().context("reading the response")?;
-            Ok((
-                version,
-                serde_json::from_str(&text).context("response is not JSON")?,
-            ))
-        }
-        Err(ureq::Error::Status(code, resp)) => {
-            let text = resp.into_string().unwrap_or_default();
-            bail!("{url} answered {code}: {}", text.trim())
-        }
-        Err(e) => bail!("{url}: {e}"),
+    let a = http::send("POST", url, body, RELOAD_TIMEOUT)?;
+    Ok((a.version, a.body))
+}
+
+fn ray_target(target: &DeployTarget) -> Option<ray_serve::Target<'_>> {
+    match target {
+        DeployTarget::RayServe {
+            address,
+            app,
+            url,
+            route_prefix,
+            deployment,
+            timeout_s,
+        } => Some(ray_serve::Target {
+            address,
+            app,
+            deployment,
+            route_prefix,
+            url,
+            timeout: Duration::from_secs_f64(*timeout_s),
+        }),
+        _ => None,
+    }
+}
+
+/// What a target serves before the switch, for [`restore`]; Null when the
+/// target is rolled back by switching it to the fallback version instead.
+pub fn snapshot(target: &DeployTarget) -> Result<Value> {
+    match ray_target(target) {
+        Some(t) => ray_serve::snapshot(&t),
+        None => Ok(Value::Null),
+    }
+}
+
+/// Rolls a target back: Ray Serve gets the `user_config` it had (PUT back),
+/// the others are switched to `engine` (the fallback version).
+pub fn restore(
+    target: &DeployTarget,
+    snapshot: &Value,
+    engine: &Engine,
+    version: &str,
+    run_dir: &Path,
+) -> Result<Value> {
+    match ray_target(target) {
+        Some(t) if !snapshot.is_null() => ray_serve::restore(&t, snapshot),
+        _ => switch(target, engine, version, run_dir),
     }
 }
 
@@ -84,6 +113,11 @@ pub fn switch(
                 json!({"patch": path, "apply": format!("kubectl patch rayservice {name} --type merge --patch-file {}", path.display())}),
             )
         }
+        DeployTarget::RayServe { .. } => {
+            let t = ray_target(target).context("a ray-serve target")?;
+            let label = format!("{version}-{}", crate::run::fingerprint(engine)?);
+            ray_serve::switch(&t, engine, &label)
+        }
     }
 }
 
@@ -100,11 +134,13 @@ pub fn canary(
     expected: &[Vec<f32>],
     fingerprint: &str,
 ) -> std::result::Result<Value, String> {
-    let DeployTarget::EmbedrtServe { url } = target else {
-        return Ok(json!({"skipped": "no live endpoint for this target kind"}));
+    let endpoint = match (target, ray_target(target)) {
+        (DeployTarget::EmbedrtServe { url }, _) => http::join(url, "embed"),
+        (_, Some(t)) => t.endpoint("embed"),
+        _ => return Ok(json!({"skipped": "no live endpoint for this target kind"})),
     };
     let (version, answer) = post(
-        &format!("{}/embed", url.trim_end_matches('/')),
+        &endpoint,
         &json!({"inputs": canary.sentences, "normalize": true}),
     )
     .map_err(|e| format!("canary request failed: {e:#}"))?;
@@ -129,7 +165,7 @@ pub fn canary(
         .zip(&expected)
         .map(|(a, b)| cosine(a, b))
         .fold(f64::INFINITY, f64::min);
-    let report = json!({"min_cosine": min, "x_model_version": version, "fingerprint": fingerprint});
+    let report = json!({"endpoint": endpoint, "min_cosine": min, "x_model_version": version, "fingerprint": fingerprint});
     if !version.ends_with(fingerprint) {
         return Err(format!(
             "canary: the endpoint answered as version {version:?}, not the new weights {fingerprint}"

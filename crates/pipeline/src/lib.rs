@@ -6,13 +6,17 @@
 //! and the Python training step (`python/embedrt/train/run.py`, with
 //! sentence-transformers' own trainer). The registry is a local directory
 //! or an S3 prefix ([`registry`] on a [`store::Store`]); deploy targets and
-//! the canary are in [`deploy`].
+//! the canary are in [`deploy`] (Ray Serve's REST API in [`ray_serve`]);
+//! `train.runner = "ray"` is [`ray_job`].
 
 pub mod config;
 pub mod data;
 pub mod deploy;
+pub mod http;
 pub mod lock;
 pub mod parquet_day;
+pub mod ray_job;
+pub mod ray_serve;
 pub mod registry;
 pub mod report;
 pub mod run;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::data::{self, Row};
 use crate::deploy;
 use crate::lock::RunLock;
+use crate::ray_job;
 use crate::registry::{read_json, write_json, Aliases, DayEntry, Registry};
 use crate::report;
 use crate::tools::{cosine, min_cosine, Engine, Tools};
@@ -470,23 +471,40 @@ impl Ctx<'_> {
         let champion = self.reg.aliases()?.champion.context("no champion")?;
         let base = self.reg.version_dir(&champion)?.join("model");
         let out = self.dir.join("challenger");
-        if cfg.train.runner == "ray" {
-            bail!("train.runner = \"ray\" is not wired yet; use \"local\" (see docs/arch/pipeline.md)");
-        }
-        let mut cmd = Command::new(&cfg.train.python);
-        cmd.arg(cfg.train.scripts.join("run.py"))
-            .arg("--base")
-            .arg(&base)
-            .arg("--data")
-            .arg(&train_file)
-            .arg("--out")
-            .arg(&out)
-            .args(["--seed", &seed.to_string()])
-            .args(["--max-steps", &cfg.train.max_steps.to_string()])
-            .args(["--batch-size", &cfg.train.batch_size.to_string()])
-            .args(["--learning-rate", &cfg.train.learning_rate.to_string()])
-            .args(["--time-budget-s", &cfg.train.time_budget_s.to_string()]);
-        let summary = crate::tools::run_json(&mut cmd, "training")?;
+        let args: Vec<String> = vec![
+            "--base".into(),
+            ray_job::arg(&base)?,
+            "--data".into(),
+            ray_job::arg(&train_file)?,
+            "--out".into(),
+            ray_job::arg(&out)?,
+            "--seed".into(),
+            seed.to_string(),
+            "--max-steps".into(),
+            cfg.train.max_steps.to_string(),
+            "--batch-size".into(),
+            cfg.train.batch_size.to_string(),
+            "--learning-rate".into(),
+            cfg.train.learning_rate.to_string(),
+            "--time-budget-s".into(),
+            cfg.train.time_budget_s.to_string(),
+        ];
+        let summary = if cfg.train.runner == "ray" {
+            let attempt = self.state.resumed;
+            ray_job::run(&ray_job::Job {
+                train: &cfg.train,
+                submission_id: ray_job::submission_id(&self.state.run, attempt),
+                earlier: (0..attempt)
+                    .map(|a| ray_job::submission_id(&self.state.run, a))
+                    .collect(),
+                args,
+                log: self.dir.join("train.log"),
+            })?
+        } else {
+            let mut cmd = Command::new(&cfg.train.python);
+            cmd.arg(cfg.train.scripts.join("run.py")).args(&args);
+            crate::tools::run_json(&mut cmd, "training")?
+        };
         Ok(Step::Next(json!({
             "parent": champion,
             "train_rows": train.len(),
@@ -853,8 +871,18 @@ pub fn deploy_version(
     write_texts(&canary_in, &texts)?;
     let expected = tools.embed(&engine, &canary_in)?;
     let mut reports = Vec::new();
+    // What each target served before, for a rollback that puts it back.
+    let mut snapshots = Vec::new();
     let mut failure = None;
     for (i, target) in config.deploy.iter().enumerate() {
+        match deploy::snapshot(target) {
+            Ok(s) => snapshots.push(s),
+            Err(e) => {
+                snapshots.push(Value::Null);
+                failure = Some((i, format!("reading target {i}: {e:#}")));
+                break;
+            }
+        }
         let switched = match deploy::switch(target, &engine, version, dir) {
             Ok(v) => v,
             Err(e) => {
@@ -875,8 +903,8 @@ pub fn deploy_version(
     };
     let back = version_engine(reg, fallback)?;
     let mut rollback = Vec::new();
-    for target in config.deploy.iter().take(failed + 1) {
-        rollback.push(match deploy::switch(target, &back, fallback, dir) {
+    for (target, snap) in config.deploy.iter().take(failed + 1).zip(&snapshots) {
+        rollback.push(match deploy::restore(target, snap, &back, fallback, dir) {
             Ok(v) => json!({"ok": v}),
             Err(e) => json!({"error": format!("{e:#}")}),
         });

@@ -1,35 +1,13 @@
-"""The data suite's fixtures: the same session Ray cluster as the serve suite (ray_cluster.acquire)."""
-
-import os
-import pathlib
-import sys
+"""The data suite needs only the session's shared Ray cluster (python/tests/conftest.py)
+and the fixtures there; no Serve app may hold the cluster's CPUs while it runs."""
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "serve"))
-import ray_cluster
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def embedrt_bin():
-    path = pathlib.Path(os.environ.get("EMBEDRT_BIN", ROOT / "target/release/embedrt"))
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `cargo build --release`")
-    return path
-
-
-@pytest.fixture(scope="session")
-def minilm_dir():
-    path = pathlib.Path(os.environ.get("EMBEDRT_MINILM", ROOT / ".cache/all-MiniLM-L6-v2"))
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run scripts/setup-test-env.sh")
-    return path.resolve()
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    c = ray_cluster.acquire()
-    yield c
-    ray_cluster.release()
+@pytest.fixture(autouse=True, scope="module")
+def no_serve_apps(cluster):
+    # The serve and pipeline suites delete their apps when they end; this
+    # makes a leftover (a suite interrupted mid-way) fail loudly instead of
+    # the Ray Data job waiting forever for a CPU.
+    apps = cluster.rest("GET", "/api/serve/applications/")["applications"]
+    assert not apps, f"Serve apps still hold the cluster's CPUs: {sorted(apps)}"

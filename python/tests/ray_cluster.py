@@ -1,16 +1,18 @@
-"""One real Ray cluster on loopback for the whole test session (`ray start --head`),
-with the dashboard on (its REST API is how `serve deploy` works); always `ray stop --force`."""
+"""The one real Ray cluster on loopback that the serve, data and pipeline suites share
+(`ray start --head`, 2 CPUs, a 200 MB object store, the dashboard on: its REST API is how
+`serve deploy` and `ray job submit` work); `python/tests/conftest.py` starts it once per
+session and always stops it (`ray stop --force`)."""
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 VENV_BIN = pathlib.Path(sys.executable).parent
-_cluster = None
-_users = 0
 
 
 def free_port() -> int:
@@ -26,8 +28,14 @@ class Cluster:
         self.serve_port = free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        # The venv first on PATH: a Ray job's entrypoint (`python run.py`) runs
+        # with the environment `ray start` had, and must find torch there.
+        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         self.env = dict(
-            os.environ, RAY_ADDRESS=self.address, RAY_USAGE_STATS_ENABLED="0"
+            os.environ,
+            RAY_ADDRESS=self.address,
+            RAY_USAGE_STATS_ENABLED="0",
+            PATH=path,
         )
         cmd = [
             str(VENV_BIN / "ray"),
@@ -59,6 +67,37 @@ class Cluster:
             env=self.env,
         )
 
+    def rest(self, method, path, body=None, timeout=30):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{self.dashboard}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read()
+        return json.loads(text) if text.strip() else None
+
+    def shutdown_serve(self, timeout=120):
+        """Deletes every Serve app (`serve shutdown`) and waits until their replicas
+        are gone, so the next suite gets the cluster's CPUs back."""
+        self.rest("DELETE", "/api/serve/applications/", timeout=timeout)
+
+        def freed():
+            apps = self.rest("GET", "/api/serve/applications/")["applications"]
+            return not apps and not self.alive_actors("ServeReplica")
+
+        wait_for(freed, timeout, "Serve apps deleted and their replicas gone")
+
+    def alive_actors(self, class_prefix):
+        rows = self.rest(
+            "GET",
+            "/api/v0/actors?limit=1000&detail=false"
+            "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE",
+        )["data"]["result"]["result"]
+        return [a for a in rows if (a.get("class_name") or "").startswith(class_prefix)]
+
     def stop(self):
         subprocess.run(
             [str(VENV_BIN / "ray"), "stop", "--force"],
@@ -66,22 +105,6 @@ class Cluster:
             capture_output=True,
             timeout=120,
         )
-
-
-def acquire() -> Cluster:
-    global _cluster, _users
-    if _cluster is None:
-        _cluster = Cluster()
-    _users += 1
-    return _cluster
-
-
-def release():
-    global _cluster, _users
-    _users -= 1
-    if _users == 0 and _cluster is not None:
-        _cluster.stop()
-        _cluster = None
 
 
 def wait_for(predicate, timeout, what):

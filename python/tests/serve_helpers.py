@@ -8,7 +8,7 @@ import urllib.request
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "python/embedrt/serve/config.yaml"
 
 
