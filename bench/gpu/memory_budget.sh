@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 14 item 1 on the H200: GPU memory of `embedrt serve --plan` (whole process, nvidia-smi)
-# for an fp16 MPNet-base plan with the default token budget (16384) and with 32768, and
+# for an fp16 MPNet-base plan with a token budget of 16384 (the default then) and 32768 (now), and
 # `embedrt bench` (W2: the 3,000 STS-B dev sentences through the Embedder) on each.
 set -uo pipefail
 G=.gpu; E=$G/embedrt; STS=$G/stsb-en-dev.csv

@@ -26,6 +26,7 @@ class Engine:
         device: str = "auto",
         precision: str | None = None,
         pooling: str | None = None,
+        plan_cache: str | PathLike[str] | None = None,
     ) -> None: ...
     def embed(
         self,

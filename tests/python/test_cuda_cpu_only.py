@@ -2,6 +2,7 @@
 plan-file errors through the real `embedrt` binary. Plans are assembled without a GPU
 by `embedrt-gpu-check assemble-plan`."""
 import json
+import os
 import pathlib
 import subprocess
 
@@ -145,3 +146,59 @@ def test_8bit_gemm_options_are_checked_before_any_gpu_work(embedrt_bin, fixtures
             "--quant-gemm-output", "fp32", "-o", out)
     assert r.returncode == 1 and "expected one of acc32, fp16, fp16-fast" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def run_env(binary, *args, env, stdin=""):
+    """`run` with the plan cache variables set as `env` says (None: unset)."""
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("EMBEDRT_PLAN_CACHE", "XDG_CACHE_HOME", "HOME")}
+    full.update({k: str(v) for k, v in env.items() if v is not None})
+    return subprocess.run([str(binary), *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=120, env=full, check=False)
+
+
+@pytest.mark.skipif(has_cuda(), reason="this machine has the CUDA driver")
+def test_without_a_gpu_nothing_is_cached_and_the_notes_are_as_before(embedrt_bin, fixtures_dir,
+                                                                      tmp_path):
+    cache = tmp_path / "plans"
+    model = fixtures_dir / FIXTURE
+    r = run_env(embedrt_bin, "embed", "--model", model, "--device", "cuda",
+                env={"EMBEDRT_PLAN_CACHE": cache}, stdin=TEXTS)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: --device cuda"), \
+        r.stderr
+    assert "CUDA is not usable" in lines[0]
+    # auto: the one CPU-fallback note, no plan note, and still nothing cached.
+    r = run_env(embedrt_bin, "embed", "--model", model, env={"EMBEDRT_PLAN_CACHE": cache},
+                stdin=TEXTS)
+    notes = [l for l in r.stderr.splitlines() if l.startswith("note: ")]
+    assert r.returncode == 0 and len(notes) == 1, r.stderr
+    assert notes[0].startswith("note: --device auto: no usable GPU") and "--plan" not in notes[0]
+    assert not cache.exists()
+
+
+def test_info_without_a_plan_lists_the_plan_cache(embedrt_bin, plan, tmp_path):
+    cache = tmp_path / "xdg" / "embedrt" / "plans"
+    cache.mkdir(parents=True)
+    good = cache / "fp16-sm90-0123.plan"
+    good.write_bytes(plan.read_bytes())
+    bad = cache / "fp16-sm90-4567.plan"
+    bad.write_bytes(plan.read_bytes()[:1000])
+    (cache / "README").write_text("not a plan, not listed")
+    # $XDG_CACHE_HOME/embedrt/plans when EMBEDRT_PLAN_CACHE is unset.
+    env = {"XDG_CACHE_HOME": tmp_path / "xdg", "HOME": tmp_path / "home"}
+    r = run_env(embedrt_bin, "info", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"plan cache      {cache} (2 plans)", r.stdout
+    assert str(good) in lines[1] and "fp16 mpnet 1x8:16x64:64x128 for test GPU sm_90" in lines[1]
+    assert str(bad) in lines[2] and "truncated" in lines[2] and "rebuilt on next use" in lines[2]
+    listed = json.loads(run_env(embedrt_bin, "info", "--json", env=env).stdout)
+    assert listed["plan_cache"] == str(cache)
+    assert [p["path"] for p in listed["plans"]] == [str(good), str(bad)]
+    assert listed["plans"][0]["bytes"] == good.stat().st_size
+    # ~/.cache/embedrt/plans without XDG (empty: not there yet), and off.
+    r = run_env(embedrt_bin, "info", env={"HOME": tmp_path / "home"})
+    assert r.stdout.strip() == f"plan cache      {tmp_path}/home/.cache/embedrt/plans (0 plans)"
+    r = run_env(embedrt_bin, "info", env={"EMBEDRT_PLAN_CACHE": "off", **env})
+    assert r.returncode == 0 and r.stdout.startswith("plan cache      off"), r.stdout

@@ -71,7 +71,7 @@ pub struct BuildArgs {
     #[arg(long, default_value = Profile::DEFAULT)]
     profile: String,
     /// Most tokens (all sequences together) one batch holds; the GPU
-    /// workspace is sized by it. Default 16384.
+    /// workspace is sized by it. Default 32768.
     #[arg(long)]
     max_batch_tokens: Option<usize>,
     /// The plan file to write.

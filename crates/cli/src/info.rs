@@ -1,5 +1,6 @@
 //! `embedrt info --plan FILE`: what a plan holds. Reads and verifies the
-//! file; needs no GPU.
+//! file; needs no GPU. Without `--plan`: the plan cache (where the fp16
+//! plans built without `--plan` go) and the plans in it.
 
 use std::path::PathBuf;
 
@@ -11,16 +12,19 @@ use embedrt_cuda::Plan;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// The plan file.
+    /// The plan file (without it: the plan cache and what it holds).
     #[arg(long)]
-    plan: PathBuf,
+    plan: Option<PathBuf>,
     /// Print the header as JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let plan = Plan::read(&args.plan)?;
+    let Some(path) = &args.plan else {
+        return plan_cache(args.json);
+    };
+    let plan = Plan::read(path)?;
     let h = &plan.header;
     if args.json {
         println!("{}", serde_json::to_string_pretty(h)?);
@@ -28,7 +32,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     let c = &h.config;
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
-    println!("plan            {}", args.plan.display());
+    println!("plan            {}", path.display());
     println!(
         "format          version {PLAN_FORMAT_VERSION}, written by embedrt {}",
         h.embedrt_version
@@ -84,6 +88,67 @@ pub fn run(args: InfoArgs) -> Result<()> {
         mib(total)
     );
     println!("tokenizer bytes {}", h.tokenizer_bytes);
+    Ok(())
+}
+
+/// The plan cache directory and, per cached plan, its name, size, precision,
+/// GPU and model; a file that does not read back says why (the next start
+/// on it rebuilds it).
+fn plan_cache(json: bool) -> Result<()> {
+    let Some(dir) = crate::open::plan_cache_dir() else {
+        if json {
+            println!("{}", serde_json::json!({ "plan_cache": null, "plans": [] }));
+        } else {
+            println!("plan cache      off (EMBEDRT_PLAN_CACHE=off, or no HOME)");
+        }
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "plan"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => anyhow::bail!("plan cache {}: {e}", dir.display()),
+    };
+    files.sort();
+    let mut rows = Vec::new();
+    for file in &files {
+        let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let what = match Plan::read(file) {
+            Ok(p) => {
+                let h = &p.header;
+                format!(
+                    "{} {} {} for {} (sm_{}{}), embedrt {}",
+                    h.precision_name(),
+                    h.config.architecture.name(),
+                    h.profile,
+                    h.gpu.name,
+                    h.gpu.cc_major,
+                    h.gpu.cc_minor,
+                    h.embedrt_version
+                )
+            }
+            Err(e) => format!("unreadable ({e}); rebuilt on next use"),
+        };
+        rows.push((file, bytes, what));
+    }
+    if json {
+        let plans: Vec<_> = rows
+            .iter()
+            .map(|(f, b, w)| serde_json::json!({ "path": f, "bytes": b, "plan": w }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "plan_cache": dir, "plans": plans })
+        );
+        return Ok(());
+    }
+    println!("plan cache      {} ({} plans)", dir.display(), rows.len());
+    for (file, bytes, what) in rows {
+        let mib = bytes as f64 / (1u64 << 20) as f64;
+        println!("  {} ({mib:.1} MiB): {what}", file.display());
+    }
     Ok(())
 }
 

@@ -23,8 +23,11 @@ pub struct ModelArgs {
     /// `serve` also takes several GPUs: cuda:all or cuda:0,1,...
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Precision without a plan: fp32 or fp16 on the GPU; int8 or fp8 run
-    /// the CPU fake-quant reference (--device cpu, with --calibration-table).
+    /// Precision without a plan: on a GPU fp16 (the default: a plan built
+    /// once and cached in $EMBEDRT_PLAN_CACHE, else $XDG_CACHE_HOME/embedrt/plans
+    /// or ~/.cache/embedrt/plans; EMBEDRT_PLAN_CACHE=off builds in memory)
+    /// or fp32 (the exact path); int8 or fp8 run the CPU fake-quant
+    /// reference (--device cpu, with --calibration-table).
     #[arg(long)]
     pub precision: Option<String>,
     /// Override the model's pooling: mean, cls, max, mean_sqrt_len.
@@ -45,8 +48,14 @@ impl ModelArgs {
             precision: self.precision.clone(),
             pooling: self.pooling.clone(),
             engine_options: embedrt_runtime::engine_options_from_env()?,
+            plan_cache: plan_cache_dir(),
         })
     }
+}
+
+/// The plan cache directory from the environment (the library reads none).
+pub fn plan_cache_dir() -> Option<PathBuf> {
+    embedrt_runtime::plan_cache::dir_from_env(|name| std::env::var_os(name))
 }
 
 fn print_notes(notes: &[String]) {

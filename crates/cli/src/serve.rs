@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// 0 picks a free port (printed on standard error).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Most tokens in one engine call (default: 16384, capped by the engine).
+    /// Most tokens in one engine call (default: 32768, capped by the engine).
     #[arg(long)]
     max_batch_tokens: Option<usize>,
     /// Most sequences in one engine call (default: the engine's limit).

@@ -121,6 +121,37 @@ pub fn gpu_target(ordinal: usize) -> Result<GpuTarget> {
     })
 }
 
+/// Everything about the GPU in hand that a plan built on it depends on:
+/// the target (name, compute capability) and the driver and cuBLASLt
+/// versions, whose GEMM algorithms a tuned plan records. A plan cache keys
+/// on it, so a driver or library upgrade rebuilds instead of reusing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuIdentity {
+    pub target: GpuTarget,
+    /// `cuDriverGetVersion`, e.g. 13000 for CUDA 13.0.
+    pub driver_version: i32,
+    /// `cublasLtGetVersion`, as the plan header records it.
+    pub cublaslt_version: usize,
+}
+
+/// The identity of GPU `ordinal` (probes it first).
+pub fn gpu_identity(ordinal: usize) -> Result<GpuIdentity> {
+    let target = gpu_target(ordinal)?;
+    let mut driver_version = 0;
+    // SAFETY: the driver was loaded and initialized by gpu_target; the
+    // pointer is to a live local.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }
+        .result()
+        .map_err(|e| Error::Backend(format!("CUDA driver version: {e}")))?;
+    // SAFETY: a plain version query; the library was checked by gpu_target.
+    let cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+    Ok(GpuIdentity {
+        target,
+        driver_version,
+        cublaslt_version,
+    })
+}
+
 /// Builds a quantized plan for GPU `ordinal` from already loaded weights
 /// (the builder evaluates several fallback sets on the same weights). Its
 /// 8-bit GEMMs take cuBLASLt's heuristic choice per token count; no fp16

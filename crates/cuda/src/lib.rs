@@ -14,6 +14,6 @@ pub mod probe;
 pub mod qgemm;
 pub mod quant_plan;
 
-pub use build::{build_plan, model_from_plan, BuildOptions};
+pub use build::{build_plan, gpu_identity, model_from_plan, BuildOptions, GpuIdentity};
 pub use engine::{CudaEngine, EngineOptions};
 pub use plan::{Plan, Precision, Profile};

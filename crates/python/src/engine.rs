@@ -14,13 +14,17 @@ use crate::errors::{core_to_py, to_py};
 
 /// A sentence-embedding model opened on a device.
 ///
-/// Engine(model=None, plan=None, device="auto", precision=None, pooling=None)
+/// Engine(model=None, plan=None, device="auto", precision=None, pooling=None, plan_cache=None)
 ///
 /// ``model`` is a sentence-transformers model directory or a Hugging Face
 /// model id; ``plan`` a GPU plan file made by ``embedrt build`` (give one of
 /// the two). ``device`` is auto (GPU 0 when usable, else the CPU), cpu,
 /// cuda or cuda:N. ``precision`` (fp32, fp16) and ``pooling`` (mean, cls,
-/// max, mean_sqrt_len) override the defaults.
+/// max, mean_sqrt_len) override the defaults: a model on a GPU runs fp16,
+/// from a plan built once and cached in ``plan_cache`` (None: as the CLI,
+/// ``$EMBEDRT_PLAN_CACHE``, else ``$XDG_CACHE_HOME/embedrt/plans``, else
+/// ``~/.cache/embedrt/plans``; ``"off"``: built in memory each time);
+/// ``info()["notes"]`` says which.
 ///
 /// >>> import embedrt
 /// >>> engine = embedrt.Engine(model="tests/fixtures/tiny-bert-mean-norm", device="cpu")
@@ -37,7 +41,7 @@ pub struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (model=None, plan=None, device="auto".to_string(), precision=None, pooling=None))]
+    #[pyo3(signature = (model=None, plan=None, device="auto".to_string(), precision=None, pooling=None, plan_cache=None))]
     fn new(
         py: Python<'_>,
         model: Option<String>,
@@ -45,7 +49,14 @@ impl Engine {
         device: String,
         precision: Option<String>,
         pooling: Option<String>,
+        plan_cache: Option<PathBuf>,
     ) -> PyResult<Self> {
+        use embedrt_runtime::plan_cache::{dir_from_env, OFF};
+        let plan_cache = match plan_cache {
+            None => dir_from_env(|name| std::env::var_os(name)),
+            Some(dir) if dir.as_os_str() == OFF => None,
+            Some(dir) => Some(dir),
+        };
         let spec = EngineSpec {
             model,
             plan,
@@ -54,6 +65,7 @@ impl Engine {
             pooling,
             // The Python package, like the CLI, takes GPU tuning from EMBEDRT_* variables.
             engine_options: embedrt_runtime::engine_options_from_env().map_err(to_py)?,
+            plan_cache,
         };
         let opened = py.detach(|| embedrt_runtime::open(&spec)).map_err(to_py)?;
         Ok(Engine {

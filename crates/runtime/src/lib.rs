@@ -3,13 +3,16 @@
 //! ([`open`]) or one engine per GPU ([`open_engines`]). The CLI, the
 //! server, the Python package and the pipeline all come through here, so
 //! they parse devices, probe the GPU and fall back to the CPU the same way
-//! and fail with the same messages.
+//! and fail with the same messages. Without a plan, a GPU runs an fp16
+//! plan cached on disk ([`plan_cache`]).
 //!
 //! [`Embedder`]: embedrt_core::Embedder
 
+mod default_plan;
 pub mod device;
 pub mod error;
 mod open;
+pub mod plan_cache;
 
 pub use device::{Device, Devices};
 pub use embedrt_cuda::EngineOptions;

@@ -1,15 +1,14 @@
 //! Opening engines from an [`EngineSpec`]: the model or plan, the device
 //! (with the GPU probe and its CPU fallback), the precision and pooling
-//! overrides.
+//! overrides. A model on a GPU runs the plan of [`crate::default_plan`]
+//! (fp16, cached on disk, unless `--precision fp32`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use embedrt_core::{Backend, Embedder, PoolingMode, SentenceModel};
 use embedrt_cpu::CpuEngine;
-use embedrt_cuda::{
-    build_plan, model_from_plan, BuildOptions, CudaEngine, EngineOptions, Plan, Precision,
-};
+use embedrt_cuda::{model_from_plan, CudaEngine, EngineOptions, Plan, Precision};
 
 use crate::device::{Device, Devices};
 use crate::error::{Error, Result, ResultExt};
@@ -24,7 +23,8 @@ pub struct EngineSpec {
     pub plan: Option<PathBuf>,
     /// auto, cpu, cuda, cuda:N; [`open_engines`] also takes cuda:all and cuda:0,1,...
     pub device: String,
-    /// GPU precision without a plan: fp32 or fp16.
+    /// GPU precision without a plan: fp32 or fp16 (None: fp16 on a GPU,
+    /// fp32 on the CPU).
     pub precision: Option<String>,
     /// Overrides the model's pooling: mean, cls, max, mean_sqrt_len.
     pub pooling: Option<String>,
@@ -32,6 +32,10 @@ pub struct EngineSpec {
     /// the CLI and the Python package fill it from the environment
     /// ([`engine_options_from_env`]).
     pub engine_options: EngineOptions,
+    /// Where fp16 plans built from `model` are cached (None: built in
+    /// memory every time). Callers fill it from the environment with
+    /// [`crate::plan_cache::dir_from_env`].
+    pub plan_cache: Option<PathBuf>,
 }
 
 impl Default for EngineSpec {
@@ -43,6 +47,7 @@ impl Default for EngineSpec {
             precision: None,
             pooling: None,
             engine_options: EngineOptions::default(),
+            plan_cache: None,
         }
     }
 }
@@ -88,7 +93,7 @@ pub fn open_engines(
         Devices::Gpus(list) => list,
     };
     let context = || format!("--device {}", spec.device);
-    let (model, plan) = gpu_plan(spec, ordinals[0]).with_context(context)?;
+    let (model, plan, notes) = gpu_plan(spec, ordinals[0]).with_context(context)?;
     let loaded: Vec<Result<CudaEngine>> = std::thread::scope(|scope| {
         let plan = &plan;
         let handles: Vec<_> = ordinals
@@ -116,7 +121,7 @@ pub fn open_engines(
             backend,
         });
     }
-    Ok((Arc::new(model), engines, Vec::new()))
+    Ok((Arc::new(model), engines, notes))
 }
 
 /// Every GPU the driver reports: cuda:0 up to the first ordinal the probe
@@ -150,28 +155,27 @@ fn no_model() -> Error {
     Error::spec("give --model or --plan")
 }
 
-/// The model and the plan every GPU of a set loads.
-fn gpu_plan(spec: &EngineSpec, first: usize) -> Result<(SentenceModel, Plan)> {
+/// The model and the plan every GPU of a set loads, and the note on it.
+fn gpu_plan(spec: &EngineSpec, first: usize) -> Result<(SentenceModel, Plan, Vec<String>)> {
     let (pooling, precision) = overrides(spec)?;
     if let Some(path) = &spec.plan {
         let plan = read_plan(path, pooling, precision)?;
         let model = model_from_plan(&plan, path)?;
-        return Ok((model, plan));
+        return Ok((model, plan, Vec::new()));
     }
     let model_id = spec.model.as_ref().ok_or_else(no_model)?;
     let mut model = SentenceModel::load(model_id)?;
     if let Some(p) = pooling {
         model.pooling = p;
     }
-    let opts = BuildOptions {
-        ordinal: first,
-        precision: precision.unwrap_or(Precision::Fp32),
-        profile: embedrt_cuda::Profile::DEFAULT.parse()?,
-        tune: false,
-        engine: spec.engine_options.clone(),
-    };
-    let (plan, _) = build_plan(&model, &opts, &|_| {})?;
-    Ok((model, plan))
+    let (plan, note) = crate::default_plan::model_plan(
+        &model,
+        first,
+        precision,
+        spec.plan_cache.as_deref(),
+        &spec.engine_options,
+    )?;
+    Ok((model, plan, note.into_iter().collect()))
 }
 
 /// One engine on one device (`auto` falls back to the CPU, with a note).
@@ -199,24 +203,12 @@ pub fn open(spec: &EngineSpec) -> Result<Opened> {
             }
             open_cpu(model).map(without_notes)
         }
-        Device::Cuda(n) => open_gpu(
-            model,
-            n,
-            precision.unwrap_or(Precision::Fp32),
-            &spec.engine_options,
-        )
-        .with_context(|| format!("--device {}", spec.device))
-        .map(without_notes),
+        Device::Cuda(n) => {
+            open_gpu(model, n, precision, spec).with_context(|| format!("--device {}", spec.device))
+        }
         Device::Auto => match embedrt_cuda::probe::check_device(0) {
             // A usable GPU: model errors are errors, not a reason to fall back.
-            Ok(()) => open_gpu(
-                model,
-                0,
-                precision.unwrap_or(Precision::Fp32),
-                &spec.engine_options,
-            )
-            .context("--device auto (cuda:0)")
-            .map(without_notes),
+            Ok(()) => open_gpu(model, 0, precision, spec).context("--device auto (cuda:0)"),
             Err(why) => {
                 // The note only once the CPU engine is up, so a failure stays one line.
                 let embedder = open_cpu(model)?;
@@ -247,24 +239,26 @@ fn open_cpu(model: SentenceModel) -> Result<Embedder> {
     Ok(Embedder::new(model, Arc::new(engine)))
 }
 
-/// A GPU engine from a model directory: an in-memory plan with the default
-/// profile (cuBLASLt's first choice per shape instead of timed algorithms).
+/// A GPU engine from a model directory, on the plan [`crate::default_plan`]
+/// gives (cached fp16 by default), with its note.
 fn open_gpu(
     model: SentenceModel,
     ordinal: usize,
-    precision: Precision,
-    options: &EngineOptions,
-) -> Result<Embedder> {
-    let opts = BuildOptions {
+    precision: Option<Precision>,
+    spec: &EngineSpec,
+) -> Result<Opened> {
+    let (plan, note) = crate::default_plan::model_plan(
+        &model,
         ordinal,
         precision,
-        profile: embedrt_cuda::Profile::DEFAULT.parse()?,
-        tune: false,
-        engine: options.clone(),
-    };
-    let (plan, _) = build_plan(&model, &opts, &|_| {})?;
-    let engine = CudaEngine::load(&plan, ordinal, options)?;
-    Ok(Embedder::new(model, Arc::new(engine)))
+        spec.plan_cache.as_deref(),
+        &spec.engine_options,
+    )?;
+    let engine = CudaEngine::load(&plan, ordinal, &spec.engine_options)?;
+    Ok(Opened {
+        embedder: Embedder::new(model, Arc::new(engine)),
+        notes: note.into_iter().collect(),
+    })
 }
 
 fn open_plan(

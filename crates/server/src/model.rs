@@ -108,6 +108,11 @@ impl Drop for Slot {
     }
 }
 
+/// Tokens per engine call when `--max-batch-tokens` is not given (capped by
+/// the engine): the GPU plan's default budget (embedrt-cuda's
+/// `DEFAULT_MAX_BATCH_TOKENS`), so a default plan's batches run full.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 32768;
+
 /// Server-wide batching settings; `None` takes the engine's own limit.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchSettings {
@@ -204,7 +209,7 @@ impl Slot {
         }
         let max_tokens = settings
             .max_batch_tokens
-            .unwrap_or(16384)
+            .unwrap_or(DEFAULT_MAX_BATCH_TOKENS)
             .min(info.max_batch_tokens)
             .max(info.max_seq_len.min(info.max_batch_tokens));
         let max_sequences = settings

@@ -35,7 +35,7 @@ from embedrt.serve.user_config import UserConfig
 log = logging.getLogger("ray.serve")
 
 # The budget before the first reconfigure sets the engine's; replaced there.
-DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_BATCH_TOKENS = 32768
 
 app = FastAPI(title="embedrt", docs_url=None, redoc_url=None, openapi_url=None)
 # Each replica is its own process with its own copy of this module: the
@@ -78,7 +78,7 @@ def _replica_id() -> str | None:
     name="Embedder",
     # The replica count follows load. target_ongoing_requests is per replica:
     # at 16 in flight a replica's batches are full (a 32-sentence request is
-    # ~500 tokens, the default budget 16384), more only queues.
+    # ~500 tokens, the default budget 32768), more only queues.
     autoscaling_config={
         "min_replicas": 1,
         "max_replicas": 4,

@@ -162,3 +162,34 @@ def test_docstring_examples_run(monkeypatch):
         for t in tests:
             runner.run(t)
         assert runner.failures == 0, f"a docstring example of {obj.__name__} failed"
+
+
+def _gpu_usable():
+    try:
+        embedrt.Engine(model=str(FIXTURES / "tiny-bert-mean-norm"), device="cuda",
+                       plan_cache="off")
+        return True
+    except embedrt.EngineError:
+        return False
+
+
+def test_plan_cache_is_accepted_and_the_cpu_never_touches_it(tmp_path):
+    cache = tmp_path / "plans"
+    model = str(FIXTURES / "tiny-bert-mean-norm")
+    for plan_cache in (None, "off", cache, str(cache)):
+        engine = embedrt.Engine(model=model, device="cpu", plan_cache=plan_cache)
+        assert engine.info()["notes"] == []
+        assert engine.embed(["x"]).shape == (1, engine.dimension)
+    assert not cache.exists()
+
+
+def test_cuda_without_a_gpu_raises_the_cli_message_and_caches_nothing(embedrt_bin, tmp_path):
+    if _gpu_usable():
+        pytest.skip("this machine has a usable GPU")
+    cache = tmp_path / "plans"
+    model = str(FIXTURES / "tiny-bert-mean-norm")
+    want = cli_error(embedrt_bin, "--model", model, "--device", "cuda")
+    with pytest.raises(embedrt.EngineError) as err:
+        embedrt.Engine(model=model, device="cuda", plan_cache=cache)
+    assert str(err.value) == want
+    assert not cache.exists()
