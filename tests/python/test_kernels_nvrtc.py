@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA = os.path.join(ROOT, "crates", "cuda")
 sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
-import nvrtc_check  # noqa: E402  (the NVRTC loader and compile call, shared with the dev tool)
+import nvrtc_check  # the NVRTC loader and compile call, shared with the dev tool
 
 
 def nvrtc():
@@ -24,7 +24,8 @@ def nvrtc():
 
 def source():
     """The kernel files in the order kernels.rs concatenates them."""
-    rs = open(os.path.join(CUDA, "src", "kernels.rs")).read()
+    with open(os.path.join(CUDA, "src", "kernels.rs")) as f:
+        rs = f.read()
     files = re.findall(r'include_str!\("\.\./kernels/([a-z_0-9]+\.cu)"\)', rs)
     assert files, "kernels.rs no longer include_str!s its kernel files"
     return "".join(open(os.path.join(CUDA, "kernels", f)).read() for f in files)
@@ -32,17 +33,22 @@ def source():
 
 def looked_up():
     """Kernel names engine.rs asks the module for."""
-    rs = open(os.path.join(CUDA, "src", "engine.rs")).read()
+    with open(os.path.join(CUDA, "src", "engine.rs")) as f:
+        rs = f.read()
     names = set(re.findall(r'func\(gpu\.module, "([a-z_0-9]+)"\)', rs))
     names |= set(re.findall(r'"(small_linear_m\d+)"', rs))
-    assert {"embed_layernorm", "layernorm", "gelu", "attention", "pool", "attention_tc"} <= names
+    names |= set(re.findall(r'"(attention_tc\d*)"', rs))
+    assert {"embed_layernorm", "layernorm", "gelu", "attention", "pool"} | TC_ATTENTION <= names
     return names
 
+
+# The tensor-core attention and its occupancy variants (EMBEDRT_ATTENTION=tc2 / tc4).
+TC_ATTENTION = {"attention_tc", "attention_tc2", "attention_tc4"}
 
 # (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
 SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
 # compute_90a: Hopper's arch-specific target, which the engine uses on compute capability 9.0.
-ARCHS = ["compute_75", "compute_80", "compute_90a"]
+ARCHS = ["compute_75", "compute_80", "compute_86", "compute_89", "compute_90a"]
 
 
 def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
@@ -65,16 +71,18 @@ def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
         small = {n for n in names if n.startswith("small_linear_")}
         if tensor_cores:
             assert small <= entries, f"{where}: missing {small - entries}"
-            assert ("attention_tc" in entries) == (d % 16 == 0), f"{where}: attention_tc presence"
+            present = TC_ATTENTION & entries
+            assert present == (TC_ATTENTION if d % 16 == 0 else set()), f"{where}: tensor-core attention presence"
         else:
-            assert not (small | {"attention_tc"}) & entries, f"{where}: tensor-core kernels built"
+            assert not (small | TC_ATTENTION) & entries, f"{where}: tensor-core kernels built"
         hopper = fp16 == 1 and arch == "compute_90a"
         assert ("ffn_in_gelu_sm90" in entries) == hopper, f"{where}: ffn_in_gelu_sm90 presence"
 
 
 def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
-    """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token and
-    FFN-in GEMM kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
+    """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token,
+    FFN-in GEMM and occupancy-variant attention kernels keep everything in registers (a spill
+    there would cost bandwidth on every call)."""
     lib, src = nvrtc(), source()
     rc, log, _ = nvrtc_check.compile(lib, src, "sm_90a", ["EMBEDRT_FP16=1", "HIDDEN=768", "HEAD_DIM=64"],
                                      ptxas_report=True)
@@ -88,11 +96,24 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
         m = re.search(r"(\d+) bytes spill stores", line)
         if m and current:
             report[current] = int(m.group(1))
-    hot = ["gelu", "layernorm", "embed_layernorm", "pool", "ffn_in_gelu_sm90"]
+    hot = ["gelu", "layernorm", "embed_layernorm", "pool", "ffn_in_gelu_sm90", "attention_tc2", "attention_tc4"]
     hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
     for k in hot:
         assert k in report, f"no ptxas report for {k}"
         assert report[k] == 0, f"{k} spills {report[k]} bytes"
+    # The occupancy variants exist for their register count: at most 80 a thread is 3 blocks
+    # of 8 warps (attention_tc2) or 6 of 4 (attention_tc4) an SM, 24 warps, where attention_tc
+    # (128) fits 16.
+    regs = {}
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            regs[current] = int(m.group(1))
+    for k in ("attention_tc2", "attention_tc4"):
+        assert regs.get(k, 999) <= 80, f"{k} uses {regs.get(k)} registers (more than 80: fewer blocks an SM)"
 
 
 def quant_looked_up():

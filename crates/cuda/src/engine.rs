@@ -53,8 +53,10 @@ struct Functions {
     layernorm: cu::CUfunction,
     gelu: cu::CUfunction,
     attention: cu::CUfunction,
-    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
-    attention_tc: Option<cu::CUfunction>,
+    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16) and the most warps
+    /// (16 queries each) a block of it takes: `attention_tc` (8), or the occupancy variants
+    /// `EMBEDRT_ATTENTION=tc2` (`attention_tc2`, 8) / `tc4` (`attention_tc4`, 4).
+    attention_tc: Option<(cu::CUfunction, usize)>,
     pool: cu::CUfunction,
     /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
     /// tokens (fp16, sm_80+); empty where they do not apply.
@@ -439,7 +441,8 @@ impl CudaEngine {
                 && config.head_dim().is_multiple_of(16)
                 && (config.architecture != Architecture::Mpnet || max.seq <= 768)
             {
-                func(gpu.module, "attention_tc").ok()
+                let (name, warps) = tc_attention_kernel();
+                func(gpu.module, name).ok().map(|f| (f, warps))
             } else {
                 None
             },
@@ -822,8 +825,8 @@ impl CudaEngine {
             // Both attention kernels take the same arguments: tensor cores with up to 8
             // warps of 16 queries a block, else one thread a query, 32 a block.
             let (attention, attention_threads, queries_per_block) = match tc {
-                Some(f) => {
-                    let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+                Some((f, most)) => {
+                    let warps = max_len_batch.div_ceil(16).clamp(1, most);
                     (f, 32 * warps, 16 * warps)
                 }
                 None => (g.f.attention, 32, 32),
@@ -1060,6 +1063,16 @@ impl CudaEngine {
         }
         r?;
         Ok(out)
+    }
+}
+
+/// The tensor-core attention kernel `EMBEDRT_ATTENTION` picks and its most warps a block:
+/// `tc2` / `tc4` are the occupancy variants (docs/arch/cuda.md), anything else the default.
+fn tc_attention_kernel() -> (&'static str, usize) {
+    match std::env::var("EMBEDRT_ATTENTION").as_deref() {
+        Ok("tc2") => ("attention_tc2", 8),
+        Ok("tc4") => ("attention_tc4", 4),
+        _ => ("attention_tc", 8),
     }
 }
 
