@@ -96,6 +96,9 @@ def built(when, arch, fp16, head_dim, quant):
     }[when]
 
 
+# The tensor-core attention and its occupancy variants (EMBEDRT_ATTENTION=tc2 / tc4).
+TC_ATTENTION = {"attention_tc", "attention_tc2", "attention_tc4"}
+
 # (hidden, head_dim): all-MiniLM-L6-v2, MPNet-base / BERT-base, BGE-large, the tiny fixtures.
 SIZES = [(384, 32), (768, 64), (1024, 64), (32, 8)]
 # compute_90a: Hopper's arch-specific target, which the engine uses on compute capability 9.0.
@@ -124,8 +127,9 @@ def test_every_kernel_compiles_and_is_present_where_the_engine_uses_it():
 
 
 def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
-    """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token and
-    FFN-in GEMM kernels keep everything in registers (a spill there would cost bandwidth on every call)."""
+    """ptxas for sm_90a with MPNet-base sizes: the GELU, LayerNorm, pooling, small-token,
+    FFN-in GEMM and occupancy-variant attention kernels keep everything in registers (a spill
+    there would cost bandwidth on every call)."""
     lib, src = nvrtc(), source()
     rc, log, _ = nvrtc_check.compile(lib, src, "sm_90a", ["EMBEDRT_FP16=1", "HIDDEN=768", "HEAD_DIM=64"],
                                      ptxas_report=True)
@@ -139,11 +143,24 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
         m = re.search(r"(\d+) bytes spill stores", line)
         if m and current:
             report[current] = int(m.group(1))
-    hot = ["gelu", "layernorm", "embed_layernorm", "pool", "ffn_in_gelu_sm90"]
+    hot = ["gelu", "layernorm", "embed_layernorm", "pool", "ffn_in_gelu_sm90", "attention_tc2", "attention_tc4"]
     hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
     for k in hot:
         assert k in report, f"no ptxas report for {k}"
         assert report[k] == 0, f"{k} spills {report[k]} bytes"
+    # The occupancy variants exist for their register count: at most 80 a thread is 3 blocks
+    # of 8 warps (attention_tc2) or 6 of 4 (attention_tc4) an SM, 24 warps, where attention_tc
+    # (128) fits 16.
+    regs = {}
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            current = m.group(1)
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            regs[current] = int(m.group(1))
+    for k in ("attention_tc2", "attention_tc4"):
+        assert regs.get(k, 999) <= 80, f"{k} uses {regs.get(k)} registers (more than 80: fewer blocks an SM)"
 
 
 def quant_looked_up():

@@ -254,4 +254,266 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
         if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
     }
 }
+// ---------------------------------------------------------------------------
+// Occupancy variants (EMBEDRT_ATTENTION=tc2 / tc4; docs/arch/cuda.md): the same FlashAttention-2
+// algorithm, fp32 online softmax in the exp2 domain and masking as attention_tc, with fewer
+// registers a thread so more warps stay in flight. attention_tc holds Q (16 registers) and the
+// scores of 64 keys (32) in registers and sits at its 128-register cap with spills, 2 blocks of
+// 8 warps an SM; these keep Q in shared memory (loaded once per block with cp.async, read as
+// ldmatrix fragments per key tile) and walk keys 32 at a time (16 score registers).
+// Shared memory: K and V tiles of 32 keys, double-buffered (18 KB), Q (2.3 KB a warp), the
+// bias table (4 KB). MAXW: most warps (16 query rows each) a block; the host launches at most
+// that many. MINB: blocks an SM the register cap is set for.
+#define ATT2_KT 32
+
+// ldmatrix at a shared-memory address: the tile's lane addresses are computed once as 32-bit
+// offsets, so a fragment load costs an immediate offset, not a 64-bit generic-to-shared
+// conversion per load (what keeps attention_tc at its register cap).
+__device__ __forceinline__ void ldsm_x4_at(unsigned (&r)[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_trans_at(unsigned (&r)[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// One tile of up to 32 keys for one warp's 16 query rows (qs: the warp's Q rows in shared
+// memory); otherwise as att_tile.
+template <bool FULL, bool BIAS>
+__device__ __forceinline__ void att2_tile(unsigned qa_addr, unsigned k_addr,
+                                          float (&o)[HEAD_DIM / 8][4], AttRows& st,
+                                          const float* rel0, int keys_left, float qk_scale,
+                                          int lane) {
+    const int tig = lane & 3;
+    const int nb = FULL ? 4 : min(4, (keys_left + 7) / 8);
+    float s[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+        unsigned qa[4];
+        ldsm_x4_at(qa, qa_addr + kk * 32);
+#pragma unroll
+        for (int j = 0; j < 4; j += 2) {
+            // Key blocks j and j + 1 lie in one 16-row group, loaded whole (zeros past the end).
+            if (FULL || j < nb) {
+                // b: keys 0-7 / 8-15 of the pair at columns 0-7, then the same at 8-15.
+                unsigned b[4];
+                ldsm_x4_at(b, k_addr + (j * 8 * KPAD + kk * 16) * 2);
+                mma16816(s[j], qa, b[0], b[2]);
+                mma16816(s[j + 1], qa, b[1], b[3]);
+            }
+        }
+    }
+    float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float v = s[j][e] * qk_scale;
+            if (BIAS) v += rel0[j * 8 + (e & 1) - (e < 2 ? 0 : 8)];
+            if (!FULL && j * 8 + tig * 2 + (e & 1) >= keys_left) v = ATT_MASKED;
+            s[j][e] = v;
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(st.m0, mx0), mn1 = fmaxf(st.m1, mx1);
+    const float c0 = exp2_approx(st.m0 - mn0), c1 = exp2_approx(st.m1 - mn1);
+    st.l0 *= c0;
+    st.l1 *= c1;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        o[nd][0] *= c0;
+        o[nd][1] *= c0;
+        o[nd][2] *= c1;
+        o[nd][3] *= c1;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        s[j][0] = exp2_approx(s[j][0] - mn0);
+        s[j][1] = exp2_approx(s[j][1] - mn0);
+        s[j][2] = exp2_approx(s[j][2] - mn1);
+        s[j][3] = exp2_approx(s[j][3] - mn1);
+        st.l0 += s[j][0] + s[j][1];
+        st.l1 += s[j][2] + s[j][3];
+    }
+    st.m0 = mn0;
+    st.m1 = mn1;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+        if (FULL || 2 * t < nb) {
+            const unsigned pa[4] = {pack2(s[2 * t][0], s[2 * t][1]), pack2(s[2 * t][2], s[2 * t][3]),
+                                    pack2(s[2 * t + 1][0], s[2 * t + 1][1]),
+                                    pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
+                unsigned b[4];
+                ldsm_x4_trans_at(b, k_addr + ((ATT2_KT + t * 16) * KPAD + nd * 8) * 2);
+                mma16816(o[nd], pa, b[0], b[1]);
+                mma16816(o[nd + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+}
+
+template <int MAXW>
+__device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
+                                                   const int* __restrict__ offsets, int heads,
+                                                   float scale, const st_t* __restrict__ rel_bias,
+                                                   const int* __restrict__ bucket_of, int max_len,
+                                                   st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    const int seq = blockIdx.z, head = blockIdx.y;
+    const int start = offsets[seq];
+    const int len = offsets[seq + 1] - start;
+    const int warps = blockDim.x / WARP;
+    const int qspan = 16 * warps;
+    const int q0 = blockIdx.x * qspan;
+    if (q0 >= len) return;
+    const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
+    const int g = lane >> 2, tig = lane & 3;
+    const int stride = 3 * HIDDEN;
+
+    // Rows: Q (MAXW * 16), then per buffer K (ATT2_KT) and V (ATT2_KT); one array, so every
+    // fragment address is one per-lane base plus a constant.
+    constexpr int QROWS = MAXW * 16;
+    __shared__ __align__(16) unsigned short sm[QROWS + 4 * ATT2_KT][KPAD];
+    __shared__ float rel_s[ATT_REL_MAX];
+
+    // Q rows [q0, q0 + qspan): rows past the sequence are zero-filled. Committed with the
+    // first K/V tile.
+    for (int c = tid; c < qspan * (HEAD_DIM / 8); c += blockDim.x) {
+        const int r = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
+        const bool valid = q0 + r < len;
+        cp_async16(&sm[r][d8],
+                   qkv + (size_t)(start + (valid ? q0 + r : 0)) * stride + head * HEAD_DIM + d8,
+                   valid);
+    }
+    auto load_tile = [&](int k0, int buf) {
+        const int rows = min(ATT2_KT, ((len - k0 + 15) / 16) * 16);
+        for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
+            const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
+            const bool valid = k0 + j < len;
+            const st_t* src = qkv + (size_t)(start + (valid ? k0 + j : 0)) * stride + HIDDEN +
+                              head * HEAD_DIM + d8;
+            unsigned short* kd = &sm[QROWS + buf * 2 * ATT2_KT + j][d8];
+            cp_async16(kd, src, valid);
+            cp_async16(kd + ATT2_KT * KPAD, src + HIDDEN, valid);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    load_tile(0, 0);
+
+    // rel_s[i]: bias (times log2 e) for key - query = i - (q0 + qspan - 1).
+    if (rel_bias) {
+        const int rel_lo = -(q0 + qspan - 1);
+        for (int i = tid; i < len + qspan - 1; i += blockDim.x) {
+            const int bi = min(max(rel_lo + i + max_len - 1, 0), 2 * max_len - 2);
+            rel_s[i] = ld(rel_bias[bucket_of[bi] * heads + head]) * ATT_LOG2E;
+        }
+    }
+
+    const int qw = q0 + warp * 16;
+    const int r0 = qw + g, r1 = qw + g + 8;
+    // One ldmatrix lane pattern for Q, K and V: lane l addresses row l % 16 of a 16-row
+    // group, columns (l / 16) * 8 on. For Q that is the mma's A fragment (a0..a3); for K
+    // and V (transposed) it gives keys 0-7 / 8-15 at the first 8 columns, then the next 8.
+    const unsigned lane_addr = smem_u32(&sm[lane & 15][(lane >> 4) * 8]);
+    const unsigned qa_addr = lane_addr + warp * 16 * KPAD * 2;
+    float o[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    AttRows st = {ATT_MASKED, ATT_MASKED, 0.f, 0.f};
+    const float qk_scale = scale * ATT_LOG2E;
+
+    for (int k0 = 0, it = 0; k0 < len; k0 += ATT2_KT, ++it) {
+        const int buf = it & 1;
+        if (k0 + ATT2_KT < len) {
+            load_tile(k0 + ATT2_KT, buf ^ 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();
+        if (qw < len) {
+            const float* rel0 = rel_s + (k0 + 2 * tig - r0 + q0 + qspan - 1);
+            const int left = len - k0;
+            const unsigned k_addr = lane_addr + (QROWS + buf * 2 * ATT2_KT) * KPAD * 2;
+            if (rel_bias) {
+                if (left >= ATT2_KT)
+                    att2_tile<true, true>(qa_addr, k_addr, o, st, rel0, left, qk_scale, lane);
+                else
+                    att2_tile<false, true>(qa_addr, k_addr, o, st, rel0, left, qk_scale, lane);
+            } else {
+                if (left >= ATT2_KT)
+                    att2_tile<true, false>(qa_addr, k_addr, o, st, rel0, left, qk_scale, lane);
+                else
+                    att2_tile<false, false>(qa_addr, k_addr, o, st, rel0, left, qk_scale, lane);
+            }
+        }
+        __syncthreads();
+    }
+    if (qw >= len) return;
+    float l0 = st.l0, l1 = st.l1;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+#if EMBEDRT_QUANT
+    if (ctx_q) {
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+            if (r0 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + r0) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][0] * i0, o[nd][1] * i0, ctx_scale);
+            if (r1 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + r1) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][2] * i1, o[nd][3] * i1, ctx_scale);
+        }
+        return;
+    }
+#endif
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
+        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
+    }
+}
+
+// Up to 8 warps a block, 3 blocks an SM (<= 85 registers): 24 warps in flight.
+extern "C" __global__ void __launch_bounds__(256, 3)
+attention_tc2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc2_body<8>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
+#if EMBEDRT_QUANT
+                          , ctx_q, ctx_scale
+#endif
+    );
+}
+
+// Up to 4 warps a block, 6 blocks an SM (<= 85 registers): 24 warps in flight; a sequence
+// of 128 tokens is two blocks, each loading K and V (the second from L2).
+extern "C" __global__ void __launch_bounds__(128, 6)
+attention_tc4(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc2_body<4>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
+#if EMBEDRT_QUANT
+                          , ctx_q, ctx_scale
+#endif
+    );
+}
 #endif

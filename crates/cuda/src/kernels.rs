@@ -88,6 +88,8 @@ kernel_table! {
     Attention = "attention" in "encoder.cu" when Always,
     Pool = "pool" in "encoder.cu" when Always,
     AttentionTc = "attention_tc" in "attention_tc.cu" when Fp16Sm80Head16,
+    AttentionTc2 = "attention_tc2" in "attention_tc.cu" when Fp16Sm80Head16,
+    AttentionTc4 = "attention_tc4" in "attention_tc.cu" when Fp16Sm80Head16,
     SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,

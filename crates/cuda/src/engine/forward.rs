@@ -219,8 +219,8 @@ impl Pass {
         // warps of 16 queries a block, else one thread a query, 32 a block.
         let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
         let (attention, threads, queries_per_block) = match tc {
-            Some(f) => {
-                let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+            Some((f, most)) => {
+                let warps = max_len_batch.div_ceil(16).clamp(1, most);
                 (f, 32 * warps, 16 * warps)
             }
             None => (g.f.attention, 32, 32),

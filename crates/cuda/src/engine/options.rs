@@ -27,6 +27,12 @@ pub enum Attention {
     /// sm_80+, head size a multiple of 16), else the CUDA-core one.
     #[default]
     TensorCores,
+    /// The occupancy variant `attention_tc2` (Q in shared memory, 32-key
+    /// tiles, 80 registers: 3 blocks of 8 warps an SM); `tc2`.
+    TensorCores2,
+    /// `attention_tc4`: the same with at most 4 warps a block (6 blocks an
+    /// SM); `tc4`.
+    TensorCores4,
     /// Always the CUDA-core kernel (an ablation).
     Scalar,
 }
@@ -96,7 +102,7 @@ impl EngineOptions {
     pub const KEYS: &'static [(&'static str, &'static str)] = &[
         ("slots", "1 to 4"),
         ("graphs", "on or off (1 or 0)"),
-        ("attention", "tc or scalar"),
+        ("attention", "tc, tc2, tc4 or scalar"),
         ("gelu", "exact or tanh"),
         ("ffn_gemm", "cublaslt or own"),
         ("small_linear", "the largest token bucket, 0 = off"),
@@ -160,6 +166,8 @@ impl EngineOptions {
             "attention" => {
                 self.attention = match value {
                     "tc" => Attention::TensorCores,
+                    "tc2" => Attention::TensorCores2,
+                    "tc4" => Attention::TensorCores4,
                     "scalar" => Attention::Scalar,
                     _ => return Err(expected()),
                 }

@@ -335,8 +335,8 @@ impl CudaEngine {
         let (rb, bk) = (g.rel_bias, b.bucket);
         let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
         let (attention, attention_threads, queries_per_block) = match tc {
-            Some(f) => {
-                let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+            Some((f, most)) => {
+                let warps = max_len_batch.div_ceil(16).clamp(1, most);
                 (f, 32 * warps, 16 * warps)
             }
             None => (g.f.attention, 32, 32),

@@ -36,7 +36,9 @@ pub(super) struct Functions {
     pub(super) gelu: cu::CUfunction,
     pub(super) attention: cu::CUfunction,
     /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
-    pub(super) attention_tc: Option<cu::CUfunction>,
+    /// The tensor-core attention kernel the options chose and the most warps
+    /// (16 queries each) a block of it takes.
+    pub(super) attention_tc: Option<(cu::CUfunction, usize)>,
     pub(super) pool: cu::CUfunction,
     /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
     /// tokens (fp16, sm_80+); empty where they do not apply.
@@ -137,7 +139,7 @@ impl Gpu {
             gemms: None,
             graphs: HashMap::new(),
             use_graphs: options.graphs,
-            use_tc_attention: options.attention == Attention::TensorCores,
+            use_tc_attention: options.attention != Attention::Scalar,
             // Quantized plans run their own encoder loop: no fp16-only variants in it.
             tanh_gelu: options.gelu == Gelu::Tanh && !quantized,
             weights: 0,
@@ -357,7 +359,12 @@ fn load_kernels(gpu: &mut Gpu, plan: &Plan, cc: (i32, i32), options: &EngineOpti
             && config.head_dim().is_multiple_of(16)
             && (config.architecture != Architecture::Mpnet || max.seq <= 768)
         {
-            func(Kernel::AttentionTc).ok()
+            let (kernel, most_warps) = match options.attention {
+                Attention::TensorCores2 => (Kernel::AttentionTc2, 8),
+                Attention::TensorCores4 => (Kernel::AttentionTc4, 4),
+                Attention::TensorCores | Attention::Scalar => (Kernel::AttentionTc, 8),
+            };
+            func(kernel).ok().map(|f| (f, most_warps))
         } else {
             None
         },
