@@ -135,7 +135,8 @@ pub fn build(
     plan.header.gemm_algos.clear();
     if req.tune {
         progress("timing the 8-bit GEMMs");
-        let engine = CudaEngine::load(&plan, ordinal)?;
+        let options = embedrt_runtime::engine_options_from_env()?;
+        let engine = CudaEngine::load(&plan, ordinal, &options)?;
         let algos = engine.tune_quant_gemms(plan.header.profile.opt.tokens())?;
         drop(engine);
         if let Some(q) = plan.header.quant.as_mut() {

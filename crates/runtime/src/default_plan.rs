@@ -13,7 +13,9 @@
 use std::path::Path;
 
 use embedrt_core::SentenceModel;
-use embedrt_cuda::{build_plan, gpu_identity, BuildOptions, EngineOptions, Plan, Precision, Profile};
+use embedrt_cuda::{
+    build_plan, gpu_identity, BuildOptions, EngineOptions, Plan, Precision, Profile,
+};
 
 use crate::error::Result;
 use crate::plan_cache::{self, KeyParts};
@@ -31,7 +33,10 @@ pub(crate) fn model_plan(
     let precision = precision.unwrap_or(Precision::Fp16);
     let (mut plan, note) = if precision == Precision::Fp32 {
         let profile = Profile::DEFAULT.parse()?;
-        (build(model, ordinal, precision, profile, false, engine)?, None)
+        (
+            build(model, ordinal, precision, profile, false, engine)?,
+            None,
+        )
     } else {
         let (plan, note) = cached_plan(model, ordinal, precision, cache, engine)?;
         (plan, Some(note))

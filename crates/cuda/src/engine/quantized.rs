@@ -24,6 +24,8 @@
 use embedrt_core::quant::{GemmSite, QuantFormat};
 
 use super::*;
+use crate::gemm::algo_to_hex;
+use crate::plan::GemmChoice;
 use crate::qgemm::{gemm_rows, QGemms, SitePointers};
 
 /// One quantized GEMM: its 8-bit weight, per-channel scales, input scale.
