@@ -48,7 +48,8 @@ rows = list(csv.reader(open(sys.argv[1])))
 texts = [t for r in rows for t in r[:2]]
 url = f"http://127.0.0.1:{sys.argv[2]}/embed"
 def post(i):
-    body = json.dumps({"inputs": texts[(i * 32) % 5900:(i * 32) % 5900 + 32]}).encode()
+    start = (i * 32) % (len(texts) - 32)  # 3,000 sentences: stay inside the list
+    body = json.dumps({"inputs": texts[start:start + 32]}).encode()
     req = urllib.request.Request(url, body, {"content-type": "application/json"})
     return len(json.load(urllib.request.urlopen(req, timeout=60)))
 t = time.time(); n = 0

@@ -297,3 +297,23 @@ fn fp16_gemm_output_is_only_for_fp8_on_hopper() {
         "{e}"
     );
 }
+
+#[test]
+fn fp8_defaults_to_fp16_gemm_output_on_hopper_only() {
+    assert_eq!(
+        GemmOutput::default_for(QuantFormat::Fp8, (9, 0)),
+        GemmOutput::Fp16
+    );
+    assert_eq!(
+        GemmOutput::default_for(QuantFormat::Fp8, (8, 9)),
+        GemmOutput::Acc32
+    );
+    assert_eq!(
+        GemmOutput::default_for(QuantFormat::Int8, (9, 0)),
+        GemmOutput::Acc32
+    );
+    assert_eq!(
+        GemmOutput::default_for(QuantFormat::Int8, (7, 5)),
+        GemmOutput::Acc32
+    );
+}

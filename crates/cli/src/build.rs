@@ -60,8 +60,8 @@ pub struct BuildArgs {
     /// int8/fp8: how the 8-bit GEMMs hand their result on: acc32 (32-bit accumulators
     /// through our epilogue kernels, every GPU), fp16 or fp16-fast (fp8 on sm_90:
     /// cuBLASLt applies the scales, bias and residual and writes fp16; -fast adds
-    /// cuBLASLt's fp8 fast accumulation).
-    #[arg(long, default_value = "acc32")]
+    /// cuBLASLt's fp8 fast accumulation); auto: fp16 for fp8 on sm_90, else acc32.
+    #[arg(long, default_value = "auto")]
     quant_gemm_output: String,
     /// int8/fp8: time cuBLASLt's top candidates for every 8-bit GEMM on this GPU and
     /// record the fastest per token count in the plan (default: the heuristic's first).
@@ -105,14 +105,17 @@ pub fn run(args: BuildArgs) -> Result<()> {
             || args.accuracy_target.is_some()
             || args.eval.is_some()
             || args.tune_8bit
-            || args.quant_gemm_output != "acc32")
+            || args.quant_gemm_output != "auto")
     {
         bail!(
             "--calibration-table, --calibration, --fallback, --eval, --accuracy-target, \
              --quant-gemm-output and --tune-8bit are for --precision int8 or fp8"
         );
     }
-    let gemm_output: GemmOutput = args.quant_gemm_output.parse()?;
+    let gemm_output: Option<GemmOutput> = match args.quant_gemm_output.as_str() {
+        "auto" => None,
+        name => Some(name.parse()?),
+    };
     if let Some(t) = args.accuracy_target {
         if !(t > 0.0 && t <= 1.0) {
             bail!("--accuracy-target {t}: give a mean cosine in (0, 1], e.g. 0.995");

@@ -31,8 +31,9 @@ pub struct QuantRequest {
     pub accuracy_target: Option<f64>,
     pub eval: Option<PathBuf>,
     pub held_out: usize,
-    /// How the 8-bit GEMMs hand their result on (recorded in the plan).
-    pub gemm_output: GemmOutput,
+    /// How the 8-bit GEMMs hand their result on (recorded in the plan);
+    /// None: [`GemmOutput::default_for`] the format and this GPU.
+    pub gemm_output: Option<GemmOutput>,
     /// Time the 8-bit GEMMs' algorithms on this GPU (`--tune-8bit`).
     pub tune: bool,
 }
@@ -53,8 +54,11 @@ pub fn build(
 ) -> Result<QuantBuilt> {
     let gpu = gpu_target(ordinal)?;
     check_format_supported(req.format, &gpu.name, (gpu.cc_major, gpu.cc_minor))?;
+    let gemm_output = req
+        .gemm_output
+        .unwrap_or_else(|| GemmOutput::default_for(req.format, (gpu.cc_major, gpu.cc_minor)));
     check_gemm_output(
-        req.gemm_output,
+        gemm_output,
         req.format,
         &gpu.name,
         (gpu.cc_major, gpu.cc_minor),
@@ -66,7 +70,7 @@ pub fn build(
     let assemble = |fallback: &[String]| -> Result<Plan> {
         let mut plan = build_quantized_plan(model, &weights, &table, fallback, profile, &gpu)?;
         if let Some(q) = plan.header.quant.as_mut() {
-            q.gemm_output = req.gemm_output;
+            q.gemm_output = gemm_output;
         }
         Ok(plan)
     };

@@ -43,6 +43,20 @@ impl GemmOutput {
     }
 }
 
+impl GemmOutput {
+    /// What `embedrt build` uses without `--quant-gemm-output`: fp16 out for
+    /// fp8 where cuBLASLt has the outer-vector scales (sm_90: run 21 measured
+    /// W1 +24%, W2 +19% over acc32, the same cosine), acc32 elsewhere and for
+    /// int8.
+    pub fn default_for(format: QuantFormat, cc: (i32, i32)) -> GemmOutput {
+        if format == QuantFormat::Fp8 && cc >= (9, 0) {
+            GemmOutput::Fp16
+        } else {
+            GemmOutput::Acc32
+        }
+    }
+}
+
 impl std::str::FromStr for GemmOutput {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -270,7 +270,7 @@ mod tests {
         assert!(e.contains("expected 1 to 4"), "{e}");
         let e = one("EMBEDRT_ATTENTION", "flash");
         assert!(
-            e.contains("EMBEDRT_ATTENTION=flash: expected tc or scalar"),
+            e.contains("EMBEDRT_ATTENTION=flash: expected tc, tc2, tc4 or scalar"),
             "{e}"
         );
         let e = one("EMBEDRT_CUDA_GRAPHS", "maybe");
