@@ -24,4 +24,23 @@ b)
   timeout 560 bash bench/gpu/quant_fast.sh > "$O/quant_fast.log" 2>&1
   tail -30 "$O/quant_fast.log"
   ;;
+c)
+  # After making fp8's fp16 GEMM output the sm_90 default: a plan built with no 8-bit flag,
+  # and the fp16-default memory check again with the load client fixed (it ran out of its
+  # 3,000 sentences after ~3,000 in part a).
+  E=.gpu/embedrt; C=.gpu/embedrt-gpu-check; STS=.gpu/stsb-en-dev.csv; D=/tmp/mpnet
+  P=1x8:256x128:1024x512
+  python3 .gpu/make_mpnet.py $D .gpu/tokenizer.json > /dev/null 2>&1
+  $E calibrate --model $D --input "$STS" --precision fp8 --calibration-size 512 --no-fallback \
+    -o /tmp/fp8.table.json > "$O/calibrate.log" 2>&1
+  $E build --model $D --precision fp32 --profile $P -o /tmp/fp32.plan > "$O/b32.log" 2>&1
+  $E build --model $D --precision fp8 --profile $P --calibration-table /tmp/fp8.table.json \
+    -o /tmp/fp8.plan > "$O/b8.log" 2>&1; tail -1 "$O/b8.log" | cut -c1-400
+  $E info --plan /tmp/fp8.plan | grep -iE "gemm|precision|device memory" | head -8
+  echo "fp8 default plan: $(timeout 90 $C bench-plan $D "$STS" /tmp/fp8.plan /tmp/fp32.plan 2>&1 | tail -1 \
+    | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print({k: d[k] for k in ("cos_vs_reference_mean","cos_vs_reference_min","w1_seq_per_s","w2_sent_per_s","w3_p50_ms")})')"
+  echo "== fp16 by default, load fixed"
+  timeout 220 bash bench/gpu/default_fp16.sh > "$O/default_fp16.log" 2>&1
+  grep -E "^(first|second):|^W2|^corrupted|^fp32" "$O/default_fp16/summary.txt"
+  ;;
 esac
