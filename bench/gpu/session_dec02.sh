@@ -43,4 +43,9 @@ c)
   timeout 220 bash bench/gpu/default_fp16.sh > "$O/default_fp16.log" 2>&1
   grep -E "^(first|second):|^W2|^corrupted|^fp32" "$O/default_fp16/summary.txt"
   ;;
+d)
+  # The PyTorch fp16 peer on the same MPNet-base and GPU (parts a-c had no time for it).
+  python3 .gpu/make_mpnet.py /tmp/mpnet .gpu/tokenizer.json > /dev/null 2>&1
+  timeout 200 python3 .gpu/peer_torch.py /tmp/mpnet .gpu/stsb-en-dev.csv 2>&1 | tail -4
+  ;;
 esac
