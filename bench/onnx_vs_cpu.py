@@ -159,7 +159,7 @@ def main():
             cpu_runs.append(bench_cpu(args.embedrt, model, sentences_csv, args.batch_size, args.repeat, args.threads))
             print(f"{name}: round {r + 1}/{args.rounds}: ONNX Runtime ...", file=sys.stderr)
             ort_runs.append(bench_ort(out, sentences, args.batch_size, args.repeat, args.threads))
-        best = lambda runs: max(runs, key=lambda x: x["sentences_per_s"])  # noqa: E731
+        best = lambda runs: max(runs, key=lambda x: x["sentences_per_s"])
         cpu, onnx = best(cpu_runs), best(ort_runs)
         row = {
             "model": name,

@@ -86,7 +86,7 @@ class Server:
         text = self.get("/metrics", headers=headers).body.decode()
         total, found = 0.0, False
         for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.startswith((name + " ", name + "{")):
                 total += float(line.rsplit(" ", 1)[1])
                 found = True
         if not found:

@@ -7,7 +7,6 @@ import pathlib
 import subprocess
 
 import pytest
-
 from cuda_probe import has_cuda
 
 FIXTURE = "tiny-mpnet-mean-norm"

@@ -11,9 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tokenizers import Tokenizer
-
 from conftest import TINY_FIXTURES
+from tokenizers import Tokenizer
 
 FP32_TOL = 1e-5
 FP16_MIN_COSINE = 0.9999
@@ -390,7 +389,7 @@ def test_manifest_hashes_match_the_files(exports, fixtures_dir):
 
     d = exports("tiny-mpnet-cls")
     m = json.loads((d / "manifest.json").read_text())
-    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
     assert m["onnx_sha256"] == sha(d / "model.onnx")
     assert m["tokenizer_sha256"] == sha(d / "tokenizer.json")
     assert m["weights_sha256"] == sha(fixtures_dir / "tiny-mpnet-cls" / "model.safetensors")

@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from server_helpers import Server, cli_embed, max_abs_diff
 
 TINY = "tiny-bert-mean-norm"  # normalizes

@@ -5,7 +5,6 @@ checked here; failover with two engines under load is tested in Rust
 import subprocess
 
 import pytest
-
 from cuda_probe import has_cuda
 from server_helpers import Server
 
