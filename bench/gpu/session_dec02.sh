@@ -43,6 +43,17 @@ c)
   timeout 220 bash bench/gpu/default_fp16.sh > "$O/default_fp16.log" 2>&1
   grep -E "^(first|second):|^W2|^corrupted|^fp32" "$O/default_fp16/summary.txt"
   ;;
+e)
+  # After the fp16 and 8-bit tuners were made to share one timing loop: both still tune.
+  E=.gpu/embedrt; STS=.gpu/stsb-en-dev.csv; D=/tmp/mpnet; P=1x8:256x128:1024x512
+  python3 .gpu/make_mpnet.py $D .gpu/tokenizer.json > /dev/null 2>&1
+  $E build --model $D --precision fp16 --profile $P -o /tmp/fp16.plan 2>/dev/null | tail -1 | cut -c1-300
+  $E info --plan /tmp/fp16.plan | grep -i "gemm algorithms"
+  $E calibrate --model $D --input "$STS" --precision fp8 --calibration-size 256 --no-fallback \
+    -o /tmp/fp8.table.json > /dev/null 2>&1
+  $E build --model $D --precision fp8 --profile $P --calibration-table /tmp/fp8.table.json \
+    --tune-8bit -o /tmp/fp8.plan 2>/dev/null | tail -1 | grep -o '"tuned_8bit_gemms":[0-9]*'
+  ;;
 d)
   # The PyTorch fp16 peer on the same MPNet-base and GPU (parts a-c had no time for it).
   python3 .gpu/make_mpnet.py /tmp/mpnet .gpu/tokenizer.json > /dev/null 2>&1

@@ -669,15 +669,11 @@ impl CudaEngine {
         let g = &mut *guard;
         let stream = g.stream;
         let b = g.b;
-        let max_t = gemm_rows(self.max_tokens);
-        let mut ladder: Vec<usize> = (4..30)
-            .map(|p| 1usize << p)
-            .filter(|&t| t < max_t)
-            .collect();
-        ladder.push(max_t);
-        ladder.push(gemm_rows(opt_tokens.min(self.max_tokens)));
-        ladder.sort_unstable();
-        ladder.dedup();
+        // The fp16 tuner's ladder, in the multiples of 16 the 8-bit GEMMs run at.
+        let ladder = super::tune::token_ladder(
+            gemm_rows(self.max_tokens),
+            gemm_rows(opt_tokens.min(self.max_tokens)),
+        );
         let q = g
             .quant
             .as_mut()
@@ -706,30 +702,12 @@ impl CudaEngine {
                     // and small-tile variants rank low in the heuristic there.
                     let count = if tokens <= 256 { 24 } else { 8 };
                     let candidates = q.gemms.heuristics(kind, tokens, count)?;
-                    let mut best: Option<(f32, usize)> = None;
-                    for (ci, algo) in candidates.iter().enumerate() {
-                        let run = |gemms: &mut QGemms| {
-                            let w = s.weight;
-                            gemms.run(li, kind, tokens, w, act, res, y, stream as _, Some(*algo))
-                        };
-                        if run(&mut q.gemms).is_err() {
-                            continue;
-                        }
-                        // SAFETY: events and stream are live.
-                        let ms = unsafe {
-                            cr::event::record(start, stream).map_err(drv("event"))?;
-                            for _ in 0..5 {
-                                run(&mut q.gemms)?;
-                            }
-                            cr::event::record(stop, stream).map_err(drv("event"))?;
-                            cr::event::synchronize(stop).map_err(drv("event"))?;
-                            cr::event::elapsed(start, stop).map_err(drv("event"))?
-                        };
-                        if best.is_none_or(|(b, _)| ms < b) {
-                            best = Some((ms, ci));
-                        }
-                    }
-                    if let Some((_, ci)) = best {
+                    let best = super::tune::fastest(&candidates, (start, stop), stream, |algo| {
+                        let w = s.weight;
+                        q.gemms
+                            .run(li, kind, tokens, w, act, res, y, stream as _, Some(*algo))
+                    })?;
+                    if let Some(ci) = best {
                         out.push(GemmChoice {
                             gemm: kind.name().into(),
                             tokens,

@@ -6,7 +6,7 @@ use cudarc::driver::{result as cr, sys as cu};
 use embedrt_core::{Backend, Error, Result};
 
 use super::{drv, random_batch, CudaEngine};
-use crate::gemm::{algo_to_hex, GemmKind, Gemms};
+use crate::gemm::{algo_to_hex, GemmKind};
 use crate::plan::GemmChoice;
 
 impl CudaEngine {
@@ -51,29 +51,10 @@ impl CudaEngine {
                     // and small-tile variants rank low in the heuristic there.
                     let count = if tokens <= 256 { 24 } else { 6 };
                     let candidates = gemms.heuristics(kind, tokens, count)?;
-                    let mut best: Option<(f32, usize)> = None;
-                    for (ci, algo) in candidates.iter().enumerate() {
-                        let run = |gemms: &mut Gemms| {
-                            gemms.run_with(0, kind, tokens, w, x, res, y, stream as _, Some(*algo))
-                        };
-                        if run(gemms).is_err() {
-                            continue;
-                        }
-                        // SAFETY: events and stream are live.
-                        let ms = unsafe {
-                            cr::event::record(start, stream).map_err(drv("event"))?;
-                            for _ in 0..5 {
-                                run(gemms)?;
-                            }
-                            cr::event::record(stop, stream).map_err(drv("event"))?;
-                            cr::event::synchronize(stop).map_err(drv("event"))?;
-                            cr::event::elapsed(start, stop).map_err(drv("event"))?
-                        };
-                        if best.is_none_or(|(b, _)| ms < b) {
-                            best = Some((ms, ci));
-                        }
-                    }
-                    if let Some((_, ci)) = best {
+                    let best = fastest(&candidates, (start, stop), stream, |algo| {
+                        gemms.run_with(0, kind, tokens, w, x, res, y, stream as _, Some(*algo))
+                    })?;
+                    if let Some(ci) = best {
                         out.push(GemmChoice {
                             gemm: kind.name().into(),
                             tokens,
@@ -94,8 +75,39 @@ impl CudaEngine {
     }
 }
 
+/// The index of the fastest of `candidates` on `stream`: each runs once
+/// untimed (one that fails to run is skipped), then five times between the
+/// two events. Shared by the fp16 and the 8-bit tuners.
+pub(super) fn fastest<A>(
+    candidates: &[A],
+    (start, stop): (cu::CUevent, cu::CUevent),
+    stream: cu::CUstream,
+    mut run: impl FnMut(&A) -> Result<()>,
+) -> Result<Option<usize>> {
+    let mut best: Option<(f32, usize)> = None;
+    for (ci, algo) in candidates.iter().enumerate() {
+        if run(algo).is_err() {
+            continue;
+        }
+        // SAFETY: the caller's events and stream are live.
+        let ms = unsafe {
+            cr::event::record(start, stream).map_err(drv("event"))?;
+            for _ in 0..5 {
+                run(algo)?;
+            }
+            cr::event::record(stop, stream).map_err(drv("event"))?;
+            cr::event::synchronize(stop).map_err(drv("event"))?;
+            cr::event::elapsed(start, stop).map_err(drv("event"))?
+        };
+        if best.is_none_or(|(b, _)| ms < b) {
+            best = Some((ms, ci));
+        }
+    }
+    Ok(best.map(|(_, ci)| ci))
+}
+
 /// Token counts tuned: powers of two below MAX tokens, MAX itself and OPT.
-fn token_ladder(max_t: usize, opt_tokens: usize) -> Vec<usize> {
+pub(super) fn token_ladder(max_t: usize, opt_tokens: usize) -> Vec<usize> {
     let mut ladder: Vec<usize> = (4..30)
         .map(|p| 1usize << p)
         .filter(|&t| t < max_t)
