@@ -8,9 +8,12 @@ use embedrt_core::{
 };
 
 use crate::engine::CudaEngine;
-use crate::plan::{pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile};
+use crate::plan::{
+    pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile, TensorEntry,
+};
 use crate::probe;
 use crate::qgemm::quant_workspace_layout;
+use crate::quant_plan::QuantInfo;
 use crate::quant_plan::{check_format_supported, pack_quantized};
 
 #[derive(Clone, Debug)]
@@ -35,6 +38,25 @@ pub fn assemble_plan(
 ) -> Plan {
     let profile = profile.capped(model.max_seq_length);
     let (tensors, blob) = pack_weights(weights, precision);
+    let workspace = workspace_bytes(&model.config, &profile, precision);
+    plan_of(
+        model, precision, profile, gpu, tensors, blob, workspace, None,
+    )
+}
+
+/// A plan from packed weights: the header every plan shares (no GEMM
+/// algorithms yet: tuning fills them in).
+#[allow(clippy::too_many_arguments)]
+fn plan_of(
+    model: &SentenceModel,
+    precision: Precision,
+    profile: Profile,
+    gpu: GpuTarget,
+    tensors: Vec<TensorEntry>,
+    blob: Vec<u8>,
+    workspace_bytes: usize,
+    quant: Option<QuantInfo>,
+) -> Plan {
     let header = PlanHeader {
         embedrt_version: env!("CARGO_PKG_VERSION").into(),
         precision,
@@ -49,8 +71,8 @@ pub fn assemble_plan(
         tensors,
         tokenizer_bytes: model.tokenizer_json.len(),
         weight_bytes: blob.len(),
-        workspace_bytes: workspace_bytes(&model.config, &profile, precision),
-        quant: None,
+        workspace_bytes,
+        quant,
     };
     Plan {
         header,
@@ -79,28 +101,16 @@ pub fn assemble_quantized_plan(
             .iter()
             .map(|(_, b)| b)
             .sum::<usize>();
-    let header = PlanHeader {
-        embedrt_version: env!("CARGO_PKG_VERSION").into(),
+    Ok(plan_of(
+        model,
         precision,
-        config: model.config.clone(),
-        pooling: model.pooling,
-        normalize: model.normalize,
-        max_seq_length: model.max_seq_length,
         profile,
         gpu,
-        cublaslt_version: 0,
-        gemm_algos: Vec::new(),
         tensors,
-        tokenizer_bytes: model.tokenizer_json.len(),
-        weight_bytes: blob.len(),
-        workspace_bytes: workspace,
-        quant: Some(info),
-    };
-    Ok(Plan {
-        header,
-        tokenizer_json: model.tokenizer_json.clone(),
-        weights: blob,
-    })
+        blob,
+        workspace,
+        Some(info),
+    ))
 }
 
 /// The GPU in hand: name and compute capability.
