@@ -242,6 +242,22 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_keeps_every_bit_of_its_floats() {
+        // Python printed these with repr (shortest round-trip); the report must
+        // hold the same doubles (CI once saw ...3717 read back as ...3716).
+        for text in [
+            "0.9162950930003717",
+            "4.926553130149841",
+            "2.2250738585072014e-308",
+        ] {
+            let logs = format!("{{\"seconds\": {text}}}\n");
+            let got = summary(&logs).and_then(|v| v["seconds"].as_f64());
+            assert_eq!(got, Some(text.parse::<f64>().unwrap()), "{text}");
+            assert_eq!(serde_json::to_string(&got.unwrap()).unwrap(), text);
+        }
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         let logs: String = (0..30).map(|i| format!("line {i}\n\n")).collect();
         let t = tail(&logs);
