@@ -124,6 +124,11 @@ pub struct TrainSection {
     pub ray_num_cpus: Option<f64>,
     #[serde(default)]
     pub ray_num_gpus: Option<f64>,
+    /// The job's Ray runtime environment (`ray job submit --runtime-env-json`),
+    /// e.g. `{ env_vars = { AWS_REGION = "us-east-1" } }`; `working_dir` is
+    /// always `scripts`.
+    #[serde(default)]
+    pub ray_runtime_env: Option<serde_json::Value>,
 }
 
 fn default_seed() -> u64 {
@@ -347,6 +352,13 @@ impl Config {
             anyhow::bail!(
                 "train.runner = \"ray\" needs train.ray_address (the Ray dashboard, e.g. \"http://127.0.0.1:8265\")"
             );
+        }
+        if let Some(env) = &self.train.ray_runtime_env {
+            if !env.is_object() {
+                anyhow::bail!(
+                    "train.ray_runtime_env must be a table (Ray's runtime_env), not {env}"
+                );
+            }
         }
         if let Some(t) = self.train.ray_job_timeout_s {
             if t.is_nan() || t <= 0.0 {

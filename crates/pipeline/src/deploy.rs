@@ -6,6 +6,11 @@
 //! Ray Serve: the app's `user_config` through the dashboard's REST API
 //! ([`crate::ray_serve`]), labelled `<version>-<fingerprint>`, then the same
 //! canary. RayService: the `serveConfigV2` patch is written for `kubectl patch`.
+//!
+//! Ray replicas run on other machines (pods on EKS): with the registry on an
+//! object store they are given the artifact's URI (`s3://.../versions/v0003/
+//! model/`), which `embedrt.serve.fetch` downloads; `embedrt serve` is given
+//! the local path (it runs beside the pipeline, or shares its volume).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +22,15 @@ use crate::config::{CanarySection, DeployTarget};
 use crate::http;
 use crate::ray_serve;
 use crate::tools::{cosine, Engine};
+
+/// A version as a target gets it.
+pub struct Artifact {
+    /// Its files here: the canary's expectation and the fingerprint.
+    pub engine: Engine,
+    /// Where a Ray replica loads it from: the registry's URI of the same
+    /// files when the registry is remote, else the local path.
+    pub location: String,
+}
 
 /// Long: a reload answers when the new engine is loaded.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -61,26 +75,26 @@ pub fn snapshot(target: &DeployTarget) -> Result<Value> {
 pub fn restore(
     target: &DeployTarget,
     snapshot: &Value,
-    engine: &Engine,
+    artifact: &Artifact,
     version: &str,
     run_dir: &Path,
 ) -> Result<Value> {
     match ray_target(target) {
         Some(t) if !snapshot.is_null() => ray_serve::restore(&t, snapshot),
-        _ => switch(target, engine, version, run_dir),
+        _ => switch(target, artifact, version, run_dir),
     }
 }
 
-/// Points a target at an engine. `version` and `fingerprint` label it.
+/// Points a target at a version's artifact, labelled `version`.
 pub fn switch(
     target: &DeployTarget,
-    engine: &Engine,
+    artifact: &Artifact,
     version: &str,
     run_dir: &Path,
 ) -> Result<Value> {
     match target {
         DeployTarget::EmbedrtServe { url } => {
-            let body = match engine {
+            let body = match &artifact.engine {
                 Engine::Model(p) => json!({"model": p}),
                 Engine::Plan(p) => json!({"plan": p}),
             };
@@ -96,9 +110,10 @@ pub fn switch(
             app,
             import_path,
         } => {
-            let (model, plan) = match engine {
-                Engine::Model(p) => (p.display().to_string(), Value::Null),
-                Engine::Plan(p) => (String::new(), json!(p.display().to_string())),
+            let location = json!(artifact.location);
+            let (model, plan) = match &artifact.engine {
+                Engine::Model(_) => (location, Value::Null),
+                Engine::Plan(_) => (json!(""), location),
             };
             let patch = json!({"spec": {"serveConfigV2": serde_yaml_like(&json!({
                 "applications": [{
@@ -115,8 +130,8 @@ pub fn switch(
         }
         DeployTarget::RayServe { .. } => {
             let t = ray_target(target).context("a ray-serve target")?;
-            let label = format!("{version}-{}", crate::run::fingerprint(engine)?);
-            ray_serve::switch(&t, engine, &label)
+            let label = format!("{version}-{}", crate::run::fingerprint(&artifact.engine)?);
+            ray_serve::switch(&t, artifact, &label)
         }
     }
 }

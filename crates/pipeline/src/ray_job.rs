@@ -8,11 +8,14 @@
 //! passes. The job's last JSON line on stdout is the training summary, as
 //! with the local runner.
 //!
-//! The model, the training rows and the output directory are passed as
-//! paths: on a cluster on this machine (or one sharing the registry's
-//! volume, as the in-cluster manifests mount it) the job reads and writes
-//! them in place. A cluster that cannot see these paths needs the registry
-//! on an object store that both sides reach.
+//! With a local registry the model, the training rows and the output
+//! directory are passed as paths: a cluster on this machine (or one sharing
+//! the registry's volume) reads and writes them in place. With the registry
+//! on an object store (`registry.uri = "s3://..."`) they are passed as its
+//! URIs: the rows are uploaded first, the job (`remote.py` beside run.py)
+//! downloads its inputs and uploads `challenger/model/`, which the pipeline
+//! then downloads; a KubeRay cluster on EKS needs nothing but S3 access
+//! (IRSA), and `train.ray_runtime_env` carries any environment it needs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,6 +144,9 @@ fn submit(job: &Job, address: &str) -> Result<()> {
     }
     if let Some(n) = job.train.ray_num_gpus {
         cmd.args(["--entrypoint-num-gpus", &n.to_string()]);
+    }
+    if let Some(env) = &job.train.ray_runtime_env {
+        cmd.args(["--runtime-env-json", &env.to_string()]);
     }
     cmd.args(["--", "python", "run.py"]).args(&job.args);
     let out = cmd

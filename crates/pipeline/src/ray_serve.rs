@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::deploy::Artifact;
 use crate::http;
 use crate::tools::Engine;
 
@@ -106,15 +107,15 @@ fn current_user_config(app: &Value, deployment: &str) -> Result<Value> {
 }
 
 /// The new `user_config`: the old one with `model`/`plan` and `version` replaced.
-pub fn new_user_config(old: &Value, engine: &Engine, label: &str) -> Value {
+pub fn new_user_config(old: &Value, artifact: &Artifact, label: &str) -> Value {
     let mut uc = old.as_object().cloned().unwrap_or_default();
-    match engine {
-        Engine::Model(p) => {
-            uc.insert("model".into(), json!(p.display().to_string()));
+    match artifact.engine {
+        Engine::Model(_) => {
+            uc.insert("model".into(), json!(artifact.location));
             uc.remove("plan");
         }
-        Engine::Plan(p) => {
-            uc.insert("plan".into(), json!(p.display().to_string()));
+        Engine::Plan(_) => {
+            uc.insert("plan".into(), json!(artifact.location));
             uc.remove("model");
             // A plan runs on a GPU: a CPU device left from a CPU version would refuse it.
             if uc.get("device").and_then(Value::as_str) == Some("cpu") {
@@ -199,11 +200,11 @@ pub fn apply(t: &Target, user_config: &Value) -> Result<Value> {
     }))
 }
 
-/// Points the app at `engine`, labelled `label`; returns the switch report.
-pub fn switch(t: &Target, engine: &Engine, label: &str) -> Result<Value> {
+/// Points the app at `artifact`, labelled `label`; returns the switch report.
+pub fn switch(t: &Target, artifact: &Artifact, label: &str) -> Result<Value> {
     let details = t.details()?;
     let old = current_user_config(&details["applications"][t.app], t.deployment)?;
-    apply(t, &new_user_config(&old, engine, label))
+    apply(t, &new_user_config(&old, artifact, label))
 }
 
 /// Puts back what `snapshot` read.
@@ -327,11 +328,31 @@ mod tests {
         })
     }
 
+    fn artifact(engine: Engine) -> Artifact {
+        let location = match &engine {
+            Engine::Model(p) | Engine::Plan(p) => p.display().to_string(),
+        };
+        Artifact { engine, location }
+    }
+
+    #[test]
+    fn a_replica_gets_the_artifacts_uri() {
+        let old = json!({"model": "/m1", "version": "1"});
+        let a = Artifact {
+            engine: Engine::Model("/cache/versions/v0002/model".into()),
+            location: "s3://b/reg/versions/v0002/model/".into(),
+        };
+        assert_eq!(
+            new_user_config(&old, &a, "v0002-f")["model"],
+            "s3://b/reg/versions/v0002/model/"
+        );
+    }
+
     #[test]
     fn only_this_apps_user_config_changes() {
         let d = details();
         let old = current_user_config(&d["applications"]["embedrt"], "Embedder").unwrap();
-        let uc = new_user_config(&old, &Engine::Model("/m2".into()), "v0002-abc");
+        let uc = new_user_config(&old, &artifact(Engine::Model("/m2".into())), "v0002-abc");
         assert_eq!(
             uc,
             json!({"model": "/m2", "device": "cpu", "version": "v0002-abc"})
@@ -353,7 +374,7 @@ mod tests {
     fn a_plan_replaces_the_model_and_a_cpu_device() {
         let old =
             json!({"model": "/m1", "device": "cpu", "version": "1", "max_batch_tokens": 4096});
-        let uc = new_user_config(&old, &Engine::Plan("/p.plan".into()), "v3-f");
+        let uc = new_user_config(&old, &artifact(Engine::Plan("/p.plan".into())), "v3-f");
         assert_eq!(
             uc,
             json!({"plan": "/p.plan", "version": "v3-f", "max_batch_tokens": 4096})

@@ -106,8 +106,32 @@ impl Registry {
         })
     }
 
-    fn is_remote(&self) -> bool {
+    /// Whether the registry lives on an object store (not a local directory).
+    pub fn is_remote(&self) -> bool {
         self.store.local_root().is_none()
+    }
+
+    /// Where a reader that is not this process (a Ray job, a Serve replica)
+    /// finds `key`: the store's URI (`s3://BUCKET/PREFIX/key`) on a remote
+    /// registry, the local path otherwise. A key ending in `/` names a
+    /// prefix (a directory); the URI keeps the slash, as `fetch` expects.
+    pub fn uri_of(&self, key: &str) -> String {
+        match self.store.local_root() {
+            Some(root) => root.join(key.trim_end_matches('/')).display().to_string(),
+            None => format!("{}/{key}", self.store.uri().trim_end_matches('/')),
+        }
+    }
+
+    /// The store's URI of a file or directory in the local copy of a remote
+    /// registry (a materialized version); None for a local registry or a
+    /// path outside the registry directory.
+    pub fn remote_uri(&self, path: &Path) -> Option<String> {
+        if !self.is_remote() {
+            return None;
+        }
+        let key = path.strip_prefix(&self.root).ok()?.to_str()?;
+        let slash = if path.is_dir() { "/" } else { "" };
+        Some(self.uri_of(&format!("{key}{slash}")))
     }
 
     fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {

@@ -121,6 +121,18 @@ pub fn version_engine(reg: &Registry, version: &str) -> Result<Engine> {
     })
 }
 
+/// A version as a deploy target gets it: its local engine, and where a Ray
+/// replica loads it from (the registry's URI when the registry is remote).
+pub fn version_artifact(reg: &Registry, version: &str) -> Result<deploy::Artifact> {
+    let engine = version_engine(reg, version)?;
+    let location = match &engine {
+        Engine::Model(p) | Engine::Plan(p) => {
+            reg.remote_uri(p).unwrap_or_else(|| p.display().to_string())
+        }
+    };
+    Ok(deploy::Artifact { engine, location })
+}
+
 /// The first champion: the configured base model, registered as is.
 fn bootstrap(config: &Config, reg: &Registry, tools: &Tools, frozen: &Path) -> Result<String> {
     let version = reg.next_version()?;
@@ -471,13 +483,37 @@ impl Ctx<'_> {
         let champion = self.reg.aliases()?.champion.context("no champion")?;
         let base = self.reg.version_dir(&champion)?.join("model");
         let out = self.dir.join("challenger");
+        // A Ray job on a cluster cannot see this disk: with the registry on an
+        // object store it reads and writes the store (python/embedrt/train/remote.py).
+        let via_store = cfg.train.runner == "ray" && self.reg.is_remote();
+        let run_key = format!("runs/{}", self.state.run);
+        let (base_arg, data_arg, out_arg) = if via_store {
+            self.reg
+                .store
+                .put_file(&format!("{run_key}/train.jsonl"), &train_file)?;
+            // What a killed attempt uploaded must not pass for this one's model.
+            self.reg
+                .store
+                .delete_prefix(&format!("{run_key}/challenger"))?;
+            (
+                self.reg.uri_of(&format!("versions/{champion}/model/")),
+                self.reg.uri_of(&format!("{run_key}/train.jsonl")),
+                self.reg.uri_of(&format!("{run_key}/challenger/")),
+            )
+        } else {
+            (
+                ray_job::arg(&base)?,
+                ray_job::arg(&train_file)?,
+                ray_job::arg(&out)?,
+            )
+        };
         let args: Vec<String> = vec![
             "--base".into(),
-            ray_job::arg(&base)?,
+            base_arg,
             "--data".into(),
-            ray_job::arg(&train_file)?,
+            data_arg,
             "--out".into(),
-            ray_job::arg(&out)?,
+            out_arg,
             "--seed".into(),
             seed.to_string(),
             "--max-steps".into(),
@@ -491,7 +527,7 @@ impl Ctx<'_> {
         ];
         let summary = if cfg.train.runner == "ray" {
             let attempt = self.state.resumed;
-            ray_job::run(&ray_job::Job {
+            let summary = ray_job::run(&ray_job::Job {
                 train: &cfg.train,
                 submission_id: ray_job::submission_id(&self.state.run, attempt),
                 earlier: (0..attempt)
@@ -499,7 +535,11 @@ impl Ctx<'_> {
                     .collect(),
                 args,
                 log: self.dir.join("train.log"),
-            })?
+            })?;
+            if via_store {
+                self.download_challenger(&format!("{run_key}/challenger/model"))?;
+            }
+            summary
         } else {
             let mut cmd = Command::new(&cfg.train.python);
             cmd.arg(cfg.train.scripts.join("run.py")).args(&args);
@@ -517,6 +557,22 @@ impl Ctx<'_> {
 
     fn model_dir(&self) -> PathBuf {
         self.dir.join("challenger/model")
+    }
+
+    /// The model a Ray job uploaded under `key`, into [`Self::model_dir`].
+    fn download_challenger(&self, key: &str) -> Result<()> {
+        let model = self.model_dir();
+        if model.exists() {
+            std::fs::remove_dir_all(&model)
+                .with_context(|| format!("{}: cannot remove", model.display()))?;
+        }
+        if self.reg.store.get_dir(key, &model)? == 0 {
+            bail!(
+                "the training job succeeded but uploaded no model to {}",
+                self.reg.uri_of(&format!("{key}/"))
+            );
+        }
+        Ok(())
     }
 
     fn export(&mut self) -> Result<Step> {
@@ -864,12 +920,13 @@ pub fn deploy_version(
     fallback: &str,
     dir: &Path,
 ) -> Result<std::result::Result<Value, (String, Value)>> {
-    let engine = version_engine(reg, version)?;
-    let fp = fingerprint(&engine)?;
+    let artifact = version_artifact(reg, version)?;
+    let engine = &artifact.engine;
+    let fp = fingerprint(engine)?;
     let canary_in = dir.join("canary.jsonl");
     let texts: Vec<&str> = config.canary.sentences.iter().map(String::as_str).collect();
     write_texts(&canary_in, &texts)?;
-    let expected = tools.embed(&engine, &canary_in)?;
+    let expected = tools.embed(engine, &canary_in)?;
     let mut reports = Vec::new();
     // What each target served before, for a rollback that puts it back.
     let mut snapshots = Vec::new();
@@ -883,7 +940,7 @@ pub fn deploy_version(
                 break;
             }
         }
-        let switched = match deploy::switch(target, &engine, version, dir) {
+        let switched = match deploy::switch(target, &artifact, version, dir) {
             Ok(v) => v,
             Err(e) => {
                 failure = Some((i, format!("switching target {i}: {e:#}")));
@@ -901,7 +958,7 @@ pub fn deploy_version(
     let Some((failed, why)) = failure else {
         return Ok(Ok(json!(reports)));
     };
-    let back = version_engine(reg, fallback)?;
+    let back = version_artifact(reg, fallback)?;
     let mut rollback = Vec::new();
     for (target, snap) in config.deploy.iter().take(failed + 1).zip(&snapshots) {
         rollback.push(match deploy::restore(target, snap, &back, fallback, dir) {

@@ -12,6 +12,10 @@ Input: JSON lines, each either a scored pair ``{"sentence1", "sentence2",
 negatives). Both kinds in one file train as two datasets, each with its own
 loss. Output: the trained model directory and ``train.json`` (steps, loss,
 seconds, why it stopped).
+
+``--base``, ``--data`` and ``--out`` may be s3:// URIs (``remote.py``): a Ray
+job on a cluster that cannot see the pipeline's disk downloads its inputs
+and uploads ``OUT/model/`` and ``OUT/train.json`` when it is done.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
+
+import remote
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -97,15 +105,22 @@ def main(argv: list[str]) -> int:
             return control
 
     set_seed(args.seed)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="embedrt-train-"))
+    base = args.base
+    if remote.is_uri(base):
+        base = str(remote.download(base.rstrip("/") + "/", scratch / "base"))
+    data = pathlib.Path(args.data)
+    if remote.is_uri(args.data):
+        data = remote.download(args.data, scratch / "train.jsonl")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    scored, pairs = read_rows(pathlib.Path(args.data))
+    scored, pairs = read_rows(data)
     if not scored and not pairs:
         print(f"error: {args.data}: no training rows", file=sys.stderr)
         return 1
     # Trained in fp32 whatever the stored dtype (the GPU carry holds fp16 weights).
-    model = SentenceTransformer(args.base, device=device).float()
+    model = SentenceTransformer(base, device=device).float()
     datasets, loss_fns = {}, {}
     if scored:
         datasets["scored"] = Dataset.from_list(
@@ -125,7 +140,7 @@ def main(argv: list[str]) -> int:
         )
         loss_fns["pairs"] = losses.MultipleNegativesRankingLoss(model)
     one = len(datasets) == 1
-    out = pathlib.Path(args.out)
+    out = scratch / "out" if remote.is_uri(args.out) else pathlib.Path(args.out)
     budget = TimeBudget(args.time_budget_s)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -164,9 +179,16 @@ def main(argv: list[str]) -> int:
         "seed": args.seed,
         "model_dir": str(model_dir),
     }
+    if remote.is_uri(args.out):
+        summary["model_dir"] = args.out.rstrip("/") + "/model/"
     (out / "train.json").write_text(
         json.dumps(summary, indent=2) + "\n", encoding="utf-8"
     )
+    if remote.is_uri(args.out):
+        # model/ first, train.json last: the pipeline takes train.json as done.
+        remote.upload_dir(model_dir, f"{args.out.rstrip('/')}/model/")
+        remote.upload_file(out / "train.json", f"{args.out.rstrip('/')}/train.json")
+    shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(summary))
     return 0
 

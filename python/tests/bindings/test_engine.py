@@ -166,8 +166,9 @@ def test_docstring_examples_run(monkeypatch):
 
 def _gpu_usable():
     try:
-        embedrt.Engine(model=str(FIXTURES / "tiny-bert-mean-norm"), device="cuda",
-                       plan_cache="off")
+        embedrt.Engine(
+            model=str(FIXTURES / "tiny-bert-mean-norm"), device="cuda", plan_cache="off"
+        )
         return True
     except embedrt.EngineError:
         return False
@@ -183,7 +184,9 @@ def test_plan_cache_is_accepted_and_the_cpu_never_touches_it(tmp_path):
     assert not cache.exists()
 
 
-def test_cuda_without_a_gpu_raises_the_cli_message_and_caches_nothing(embedrt_bin, tmp_path):
+def test_cuda_without_a_gpu_raises_the_cli_message_and_caches_nothing(
+    embedrt_bin, tmp_path
+):
     if _gpu_usable():
         pytest.skip("this machine has a usable GPU")
     cache = tmp_path / "plans"
