@@ -48,6 +48,15 @@ fn quant_plan(
     fallback: &[&str],
     gpu: GpuTarget,
 ) -> embedrt_core::Result<Plan> {
+    quant_plan_writing(format, fallback, gpu, GemmOutput::Acc32)
+}
+
+fn quant_plan_writing(
+    format: QuantFormat,
+    fallback: &[&str],
+    gpu: GpuTarget,
+    output: GemmOutput,
+) -> embedrt_core::Result<Plan> {
     let m = model(FIXTURE);
     let w = m.load_weights().unwrap();
     let t = table(format, fallback);
@@ -58,6 +67,7 @@ fn quant_plan(
         &t.fallback,
         "1x8:16x64:64x128".parse().unwrap(),
         gpu,
+        output,
     )
 }
 
@@ -164,6 +174,30 @@ fn quantization_record_survives_the_file() {
 }
 
 #[test]
+fn fp16_output_plans_hold_no_accumulators() {
+    let acc32 = quant_plan_writing(QuantFormat::Fp8, &[], h100(), GemmOutput::Acc32).unwrap();
+    let fp16 = quant_plan_writing(QuantFormat::Fp8, &[], h100(), GemmOutput::Fp16).unwrap();
+    assert_eq!(
+        fp16.header.quant.as_ref().unwrap().gemm_output,
+        GemmOutput::Fp16
+    );
+    // The accumulators: the padded token budget x the widest GEMM output, 4 bytes each.
+    let c = &fp16.header.config;
+    let t = fp16.header.profile.token_budget().next_multiple_of(16);
+    let acc = t * (3 * c.hidden_size).max(c.intermediate_size) * 4;
+    assert_eq!(
+        acc32.header.workspace_bytes - fp16.header.workspace_bytes,
+        acc
+    );
+    // int8 GEMMs cannot write fp16: refused when the plan is made.
+    let e = quant_plan_writing(QuantFormat::Int8, &[], h100(), GemmOutput::Fp16)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("acc32"), "{e}");
+}
+
+#[test]
 fn version_1_plans_still_load() {
     let plan = super::plan_of(FIXTURE, embedrt_cuda::Precision::Fp16);
     let (_dir, path, mut bytes) = written(&plan);
@@ -206,22 +240,30 @@ fn bad_tables_are_refused_with_the_tensor_named() {
     let profile = "1x8:16x64:64x128".parse().unwrap();
     let mut t = table(QuantFormat::Int8, &[]);
     t.tensors.retain(|s| s.name != "layers.1.ffn_out.input");
-    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100())
+    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100(), GemmOutput::Acc32)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("layers.1.ffn_out.input"), "{e}");
     // ... unless that GEMM falls back.
     let fb = vec!["layers.1.ffn_out".to_string()];
-    assert!(assemble_quantized_plan(&m, &w, &t, &fb, profile, h100()).is_ok());
-    let e = assemble_quantized_plan(&m, &w, &t, &["layers.9.qkv".into()], profile, h100())
-        .err()
-        .unwrap()
-        .to_string();
+    assert!(assemble_quantized_plan(&m, &w, &t, &fb, profile, h100(), GemmOutput::Acc32).is_ok());
+    let e = assemble_quantized_plan(
+        &m,
+        &w,
+        &t,
+        &["layers.9.qkv".into()],
+        profile,
+        h100(),
+        GemmOutput::Acc32,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("layers.9.qkv"), "{e}");
     let mut t = table(QuantFormat::Int8, &[]);
     t.tensors[0].scale = f32::NAN;
-    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100())
+    let e = assemble_quantized_plan(&m, &w, &t, &[], profile, h100(), GemmOutput::Acc32)
         .err()
         .unwrap()
         .to_string();

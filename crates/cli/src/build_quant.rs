@@ -68,10 +68,15 @@ pub fn build(
     let weights = model.load_weights()?;
     // Every plan built here (the evaluated ones too) has the GEMM output asked for.
     let assemble = |fallback: &[String]| -> Result<Plan> {
-        let mut plan = build_quantized_plan(model, &weights, &table, fallback, profile, &gpu)?;
-        if let Some(q) = plan.header.quant.as_mut() {
-            q.gemm_output = gemm_output;
-        }
+        let plan = build_quantized_plan(
+            model,
+            &weights,
+            &table,
+            fallback,
+            profile,
+            &gpu,
+            gemm_output,
+        )?;
         Ok(plan)
     };
     let mut fallback = req

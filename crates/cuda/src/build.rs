@@ -14,7 +14,7 @@ use crate::plan::{
 use crate::probe;
 use crate::qgemm::quant_workspace_layout;
 use crate::quant_plan::QuantInfo;
-use crate::quant_plan::{check_format_supported, pack_quantized};
+use crate::quant_plan::{check_format_supported, check_gemm_output, pack_quantized, GemmOutput};
 
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
@@ -83,7 +83,8 @@ fn plan_of(
 
 /// A quantized plan with no GEMM algorithms yet, for `gpu`: the table's
 /// activation scales, 8-bit weights for every GEMM not in `fallback` (which
-/// overrides the table's list), fp16 for everything else. Needs no GPU.
+/// overrides the table's list), fp16 for everything else, its 8-bit GEMMs
+/// writing `gemm_output` (which sizes the workspace). Needs no GPU.
 pub fn assemble_quantized_plan(
     model: &SentenceModel,
     weights: &TransformerWeights,
@@ -91,13 +92,21 @@ pub fn assemble_quantized_plan(
     fallback: &[String],
     profile: Profile,
     gpu: GpuTarget,
+    gemm_output: GemmOutput,
 ) -> Result<Plan> {
     check_format_supported(table.precision, &gpu.name, (gpu.cc_major, gpu.cc_minor))?;
+    check_gemm_output(
+        gemm_output,
+        table.precision,
+        &gpu.name,
+        (gpu.cc_major, gpu.cc_minor),
+    )?;
     let profile = profile.capped(model.max_seq_length);
-    let (tensors, blob, info) = pack_quantized(weights, table, fallback)?;
+    let (tensors, blob, mut info) = pack_quantized(weights, table, fallback)?;
+    info.gemm_output = gemm_output;
     let precision = Precision::Fp16;
     let workspace = workspace_bytes(&model.config, &profile, precision)
-        + quant_workspace_layout(&model.config, &profile)
+        + quant_workspace_layout(&model.config, &profile, gemm_output)
             .iter()
             .map(|(_, b)| b)
             .sum::<usize>();
@@ -173,8 +182,17 @@ pub fn build_quantized_plan(
     fallback: &[String],
     profile: Profile,
     gpu: &GpuTarget,
+    gemm_output: GemmOutput,
 ) -> Result<Plan> {
-    let mut plan = assemble_quantized_plan(model, weights, table, fallback, profile, gpu.clone())?;
+    let mut plan = assemble_quantized_plan(
+        model,
+        weights,
+        table,
+        fallback,
+        profile,
+        gpu.clone(),
+        gemm_output,
+    )?;
     // SAFETY: a plain version query; the library was checked by gpu_target.
     plan.header.cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
     Ok(plan)

@@ -36,18 +36,23 @@ use crate::quant_plan::GemmOutput;
 
 /// Extra device buffers a quantized plan's execution slot needs, by the
 /// profile's token budget: the 8-bit input of the next GEMM (`quant_act`,
-/// one byte per element, the widest GEMM input) and the 32-bit accumulators
-/// of the last GEMM (`quant_acc`, the widest GEMM output).
+/// one byte per element, the widest GEMM input) and, for `acc32` output
+/// only, the 32-bit accumulators of the last GEMM (`quant_acc`, the widest
+/// GEMM output). fp16-output GEMMs write into the fp16 plan's own buffers,
+/// so they need no accumulators: 384 MiB less per slot for MPNet-base at the
+/// default 32k-token budget.
 pub fn quant_workspace_layout(
     config: &ModelConfig,
     profile: &Profile,
+    output: GemmOutput,
 ) -> Vec<(&'static str, usize)> {
     let t = gemm_rows(profile.token_budget());
     let (h, i) = (config.hidden_size, config.intermediate_size);
-    vec![
-        ("quant_act", t * h.max(i)),
-        ("quant_acc", t * (3 * h).max(i) * 4),
-    ]
+    let mut layout = vec![("quant_act", t * h.max(i))];
+    if !output.is_fp16() {
+        layout.push(("quant_acc", t * (3 * h).max(i) * 4));
+    }
+    layout
 }
 
 /// Sizes the 8-bit GEMMs need: every K and N a multiple of 16 (int8 IMMA
@@ -576,7 +581,7 @@ mod tests {
     fn quantized_buffers_follow_the_token_budget() {
         let c = config(768, 3072);
         let wide: Profile = "1x8:256x128:1024x512".parse().unwrap();
-        let layout = quant_workspace_layout(&c, &wide);
+        let layout = quant_workspace_layout(&c, &wide, GemmOutput::Acc32);
         let t = wide.token_budget();
         assert_eq!(t, crate::plan::DEFAULT_MAX_BATCH_TOKENS);
         // One byte per element of the widest GEMM input (FFN-out's 3072),
@@ -587,13 +592,20 @@ mod tests {
         );
         // MiniLM: QKV's 3 x 384 = 1152 < 1536.
         let m = config(384, 1536);
-        let l = quant_workspace_layout(&m, &wide);
+        let l = quant_workspace_layout(&m, &wide, GemmOutput::Acc32);
         assert_eq!(l[1].1, t * 1536 * 4);
         let wider = config(1024, 1024);
-        assert_eq!(quant_workspace_layout(&wider, &wide)[1].1, t * 3072 * 4);
+        let l = quant_workspace_layout(&wider, &wide, GemmOutput::Acc32);
+        assert_eq!(l[1].1, t * 3072 * 4);
         // A budget that is no multiple of 16 gets room for the padded GEMM rows.
         let odd = wide.with_max_tokens(1000).unwrap();
-        assert_eq!(quant_workspace_layout(&c, &odd)[0].1, 1008 * 3072);
+        let l = quant_workspace_layout(&c, &odd, GemmOutput::Acc32);
+        assert_eq!(l[0].1, 1008 * 3072);
+        // fp16 output writes the fp16 buffers: no accumulators at all.
+        for output in [GemmOutput::Fp16, GemmOutput::Fp16Fast] {
+            let l = quant_workspace_layout(&c, &wide, output);
+            assert_eq!(l, vec![("quant_act", t * 3072)], "{output:?}");
+        }
     }
 
     #[test]

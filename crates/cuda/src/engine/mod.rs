@@ -117,8 +117,11 @@ impl CudaEngine {
         let max = h.profile.max;
         let max_tokens = h.profile.token_budget();
         let mut layout = workspace_layout(&config, &h.profile, h.precision);
-        if h.quant.is_some() {
-            layout.extend(crate::qgemm::quant_workspace_layout(&config, &h.profile));
+        if let Some(q) = &h.quant {
+            let output = q.gemm_output;
+            layout.extend(crate::qgemm::quant_workspace_layout(
+                &config, &h.profile, output,
+            ));
         }
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
         let needed = h.weight_bytes + workspace_bytes;

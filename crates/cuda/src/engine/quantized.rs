@@ -149,6 +149,12 @@ impl QuantState {
             layers.push(row);
         }
         let output = q.gemm_output;
+        if !output.is_fp16() && acc == 0 {
+            // quant_workspace_layout allocates accumulators for acc32 plans only.
+            return Err(Error::Backend(
+                "an acc32 quantized plan got no accumulator buffer".into(),
+            ));
+        }
         let mut owned = Vec::new();
         let mut sites = vec![[None; 4]; layers.len()];
         let mut ones = 0u64;
