@@ -89,6 +89,90 @@ def test_every_rendered_object_is_valid(directory):
         validate(obj)
 
 
+def test_every_ray_cluster_runs_the_ray_the_package_is_tested_with():
+    """A manifest left on an older Ray (deploy/pipeline's RayJob once said 2.40.0) would
+    start a cluster whose Serve and Jobs APIs differ from the ones tested here."""
+    import ray
+
+    seen = {}
+    for directory in kustomizations():
+        for obj in render(directory):
+            spec = obj.get("spec", {})
+            cluster = spec.get("rayClusterConfig") or spec.get("rayClusterSpec")
+            if cluster:
+                name = f"{directory.relative_to(DEPLOY)}/{obj['metadata']['name']}"
+                seen[name] = cluster.get("rayVersion")
+    assert seen, "no Ray cluster in deploy/"
+    wrong = {k: v for k, v in seen.items() if v != ray.__version__}
+    assert not wrong, f"rayVersion is not {ray.__version__} in {wrong}"
+
+
+def test_the_training_rayjob_reads_and_writes_the_object_store():
+    job = next(
+        o
+        for o in render(DEPLOY / "pipeline")
+        if o["kind"] == "RayJob" and o["metadata"]["name"] == "embedrt-train"
+    )
+    argv = job["spec"]["entrypoint"].split()
+    for flag in ("--base", "--data", "--out"):
+        assert argv[argv.index(flag) + 1].startswith("s3://"), (flag, argv)
+
+
+def test_the_pipeline_images_hold_what_its_config_and_manifests_name():
+    """Every image deploy/pipeline runs is a target of its Dockerfile, and every file the
+    config and the training RayJob name is copied into that image (or is its venv)."""
+    import re
+    import tomllib
+
+    dockerfile = (DEPLOY / "pipeline/Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM \S+ AS (\w+)$", dockerfile, re.MULTILINE))
+    copied = [
+        line.split()[-1]
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and line.split()[-1].startswith("/opt/embedrt")
+    ]
+    venv = re.search(r"python3 -m venv (\S+)", (DEPLOY / "Dockerfile").read_text())[1]
+
+    def provided(path):
+        return path.startswith(venv + "/") or any(
+            path == c or path.startswith(c.rstrip("/") + "/") for c in copied
+        )
+
+    objects = render(DEPLOY / "pipeline")
+    images = {c["image"] for o in objects for c in _containers(o)}
+    assert images, "deploy/pipeline runs no image"
+    for image in images:
+        name = image.split(":")[0]
+        assert name.startswith("embedrt/") and name.split("/")[1] in targets, (
+            f"{image} is built by no target of deploy/pipeline/Dockerfile ({targets})"
+        )
+    config = tomllib.loads((DEPLOY / "pipeline/pipeline.toml").read_text())
+    paths = [
+        config["model"]["base"],
+        config["train"]["python"],
+        config["train"]["scripts"] + "/run.py",
+        config["gates"]["frozen_benchmark"],
+    ]
+    job = next(o for o in objects if o["kind"] == "RayJob")
+    paths += [a for a in job["spec"]["entrypoint"].split() if a.startswith("/")]
+    missing = [p for p in paths if not provided(p)]
+    assert not missing, f"not in the pipeline images: {missing}"
+
+
+def _containers(obj):
+    """Every container of a rendered object, at any depth (pod templates nest)."""
+    out = []
+    if isinstance(obj, dict):
+        if "containers" in obj and isinstance(obj["containers"], list):
+            out += obj["containers"]
+        for v in obj.values():
+            out += _containers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            out += _containers(v)
+    return out
+
+
 def test_overlays_exist_and_eks_asks_for_gpus():
     dirs = {str(p.relative_to(DEPLOY)) for p in kustomizations()}
     assert {"base", "overlays/eks", "overlays/local"} <= dirs
