@@ -223,7 +223,11 @@ pub enum DeployTarget {
     Rayservice {
         name: String,
         app: String,
-        import_path: String,
+        /// The RayService manifest as applied (a path or s3:// URI): its
+        /// serveConfigV2 is what the patch keeps (`rayservice.rs`).
+        manifest: String,
+        #[serde(default = "default_deployment")]
+        deployment: String,
     },
     /// A live Ray Serve app: its deployment's `user_config` changed through
     /// the dashboard's REST API (`PUT /api/serve/applications/`), then the
@@ -328,6 +332,15 @@ impl Config {
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        for target in &mut config.deploy {
+            if let DeployTarget::Rayservice { manifest, .. } = target {
+                if let Some(local) = crate::store::local_path(manifest) {
+                    if local.is_relative() {
+                        *manifest = base.join(local).display().to_string();
+                    }
+                }
             }
         }
         config.check()?;

@@ -5,7 +5,8 @@
 //! server names versions `<load counter>-<first 12 hex of the file's sha256>`).
 //! Ray Serve: the app's `user_config` through the dashboard's REST API
 //! ([`crate::ray_serve`]), labelled `<version>-<fingerprint>`, then the same
-//! canary. RayService: the `serveConfigV2` patch is written for `kubectl patch`.
+//! canary. RayService: the `serveConfigV2` patch is written for `kubectl patch`
+//! ([`crate::rayservice`]).
 //!
 //! Ray replicas run on other machines (pods on EKS): with the registry on an
 //! object store they are given the artifact's URI (`s3://.../versions/v0003/
@@ -108,20 +109,15 @@ pub fn switch(
         DeployTarget::Rayservice {
             name,
             app,
-            import_path,
+            manifest,
+            deployment,
         } => {
-            let location = json!(artifact.location);
-            let (model, plan) = match &artifact.engine {
-                Engine::Model(_) => (location, Value::Null),
-                Engine::Plan(_) => (json!(""), location),
-            };
-            let patch = json!({"spec": {"serveConfigV2": serde_yaml_like(&json!({
-                "applications": [{
-                    "name": app,
-                    "import_path": import_path,
-                    "deployments": [{"name": "Embedder", "user_config": {"model": model, "plan": plan, "version": version}}]
-                }]
-            }))}});
+            let bytes = crate::store::read_uri(manifest)?;
+            let text = std::str::from_utf8(&bytes)
+                .with_context(|| format!("{manifest}: the RayService manifest is not UTF-8"))?;
+            let label = format!("{version}-{}", crate::run::fingerprint(&artifact.engine)?);
+            let patch = crate::rayservice::patch(text, name, app, deployment, artifact, &label)
+                .with_context(|| format!("{manifest}: patching RayService {name}"))?;
             let path = run_dir.join(format!("rayservice-{name}-patch.json"));
             crate::registry::write_json(&path, &patch)?;
             Ok(
@@ -134,11 +130,6 @@ pub fn switch(
             ray_serve::switch(&t, artifact, &label)
         }
     }
-}
-
-/// serveConfigV2 is a YAML string; JSON is valid YAML.
-fn serde_yaml_like(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 /// The canary: the live endpoint against `expected` (the new version's
@@ -193,4 +184,49 @@ pub fn canary(
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rayservice_switch_writes_the_whole_serve_config_with_the_new_version() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let model = std::path::PathBuf::from(root).join("tests/fixtures/tiny-bert-mean-norm");
+        let target = DeployTarget::Rayservice {
+            name: "embedrt".into(),
+            app: "embedrt".into(),
+            manifest: format!("{root}/deploy/base/rayservice.yaml"),
+            deployment: "Embedder".into(),
+        };
+        let artifact = Artifact {
+            location: "s3://b/reg/versions/v0002/model/".into(),
+            engine: Engine::Model(model.clone()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = switch(&target, &artifact, "v0002", dir.path()).unwrap();
+        let patch: Value =
+            serde_json::from_slice(&std::fs::read(out["patch"].as_str().unwrap()).unwrap())
+                .unwrap();
+        let serve: Value =
+            yaml_serde::from_str(patch["spec"]["serveConfigV2"].as_str().unwrap()).unwrap();
+        let dep = &serve["applications"][0]["deployments"][0];
+        let fp = crate::run::fingerprint(&Engine::Model(model)).unwrap();
+        assert_eq!(dep["user_config"]["version"], format!("v0002-{fp}"));
+        assert_eq!(
+            dep["user_config"]["model"],
+            "s3://b/reg/versions/v0002/model/"
+        );
+        assert_eq!(dep["ray_actor_options"]["num_gpus"], 1, "{dep}");
+        // A manifest that is not there is named.
+        let missing = DeployTarget::Rayservice {
+            name: "embedrt".into(),
+            app: "embedrt".into(),
+            manifest: format!("{root}/deploy/base/nope.yaml"),
+            deployment: "Embedder".into(),
+        };
+        let e = switch(&missing, &artifact, "v0002", dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("nope.yaml"), "{e:#}");
+    }
 }

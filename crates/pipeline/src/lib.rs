@@ -17,6 +17,7 @@ pub mod lock;
 pub mod parquet_day;
 pub mod ray_job;
 pub mod ray_serve;
+pub mod rayservice;
 pub mod registry;
 pub mod report;
 pub mod run;
