@@ -26,8 +26,11 @@ use crate::tools::{cosine, Engine};
 
 /// A version as a target gets it.
 pub struct Artifact {
-    /// Its files here: the canary's expectation and the fingerprint.
+    /// Its files here: the canary's expectation.
     pub engine: Engine,
+    /// The first 12 hex digits of its weights' sha256 ([`crate::run::fingerprint`]),
+    /// hashed once: targets label the version with it, the canary checks it.
+    pub fingerprint: String,
     /// Where a Ray replica loads it from: the registry's URI of the same
     /// files when the registry is remote, else the local path.
     pub location: String,
@@ -115,7 +118,7 @@ pub fn switch(
             let bytes = crate::store::read_uri(manifest)?;
             let text = std::str::from_utf8(&bytes)
                 .with_context(|| format!("{manifest}: the RayService manifest is not UTF-8"))?;
-            let label = format!("{version}-{}", crate::run::fingerprint(&artifact.engine)?);
+            let label = format!("{version}-{}", artifact.fingerprint);
             let patch = crate::rayservice::patch(text, name, app, deployment, artifact, &label)
                 .with_context(|| format!("{manifest}: patching RayService {name}"))?;
             let path = run_dir.join(format!("rayservice-{name}-patch.json"));
@@ -126,7 +129,7 @@ pub fn switch(
         }
         DeployTarget::RayServe { .. } => {
             let t = ray_target(target).context("a ray-serve target")?;
-            let label = format!("{version}-{}", crate::run::fingerprint(&artifact.engine)?);
+            let label = format!("{version}-{}", artifact.fingerprint);
             ray_serve::switch(&t, artifact, &label)
         }
     }
@@ -202,6 +205,7 @@ mod tests {
         };
         let artifact = Artifact {
             location: "s3://b/reg/versions/v0002/model/".into(),
+            fingerprint: crate::run::fingerprint(&Engine::Model(model.clone())).unwrap(),
             engine: Engine::Model(model.clone()),
         };
         let dir = tempfile::tempdir().unwrap();

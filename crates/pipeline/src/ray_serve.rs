@@ -332,7 +332,11 @@ mod tests {
         let location = match &engine {
             Engine::Model(p) | Engine::Plan(p) => p.display().to_string(),
         };
-        Artifact { engine, location }
+        Artifact {
+            engine,
+            location,
+            fingerprint: "f".into(),
+        }
     }
 
     #[test]
@@ -341,6 +345,7 @@ mod tests {
         let a = Artifact {
             engine: Engine::Model("/cache/versions/v0002/model".into()),
             location: "s3://b/reg/versions/v0002/model/".into(),
+            fingerprint: "f".into(),
         };
         assert_eq!(
             new_user_config(&old, &a, "v0002-f")["model"],

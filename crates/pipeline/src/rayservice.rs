@@ -122,6 +122,7 @@ spec:
         Artifact {
             engine: Engine::Model("/cache/versions/v0002/model".into()),
             location: "s3://b/reg/versions/v0002/model/".into(),
+            fingerprint: "f".into(),
         }
     }
 

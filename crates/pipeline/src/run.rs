@@ -130,7 +130,12 @@ pub fn version_artifact(reg: &Registry, version: &str) -> Result<deploy::Artifac
             reg.remote_uri(p).unwrap_or_else(|| p.display().to_string())
         }
     };
-    Ok(deploy::Artifact { engine, location })
+    let fingerprint = fingerprint(&engine)?;
+    Ok(deploy::Artifact {
+        engine,
+        location,
+        fingerprint,
+    })
 }
 
 /// The first champion: the configured base model, registered as is.
@@ -922,7 +927,7 @@ pub fn deploy_version(
 ) -> Result<std::result::Result<Value, (String, Value)>> {
     let artifact = version_artifact(reg, version)?;
     let engine = &artifact.engine;
-    let fp = fingerprint(engine)?;
+    let fp = &artifact.fingerprint;
     let canary_in = dir.join("canary.jsonl");
     let texts: Vec<&str> = config.canary.sentences.iter().map(String::as_str).collect();
     write_texts(&canary_in, &texts)?;
@@ -947,7 +952,7 @@ pub fn deploy_version(
                 break;
             }
         };
-        match deploy::canary(target, &config.canary, &expected, &fp) {
+        match deploy::canary(target, &config.canary, &expected, fp) {
             Ok(c) => reports.push(json!({"target": i, "switch": switched, "canary": c})),
             Err(why) => {
                 failure = Some((i, why));
