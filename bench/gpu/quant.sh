@@ -14,25 +14,9 @@
 # Every step is logged and may fail alone; a summary table comes last. Results in $OUT.
 # Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh, run from this worktree).
 set -uo pipefail
-G=.gpu
 O=/tmp/qres
-rm -rf "$O"; mkdir -p "$O" /tmp/qplans
-export EMBEDRT_KERNEL_CACHE=/tmp/embedrt-kernels PYTHONUNBUFFERED=1
-(cd $G && gunzip -f embedrt.gz embedrt-gpu-check.gz 2>/dev/null; chmod +x embedrt embedrt-gpu-check)
-E=$G/embedrt; C=$G/embedrt-gpu-check; STS=$G/stsb-en-dev.csv
 BUDGET=${BUDGET:-450}  # seconds; later steps are skipped (and say so) past it
-step() { # step NAME TIMEOUT CMD...: runs CMD, stdout+stderr to $O/NAME.log, never stops the script
-  local name=$1 t=$2; shift 2
-  local s=$SECONDS
-  if [ $SECONDS -gt $BUDGET ]; then echo "$name skipped (time budget)" | tee -a "$O/steps.txt"; return 0; fi
-  [ $((SECONDS + t)) -gt $((BUDGET + 20)) ] && t=$((BUDGET + 20 - SECONDS))
-  timeout "$t" "$@" > "$O/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - s))s" | tee -a "$O/steps.txt"
-  [ $rc = 0 ] || tail -3 "$O/$name.log"
-  return 0
-}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$O/gpu.txt"
+source "$(dirname "$0")/steps.sh"
 python3 -c "import torchao; print('torchao', torchao.__version__)" > "$O/torchao.txt" 2>&1 || echo "torchao: not importable here ($(tail -1 "$O/torchao.txt"))" | tee -a "$O/steps.txt"
 
 model_run() { # model_run TAG DIR PROFILE [BUILD_EVAL_ARGS...]
