@@ -34,8 +34,10 @@ def make_config(
     inject_fault=False,
     train_extra="",
     registry=None,
+    scripts=ROOT / "python/embedrt/train",
 ):
-    """`registry`: the [registry] section's body (default: `path` = env["registry"])."""
+    """`registry`: the [registry] section's body (default: `path` = env["registry"]);
+    `scripts`: the training scripts' directory (a fake trainer's in failure tests)."""
     registry = registry or f'path = "{env["registry"]}"'
     path.write_text(
         f"""
@@ -46,7 +48,7 @@ base = "{env["base"]}"
 {registry}
 [train]
 python = "{PYTHON}"
-scripts = "{ROOT / "python/embedrt/train"}"
+scripts = "{scripts}"
 max_steps = 20
 time_budget_s = 240
 {train_extra}

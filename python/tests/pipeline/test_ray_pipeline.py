@@ -10,7 +10,6 @@ import pytest
 from client import request
 
 from pipeline.helpers import (
-    ROOT,
     Load,
     label,
     live_user_config,
@@ -155,11 +154,8 @@ def test_a_failed_ray_job_fails_the_run_with_its_last_log_lines(
         cluster=cluster,
         stsb_dir=stsb_dir,
         train_extra=f'runner = "ray"\nray_address = "{cluster.dashboard}"',
+        scripts=scripts,
     )
-    text = config.read_text().replace(
-        f'scripts = "{ROOT / "python/embedrt/train"}"', f'scripts = "{scripts}"'
-    )
-    config.write_text(text)
     day = write_day(env["tmp"] / "day4.csv", stsb_dir, 2200, 200)
     champion = status(embedrt_bin, env["config"])["champion"]
     proc = pipeline(embedrt_bin, "run", "--config", config, "--data", day)
@@ -186,11 +182,7 @@ def test_a_ray_job_past_its_limit_is_stopped(env, cluster, embedrt_bin, stsb_dir
         train_extra=(
             f'runner = "ray"\nray_address = "{cluster.dashboard}"\nray_job_timeout_s = 30'
         ),
-    )
-    config.write_text(
-        config.read_text().replace(
-            f'scripts = "{ROOT / "python/embedrt/train"}"', f'scripts = "{scripts}"'
-        )
+        scripts=scripts,
     )
     day = write_day(env["tmp"] / "day5.csv", stsb_dir, 2400, 200)
     started = time.monotonic()
