@@ -21,7 +21,7 @@ use crate::plan::{GemmChoice, Precision};
 /// with calibration tables and the ONNX export.
 pub use embedrt_core::GemmKind;
 
-fn check(what: &str, s: sys::cublasStatus_t) -> Result<()> {
+pub(crate) fn check(what: &str, s: sys::cublasStatus_t) -> Result<()> {
     if s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {

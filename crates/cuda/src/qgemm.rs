@@ -30,7 +30,7 @@ use cudarc::cublaslt::sys;
 use embedrt_core::quant::QuantFormat;
 use embedrt_core::{Error, ModelConfig, Result};
 
-use crate::gemm::{algo_from_hex, GemmKind};
+use crate::gemm::{algo_from_hex, check, GemmKind};
 use crate::plan::{GemmChoice, Profile};
 use crate::quant_plan::GemmOutput;
 
@@ -74,14 +74,6 @@ pub fn check_dims(config: &ModelConfig, format: QuantFormat) -> Result<()> {
 /// buffer holds there and their accumulators are never read.
 pub fn gemm_rows(tokens: usize) -> usize {
     tokens.next_multiple_of(16)
-}
-
-fn check(what: &str, s: sys::cublasStatus_t) -> Result<()> {
-    if s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Backend(format!("cuBLASLt {what} failed: {s:?}")))
-    }
 }
 
 struct Prepared {
@@ -485,28 +477,33 @@ impl QGemms {
         // SAFETY: device pointers sized by the engine for the padded token
         // budget (checked at load); descriptor and layouts live as long as
         // self; alpha and beta outlive the call.
+        let status = unsafe {
+            sys::cublasLtMatmul(
+                self.handle,
+                desc,
+                alpha,
+                weight as *const c_void,
+                p.a,
+                xq as *const c_void,
+                p.b,
+                beta,
+                c as *const c_void,
+                p.d,
+                out as *mut c_void,
+                p.d,
+                &algo,
+                self.workspace as *mut c_void,
+                self.workspace_bytes,
+                stream,
+            )
+        };
+        if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Ok(());
+        }
+        // The message is formatted only on failure: this runs for every GEMM launch.
         check(
             &format!("{} matmul ({})", self.format.name(), kind.name()),
-            unsafe {
-                sys::cublasLtMatmul(
-                    self.handle,
-                    desc,
-                    alpha,
-                    weight as *const c_void,
-                    p.a,
-                    xq as *const c_void,
-                    p.b,
-                    beta,
-                    c as *const c_void,
-                    p.d,
-                    out as *mut c_void,
-                    p.d,
-                    &algo,
-                    self.workspace as *mut c_void,
-                    self.workspace_bytes,
-                    stream,
-                )
-            },
+            status,
         )
     }
 }
