@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 14 item 2 (attention occupancy) on the H200, one device call (~2-3 minutes): the fp16
-# MPNet-base plan with each tensor-core attention kernel (EMBEDRT_ATTENTION = default, tc2,
-# tc4; docs/arch/cuda.md), parity of each variant against the default on mixed lengths
+# Issue 14 item 2 (engine variants) on the H200, one device call (~2-3 minutes): the fp16
+# MPNet-base plan with each variant (VARIANTS: `default`, an attention kernel name for
+# EMBEDRT_ATTENTION = tc2, tc4, or any VAR=VALUE such as EMBEDRT_EARLY_LAUNCH=0), parity of each variant against the default on mixed lengths
 # (1..512 tokens, cosine of every embedding, must be >= 0.99999), then W1/W2/W3 and the W1
 # per-stage attention time through `embedrt-gpu-check bench-plan`. Compact table at the end.
 # Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh); run from the checkout root:
@@ -31,16 +31,18 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(n))}) + "\n")
 EOF
 
+TAGS=""
 for v in $VARIANTS; do
-  if [ "$v" = default ]; then unset EMBEDRT_ATTENTION; else export EMBEDRT_ATTENTION=$v; fi
-  timeout 120 $E embed --plan $P --input "$O/mixed.jsonl" --batch-size 32 --output "$O/emb-$v.jsonl" > "$O/embed-$v.log" 2>&1 \
-    || { echo "$v: embed failed:"; tail -2 "$O/embed-$v.log"; }
-  timeout 150 $C bench-plan /tmp/mpnet $STS $P > "$O/bench-$v.json" 2> "$O/bench-$v.err" \
-    || { echo "$v: bench-plan failed:"; tail -2 "$O/bench-$v.err"; }
+  case $v in default) set -- ;; *=*) set -- "$v" ;; *) set -- "EMBEDRT_ATTENTION=$v" ;; esac
+  tag=${v//=/-}; TAGS="$TAGS $tag"
+  env "$@" timeout 120 $E embed --plan $P --input "$O/mixed.jsonl" --batch-size 32 --output "$O/emb-$tag.jsonl" > "$O/embed-$tag.log" 2>&1 \
+    || { echo "$v: embed failed:"; tail -2 "$O/embed-$tag.log"; }
+  env "$@" timeout 150 $C bench-plan /tmp/mpnet $STS $P > "$O/bench-$tag.json" 2> "$O/bench-$tag.err" \
+    || { echo "$v: bench-plan failed:"; tail -2 "$O/bench-$tag.err"; }
 done
-unset EMBEDRT_ATTENTION
 
-python3 - "$O" $VARIANTS <<'EOF'
+# shellcheck disable=SC2086
+python3 - "$O" $TAGS <<'EOF'
 import json, math, os, sys
 out, variants = sys.argv[1], sys.argv[2:]
 def embs(v):
@@ -55,7 +57,7 @@ def cos(a, b):
 def attention_ms(rec):
     return sum(ms for name, ms in rec.get("stages_w1_ms", []) if name == "attention")
 ref = embs("default")
-print(f"{'variant':8} {'min cos vs default':>18} {'parity':>6} {'W1 seq/s':>9} {'W1 call ms':>10} "
+print(f"{'variant':22} {'min cos vs default':>18} {'parity':>6} {'W1 seq/s':>9} {'W1 call ms':>10} "
       f"{'W1 attention ms':>15} {'W2 sent/s':>9} {'W3 p50 ms':>9} {'W3 p99 ms':>9}")
 for v in variants:
     e = embs(v)
@@ -66,6 +68,6 @@ for v in variants:
     except (OSError, ValueError, IndexError):
         rec = {}
     g = lambda k: rec.get(k, float("nan"))
-    print(f"{v:8} {c:18.7f} {ok:>6} {g('w1_seq_per_s'):9.0f} {g('w1_engine_call_ms'):10.2f} "
+    print(f"{v:22} {c:18.7f} {ok:>6} {g('w1_seq_per_s'):9.0f} {g('w1_engine_call_ms'):10.2f} "
           f"{attention_ms(rec):15.3f} {g('w2_sent_per_s'):9.0f} {g('w3_p50_ms'):9.3f} {g('w3_p99_ms'):9.3f}")
 EOF

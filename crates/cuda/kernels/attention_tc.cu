@@ -136,6 +136,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;
@@ -371,6 +372,7 @@ __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
                                                    float scale, const st_t* __restrict__ rel_bias,
                                                    const int* __restrict__ bucket_of, int max_len,
                                                    st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;

@@ -25,6 +25,29 @@ __device__ __forceinline__ st_t cv(float f) { return f; }
 
 #define WARP 32
 
+// Programmatic dependent launch (sm_90+). The host may launch a kernel with the
+// programmatic-serialization attribute, so that it starts while the kernel before it in the
+// stream is still finishing (engine/launch.rs). Such a kernel must call pdl_wait() before it
+// reads or writes any activation: it returns once the kernel before has completed and its
+// writes are visible. Weights are constant and may be read (prefetched) before.
+// pdl_trigger() lets the next kernel start launching now. Without the attribute, or before
+// sm_90, both do nothing.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Both, for kernels that prefetch nothing.
+__device__ __forceinline__ void pdl_begin() {
+    pdl_wait();
+    pdl_trigger();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -142,6 +165,7 @@ extern "C" __global__ void embed_layernorm(const unsigned* __restrict__ ids,
                                            const st_t* __restrict__ gamma,
                                            const st_t* __restrict__ beta, st_t* __restrict__ out,
                                            float eps) {
+    pdl_begin();
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= tokens) return;
     layernorm_row(word + (size_t)ids[row] * HIDDEN, position + (size_t)pos[row] * HIDDEN, type0,
@@ -152,6 +176,7 @@ extern "C" __global__ void embed_layernorm(const unsigned* __restrict__ ids,
 // One warp per row. out may equal x (each row is read before it is written).
 extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __restrict__ gamma,
                                      const st_t* __restrict__ beta, st_t* out, float eps) {
+    pdl_begin();
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= rows) return;
     layernorm_row(x + (size_t)row * HIDDEN, nullptr, nullptr, gamma, beta,
@@ -168,6 +193,7 @@ __device__ __forceinline__ float gelu1(float v) {
     return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
 }
 extern "C" __global__ void gelu(st_t* x, long long n) {
+    pdl_begin();
     const long long nv = n / VEC;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
@@ -194,6 +220,7 @@ extern "C" __global__ void __launch_bounds__(Q_TILE)
 attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
           float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
           int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;
@@ -278,6 +305,7 @@ attention(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int hea
 extern "C" __global__ void pool(const st_t* __restrict__ hidden, const int* __restrict__ offsets,
                                 int mode, const unsigned* __restrict__ normalize,
                                 float* __restrict__ out) {
+    pdl_begin();
     const int seq = blockIdx.x;
     const int start = offsets[seq], len = offsets[seq + 1] - start;
     float* row = out + (size_t)seq * HIDDEN;

@@ -42,6 +42,14 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
     for (int t = 0; t < MT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
     const st_t* wrow = w + (size_t)(n0 + g) * k + tig * 8;
     const st_t* xrow = x + (size_t)g * k + tig * 8;
+    // The weights are constant: while the kernel before finishes (programmatic launch),
+    // pull this block's 8 rows into L2, one 128-byte line (two chunks) per thread and step.
+    for (int line = threadIdx.x; line < 8 * (chunks / 2); line += blockDim.x) {
+        const st_t* p = w + (size_t)(n0 + line % 8) * k + (line / 8) * 64;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+    pdl_wait();
+    pdl_trigger();
     for (int c0 = warp; c0 < chunks; c0 += warps * UNROLL) {
         uint4 wv[UNROLL], xv[UNROLL][MT][2];
         // All loads of the unrolled chunks first, so they are in flight together.

@@ -55,8 +55,8 @@ impl Default for EngineSpec {
 /// [`EngineOptions`] from the `EMBEDRT_*` variables the CLI and the Python
 /// package honour (`EngineOptions::ENV_VARS`: `EMBEDRT_CUDA_SLOTS`,
 /// `EMBEDRT_CUDA_GRAPHS`, `EMBEDRT_ATTENTION`, `EMBEDRT_GELU`,
-/// `EMBEDRT_FFN_GEMM`, `EMBEDRT_SMALL_LINEAR`, `EMBEDRT_KERNEL_CACHE`); a bad
-/// value is an error naming the variable. Libraries below read no environment.
+/// `EMBEDRT_FFN_GEMM`, `EMBEDRT_SMALL_LINEAR`, `EMBEDRT_EARLY_LAUNCH`,
+/// `EMBEDRT_KERNEL_CACHE`); a bad value is an error naming the variable. Libraries below read no environment.
 pub fn engine_options_from_env() -> Result<EngineOptions> {
     let lookup = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
     Ok(EngineOptions::from_lookup(lookup)?)

@@ -16,6 +16,7 @@
 use cudarc::driver::{result as cr, sys as cu};
 use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
 
+use super::launch::launch;
 use super::slot::{Buffers, Gpu, LayerPtrs};
 use super::timing::Marks;
 use super::{drv, CudaEngine};
@@ -164,13 +165,13 @@ impl CudaEngine {
         // SAFETY: buffers of this slot sized for the plan's limits; arguments
         // match `pool` in encoder.cu.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 g.f.pool,
                 (np as u32, 1, 1),
                 (threads, 1, 1),
-                0,
                 g.stream,
                 kargs![hidden, offs, mode, normalize_flag, pooled],
+                g.early_launch,
             )
         }
         .map_err(drv("pooling kernel"))
@@ -210,6 +211,8 @@ struct Pass {
     small: Option<cu::CUfunction>,
     ticket: u64,
     tanh_gelu: bool,
+    /// Kernels after the first launch early (engine/launch.rs).
+    early: bool,
 }
 
 impl Pass {
@@ -260,6 +263,7 @@ impl Pass {
             small,
             ticket: g.ticket,
             tanh_gelu: g.tanh_gelu,
+            early: g.early_launch,
         }
     }
 
@@ -270,13 +274,13 @@ impl Pass {
         let out = self.b.hidden;
         // SAFETY: see Pass; arguments match `embed_layernorm` in encoder.cu.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 self.embed_fn,
                 (self.row_blocks, 1, 1),
                 (128, 1, 1),
-                0,
                 self.stream,
                 kargs![ids, pos, tokens_i, wd, po, t0, ga, be, out, eps],
+                false,
             )
         }
         .map_err(drv("embedding kernel"))
@@ -305,13 +309,13 @@ impl Pass {
         let (rb, bk) = (self.rel_bias, b.bucket);
         // SAFETY: see Pass; both attention kernels take these arguments.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 f,
                 (query_blocks, heads as u32, self.np as u32),
                 (threads, 1, 1),
-                0,
                 self.stream,
                 kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
+                self.early,
             )
         }
         .map_err(drv("attention kernel"))
@@ -371,13 +375,13 @@ impl Pass {
         let (b, tokens_i, eps) = (self.b, self.tokens_i, self.eps);
         // SAFETY: see Pass; arguments match `layernorm` in encoder.cu.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 self.layernorm_fn,
                 (self.row_blocks, 1, 1),
                 (128, 1, 1),
-                0,
                 self.stream,
                 kargs![b.scratch, tokens_i, ga, be, b.hidden, eps],
+                self.early,
             )
         }
         .map_err(drv("layernorm kernel"))
@@ -388,13 +392,13 @@ impl Pass {
         let blocks = (n as usize).div_ceil(256 * 8).clamp(1, 132 * 16) as u32;
         // SAFETY: see Pass; x holds n values; arguments match `gelu` in encoder.cu.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 self.gelu_fn,
                 (blocks, 1, 1),
                 (256, 1, 1),
-                0,
                 self.stream,
                 kargs![x, n],
+                self.early,
             )
         }
         .map_err(drv("gelu kernel"))
@@ -446,13 +450,13 @@ impl Pass {
         let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
         // SAFETY: see Pass; arguments match SMALL_LINEAR in small_linear.cu.
         unsafe {
-            cr::launch_kernel(
+            launch(
                 f,
                 ((n / 8) as u32, 1, 1),
                 (32 * warps, 1, 1),
-                0,
                 self.stream,
                 kargs![x, w, bias, res, y, n_i, k_i, epilogue, gamma, beta, eps, ticket, ln_out],
+                self.early,
             )
         }
         .map_err(drv("small linear kernel"))

@@ -7,6 +7,7 @@
 //! - `slot`: execution slots (stream, buffers, staging, kernels, GEMM handles)
 //!   and taking a free one;
 //! - `graphs`: CUDA graph capture and the padded shapes graphs run at;
+//! - `launch`: kernel launches, plain or early (programmatic dependent launch);
 //! - `forward`: staging a batch and the forward pass as the model's stages;
 //! - `quantized`: the 8-bit plans' forward pass;
 //! - `tune`: GEMM algorithm timing for `embedrt build`;
@@ -45,6 +46,7 @@ macro_rules! kargs {
 // After kargs!: macro_rules are in scope only textually below them.
 mod forward;
 mod graphs;
+mod launch;
 mod options;
 mod quantized;
 mod slot;

@@ -79,6 +79,10 @@ pub struct EngineOptions {
     /// Graph buckets of at most this many tokens run their linear layers
     /// through the small-token kernels (`small_linear.cu`); 0 turns them off.
     pub small_linear_max_tokens: usize,
+    /// sm_90+: the fp16/fp32 encoder's kernels launch early (programmatic
+    /// dependent launch), each starting while the one before finishes;
+    /// elsewhere and for quantized plans, ignored.
+    pub early_launch: bool,
     /// Where compiled kernels are cached; None: [`crate::kernels::default_cache_dir`].
     pub kernel_cache: Option<PathBuf>,
 }
@@ -92,6 +96,7 @@ impl Default for EngineOptions {
             gelu: Gelu::default(),
             ffn_gemm: FfnGemm::default(),
             small_linear_max_tokens: SMALL_LINEAR_MAX_TOKENS,
+            early_launch: true,
             kernel_cache: None,
         }
     }
@@ -106,6 +111,7 @@ impl EngineOptions {
         ("gelu", "exact or tanh"),
         ("ffn_gemm", "cublaslt or own"),
         ("small_linear", "the largest token bucket, 0 = off"),
+        ("early_launch", "on or off (1 or 0)"),
         ("kernel_cache", "a directory"),
     ];
 
@@ -118,6 +124,7 @@ impl EngineOptions {
         ("EMBEDRT_GELU", "gelu"),
         ("EMBEDRT_FFN_GEMM", "ffn_gemm"),
         ("EMBEDRT_SMALL_LINEAR", "small_linear"),
+        ("EMBEDRT_EARLY_LAUNCH", "early_launch"),
         ("EMBEDRT_KERNEL_CACHE", "kernel_cache"),
     ];
 
@@ -156,13 +163,8 @@ impl EngineOptions {
                     .filter(|n| (1..=MAX_SLOTS).contains(n))
                     .ok_or_else(expected)?
             }
-            "graphs" => {
-                self.graphs = match value {
-                    "1" | "on" | "true" => true,
-                    "0" | "off" | "false" => false,
-                    _ => return Err(expected()),
-                }
-            }
+            "graphs" => self.graphs = on_off(value).ok_or_else(expected)?,
+            "early_launch" => self.early_launch = on_off(value).ok_or_else(expected)?,
             "attention" => {
                 self.attention = match value {
                     "tc" => Attention::TensorCores,
@@ -202,6 +204,14 @@ impl EngineOptions {
     }
 }
 
+fn on_off(value: &str) -> Option<bool> {
+    match value {
+        "1" | "on" | "true" => Some(true),
+        "0" | "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +225,7 @@ mod tests {
             ("EMBEDRT_GELU", "tanh"),
             ("EMBEDRT_FFN_GEMM", "own"),
             ("EMBEDRT_SMALL_LINEAR", "0"),
+            ("EMBEDRT_EARLY_LAUNCH", "off"),
             ("EMBEDRT_KERNEL_CACHE", "/tmp/k"),
         ];
         let lookup = |n: &str| {
@@ -232,6 +243,7 @@ mod tests {
                 gelu: Gelu::Tanh,
                 ffn_gemm: FfnGemm::Own,
                 small_linear_max_tokens: 0,
+                early_launch: false,
                 kernel_cache: Some(PathBuf::from("/tmp/k")),
             }
         );
@@ -249,8 +261,8 @@ mod tests {
         assert_eq!(empty, EngineOptions::default());
         let d = EngineOptions::default();
         assert_eq!(
-            (d.slots, d.graphs, d.small_linear_max_tokens),
-            (2, true, 64)
+            (d.slots, d.graphs, d.small_linear_max_tokens, d.early_launch),
+            (2, true, 64, true)
         );
     }
 
@@ -275,6 +287,11 @@ mod tests {
         );
         let e = one("EMBEDRT_CUDA_GRAPHS", "maybe");
         assert!(e.contains("expected on or off"), "{e}");
+        let e = one("EMBEDRT_EARLY_LAUNCH", "soon");
+        assert!(
+            e.contains("EMBEDRT_EARLY_LAUNCH=soon: expected on or off"),
+            "{e}"
+        );
         let e = EngineOptions::default()
             .set("slot", "1")
             .unwrap_err()

@@ -99,6 +99,9 @@ pub(super) struct Gpu {
     /// Batches of at most this many tokens (graph buckets) run their linear
     /// layers through the small-token kernels (0 = off).
     pub(super) small_max_tokens: usize,
+    /// The fp16/fp32 encoder's kernels after the first launch early
+    /// (programmatic dependent launch, sm_90+; engine/launch.rs).
+    pub(super) early_launch: bool,
     /// Quantized plans: the 8-bit GEMMs and their kernels (engine/quantized.rs).
     pub(super) quant: Option<quantized::QuantState>,
 }
@@ -151,6 +154,7 @@ impl Gpu {
             } else {
                 options.small_linear_max_tokens
             },
+            early_launch: false,
             quant: None,
         }
     }
@@ -187,6 +191,8 @@ pub(super) fn make_slot(
     let max = h.profile.max;
     let quantized = h.quant.is_some();
     let mut gpu = Gpu::empty(ctx, options, quantized);
+    // Quantized plans run their own loop (engine/quantized.rs), launched plainly.
+    gpu.early_launch = options.early_launch && cc.0 >= 9 && !quantized;
     // From here on, Gpu's Drop frees whatever was made if a step fails.
     gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
     let weights = match shared_weights {
