@@ -16,7 +16,7 @@ set -uo pipefail
 G=${G:-.gpu}
 O=${OUT:-/tmp/out}
 W=/tmp/pipeline-h200
-mkdir -p "$O" "$W"
+rm -rf "$W"; mkdir -p "$O" "$W"
 export EMBEDRT_KERNEL_CACHE=/tmp/embedrt-kernels
 ROOT=$PWD
 {

@@ -56,3 +56,23 @@ def test_bench_reports_throughput(embedrt_bin, fixtures_dir, stsb_dir):
     result = json.loads(out.stdout)
     assert result["sentences"] == 3000 and result["tokens"] > 3000
     assert result["sentences_per_s"] > 0 and result["device"] == "cpu"
+
+
+def test_bench_times_each_pass_and_reports_the_median(embedrt_bin, fixtures_dir, stsb_dir):
+    out = run(
+        embedrt_bin, "bench", "--model", fixtures_dir / "tiny-mpnet-mean-norm",
+        "--input", stsb_dir / "stsb-en-dev.csv", "--repeat", "3", "--min-seconds", "0",
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    r = json.loads(out.stdout)
+    assert r["passes"] == 3 and r["sentences"] == 9000
+    assert r["median_pass_seconds"] <= r["seconds"]
+    assert abs(r["sentences_per_s"] - 3000 / r["median_pass_seconds"]) < 1e-6 * r["sentences_per_s"]
+    # --min-seconds keeps timing past --repeat.
+    out = run(
+        embedrt_bin, "bench", "--model", fixtures_dir / "tiny-mpnet-mean-norm",
+        "--input", stsb_dir / "stsb-en-dev.csv", "--min-seconds", str(3 * r["median_pass_seconds"]),
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    r2 = json.loads(out.stdout)
+    assert r2["passes"] >= 2 and r2["seconds"] >= 3 * r["median_pass_seconds"]

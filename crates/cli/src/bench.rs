@@ -17,9 +17,14 @@ pub struct BenchArgs {
     input: PathBuf,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Timed passes over the whole input (after one warm-up batch).
+    /// Timed passes over the whole input (after one untimed warm-up pass).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Keep making timed passes until this many seconds have gone by, so
+    /// that a small input on a fast GPU is timed over more than a few
+    /// milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    min_seconds: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -31,9 +36,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let encoded = embedder.tokenize(&texts)?;
     let seqs: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
-    // Warm-up: one batch, so one-time costs stay out of the numbers.
-    let warm = &seqs[..seqs.len().min(args.batch_size)];
-    embedder.embed_ids(warm, args.batch_size, false, &|_| {})?;
+    // Warm-up: one whole pass, so one-time costs (graph captures of each
+    // batch shape, first-touch allocations) stay out of the numbers.
+    embedder.embed_ids(&seqs, args.batch_size, false, &|_| {})?;
 
     let repeat = args.repeat.max(1);
     let bar = ProgressBar::new((seqs.len() * repeat) as u64);
@@ -42,24 +47,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = Instant::now();
-    for _ in 0..repeat {
+    let mut passes: Vec<f64> = Vec::new();
+    while passes.len() < repeat || start.elapsed().as_secs_f64() < args.min_seconds {
+        let pass = Instant::now();
         embedder.embed_ids(&seqs, args.batch_size, false, &|n| bar.inc(n as u64))?;
+        passes.push(pass.elapsed().as_secs_f64());
     }
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    // The median pass: a stall in one pass (another process, a clock change)
+    // does not move it, as it moves the mean.
+    let mut sorted = passes.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
     let info = embedder.backend.info();
-    let sentences = seqs.len() * repeat;
+    let n = passes.len();
     println!(
         "{}",
         serde_json::json!({
             "device": info.device,
             "precision": info.precision,
             "batch_size": args.batch_size,
-            "sentences": sentences,
-            "tokens": tokens * repeat,
+            "passes": n,
+            "sentences": seqs.len() * n,
+            "tokens": tokens * n,
             "seconds": seconds,
-            "sentences_per_s": sentences as f64 / seconds,
-            "tokens_per_s": (tokens * repeat) as f64 / seconds,
+            "median_pass_seconds": median,
+            "sentences_per_s": seqs.len() as f64 / median,
+            "tokens_per_s": tokens as f64 / median,
+            "mean_sentences_per_s": (seqs.len() * n) as f64 / seconds,
         })
     );
     Ok(())

@@ -725,6 +725,42 @@ impl Ctx<'_> {
         }
     }
 
+    /// The engine the champion's throughput is measured on: the same kind as
+    /// the challenger's, so the gate compares versions, not devices. A
+    /// champion with no plan (the base model registered as the first
+    /// champion, or one made on a CPU-only run) facing a challenger plan gets
+    /// a plan of the challenger's precision built into the run directory (for
+    /// int8/fp8, calibrated on the same day's sentences).
+    fn champion_speed_engine(&self, champ: &Engine) -> Result<Engine> {
+        let Engine::Model(model) = champ else {
+            return Ok(champ.clone());
+        };
+        let optimize = self.output("optimize");
+        let Some(precision) = optimize["plans"][0]["precision"].as_str() else {
+            return Ok(champ.clone());
+        };
+        let tools = &self.opts.tools;
+        let dir = self.dir.join("champion-plan");
+        std::fs::create_dir_all(&dir)?;
+        let table = match precision {
+            "int8" | "fp8" => {
+                let table = dir.join(format!("{precision}.calib.json"));
+                let input = self.dir.join("calibration.jsonl");
+                let size = self.config.optimize.calibration_size;
+                tools
+                    .calibrate(model, &input, precision, size, &table)
+                    .with_context(|| format!("calibrating the champion's {precision} plan"))?;
+                Some(table)
+            }
+            _ => None,
+        };
+        let plan = dir.join(format!("{precision}.plan"));
+        tools
+            .build_plan(model, precision, table.as_deref(), &plan)
+            .with_context(|| format!("building the champion's {precision} plan to time it"))?;
+        Ok(Engine::Plan(plan))
+    }
+
     fn evaluate(&mut self) -> Result<Step> {
         let g = &self.config.gates;
         let tools = &self.opts.tools;
@@ -753,7 +789,8 @@ impl Ctx<'_> {
         let engine_cos = min_cosine(&engine_vectors, &trainer_vectors).unwrap_or(f64::NAN);
         let trainer_spearman = check["trainer_spearman"].as_f64().unwrap_or(f64::NAN);
         let bench_input = frozen.clone();
-        let champ_tput = tools.bench(&champ, &bench_input)?;
+        let champ_speed = self.champion_speed_engine(&champ)?;
+        let champ_tput = tools.bench(&champ_speed, &bench_input)?;
         let chall_tput = tools.bench(&chall, &bench_input)?;
 
         let mut gates = vec![gate(
@@ -793,6 +830,10 @@ impl Ctx<'_> {
         let metrics = json!({
             "champion": champion,
             "champion_frozen_spearman": champ_frozen,
+            "champion_timed_on": match &champ_speed {
+                Engine::Plan(p) => p.display().to_string(),
+                Engine::Model(_) => "the CPU engine".to_string(),
+            },
             "frozen_spearman": chall_frozen,
             "champion_held_out_spearman": champ_held,
             "held_out_spearman": chall_held,

@@ -60,7 +60,7 @@ impl Tools {
             .args(engine.args())
             .arg("--input")
             .arg(input)
-            .args(["--repeat", "2"]);
+            .args(["--repeat", "3", "--min-seconds", "1"]);
         let v = run_json(&mut c, "embedrt bench")?;
         v["sentences_per_s"]
             .as_f64()
