@@ -1,9 +1,10 @@
 #!/bin/bash
 # Issue 14 item 2 (engine variants) on the H200, one device call (~2-3 minutes): the fp16
 # MPNet-base plan with each variant (VARIANTS: `default`, an attention kernel name for
-# EMBEDRT_ATTENTION = tc2, tc4, or any VAR=VALUE such as EMBEDRT_EARLY_LAUNCH=0), parity of each variant against the default on mixed lengths
-# (1..512 tokens, cosine of every embedding, must be >= 0.99999), then W1/W2/W3 and the W1
-# per-stage attention time through `embedrt-gpu-check bench-plan`. Compact table at the end.
+# EMBEDRT_ATTENTION = tc2, tc4, or any VAR=VALUE such as EMBEDRT_EARLY_LAUNCH=0), parity of
+# each variant against the default on mixed lengths (1..512 tokens, cosine of every embedding,
+# must be >= 0.99999), then W1/W2/W3 and the W1 per-stage attention time through
+# `embedrt-gpu-check bench-plan`. Compact table at the end.
 # Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh); run from the checkout root:
 #   bash bench/gpu/fp16_variants.sh          (device tool, carry [".gpu"])
 set -uo pipefail

@@ -57,9 +57,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     bar.finish_and_clear();
     // The median pass: a stall in one pass (another process, a clock change)
     // does not move it, as it moves the mean.
-    let mut sorted = passes.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    passes.sort_by(f64::total_cmp);
+    let median = passes[passes.len() / 2];
     let info = embedder.backend.info();
     let n = passes.len();
     println!(
