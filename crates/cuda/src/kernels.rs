@@ -40,6 +40,8 @@ pub enum Built {
     Fp16Sm90a,
     /// Programs for quantized plans (`EMBEDRT_QUANT` defined).
     Quant,
+    /// Programs for quantized plans on sm_80+.
+    QuantSm80,
 }
 
 /// One table of every kernel the engine looks up: its id, its `extern "C"`
@@ -100,6 +102,10 @@ kernel_table! {
     GeluQ = "gelu_q" in "quant.cu" when Quant,
     EpilogueBias = "epilogue_bias" in "quant.cu" when Quant,
     EpilogueLn = "epilogue_ln" in "quant.cu" when Quant,
+    SmallLinearQM16 = "small_linear_q_m16" in "small_linear.cu" when QuantSm80,
+    SmallLinearQM32 = "small_linear_q_m32" in "small_linear.cu" when QuantSm80,
+    SmallLinearQM48 = "small_linear_q_m48" in "small_linear.cu" when QuantSm80,
+    SmallLinearQM64 = "small_linear_q_m64" in "small_linear.cu" when QuantSm80,
     // END KERNELS
 }
 
@@ -109,6 +115,14 @@ pub const SMALL_LINEAR: [Kernel; 4] = [
     Kernel::SmallLinearM32,
     Kernel::SmallLinearM48,
     Kernel::SmallLinearM64,
+];
+
+/// The same over a quantized plan's 8-bit weights (`EMBEDRT_QUANT` programs).
+pub const SMALL_LINEAR_Q: [Kernel; 4] = [
+    Kernel::SmallLinearQM16,
+    Kernel::SmallLinearQM32,
+    Kernel::SmallLinearQM48,
+    Kernel::SmallLinearQM64,
 ];
 
 /// Looks `kernel` up in a loaded module of the encoder program.

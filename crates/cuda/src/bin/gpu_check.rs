@@ -498,6 +498,23 @@ fn bench_plan(
         rec["cos_vs_reference_mean"] = json!(cos.iter().sum::<f64>() / cos.len().max(1) as f64);
         rec["cos_vs_reference_min"] = json!(min_cosine(&out, &ref_out));
         rec["spearman_reference"] = json!(100.0 * spearman_of(&pairs, &ref_out));
+        // Sentences one at a time: the small-token path (for quantized plans,
+        // 8-bit weights with fp16 activations) against the reference, and
+        // against this plan's own batched vectors.
+        let mut single = Vec::new();
+        for seq in &w2_refs {
+            single.push(engine.embed(&TokenBatch::from_sequences(&[*seq]))?);
+        }
+        let cos: Vec<f64> = single
+            .iter()
+            .zip(&ref_out)
+            .map(|(a, b)| sts::cosine(a, b))
+            .collect();
+        let n = cos.len().max(1) as f64;
+        rec["single_cos_vs_reference_mean"] = json!(cos.iter().sum::<f64>() / n);
+        rec["single_cos_vs_reference_min"] = json!(min_cosine(&single, &ref_out));
+        rec["single_cos_vs_batched_min"] = json!(min_cosine(&single, &out));
+        rec["spearman_single"] = json!(100.0 * spearman_of(&pairs, &single));
     }
     println!("{rec}");
     Ok(())

@@ -17,7 +17,8 @@ use cudarc::driver::{result as cr, sys as cu};
 use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
 
 use super::launch::launch;
-use super::slot::{Buffers, Gpu, LayerPtrs};
+use super::launch::launch_with_shared;
+use super::slot::{Buffers, Gpu, LayerPtrs, SmallLinear};
 use super::timing::Marks;
 use super::{drv, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
@@ -114,11 +115,13 @@ impl CudaEngine {
         max_len_batch: usize,
         timer: Option<&mut Vec<(&'static str, cu::CUevent)>>,
     ) -> Result<()> {
-        if g.quant.is_some() {
+        let pass = Pass::new(self, g, tp, np, max_len_batch);
+        // Quantized plans run this loop only for small batches (8-bit weights
+        // in the small-token kernels); everything else is their own loop.
+        if g.quant.is_some() && pass.small.is_none() {
             return self.enqueue_quant(g, tp, np, max_len_batch, timer);
         }
         let mut marks = Marks::new(g.stream, timer);
-        let pass = Pass::new(self, g, tp, np, max_len_batch);
         let gemms = g
             .gemms
             .as_mut()
@@ -126,13 +129,15 @@ impl CudaEngine {
         marks.mark("start")?;
         pass.embeddings()?;
         marks.mark("embedding+layernorm")?;
+        let last = g.layers.len().saturating_sub(1);
         for (li, l) in g.layers.iter().enumerate() {
-            pass.qkv(gemms, li, l)?;
+            let prev_ffn_norm = li.checked_sub(1).map(|p| g.layers[p].ffn_norm);
+            pass.qkv(gemms, li, l, prev_ffn_norm)?;
             marks.mark("gemm qkv")?;
             pass.attention()?;
             marks.mark("attention")?;
-            if let Some(f) = pass.small {
-                pass.small_tail(f, l, &mut marks)?;
+            if let Some(s) = pass.small {
+                pass.small_tail(s, l, li == last, &mut marks)?;
                 continue;
             }
             pass.attn_out_residual(gemms, li, l)?;
@@ -208,7 +213,12 @@ struct Pass {
     max_len: i32,
     rel_bias: u64,
     /// The small-token linear kernel for this token bucket, if it runs.
-    small: Option<cu::CUfunction>,
+    small: Option<SmallLinear>,
+    /// Its 8-bit-weight twin (quantized plans).
+    small_q: Option<SmallLinear>,
+    /// The program is a quantized plan's: its attention kernels take two
+    /// more arguments (the quantized context, here unused).
+    quant_program: bool,
     ticket: u64,
     tanh_gelu: bool,
     /// Kernels after the first launch early (engine/launch.rs).
@@ -231,12 +241,15 @@ impl Pass {
         let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
         // Small batches (graph buckets of 16..64 tokens): linear layers with the bias,
         // GELU, residual and LayerNorm fused in (kernels/small_linear.cu).
-        let small = match tp {
-            16 | 32 | 48 | 64 if tp <= g.small_max_tokens => {
-                g.f.small_linear.get(tp / 16 - 1).copied()
-            }
+        let bucket = match tp {
+            16 | 32 | 48 | 64 if tp <= g.small_max_tokens => Some(tp / 16 - 1),
             _ => None,
         };
+        let quant_program = g.quant.is_some();
+        let small_q = bucket.and_then(|i| g.f.small_linear_q.get(i).copied());
+        let small = bucket
+            .and_then(|i| g.f.small_linear.get(i).copied())
+            .filter(|_| !quant_program || small_q.is_some());
         let b = g.b;
         Pass {
             stream: g.stream,
@@ -261,6 +274,8 @@ impl Pass {
             max_len: e.max.seq as i32,
             rel_bias: g.rel_bias,
             small,
+            small_q,
+            quant_program,
             ticket: g.ticket,
             tanh_gelu: g.tanh_gelu,
             early: g.early_launch,
@@ -286,18 +301,25 @@ impl Pass {
         .map_err(drv("embedding kernel"))
     }
 
-    /// hidden → qkv (+bias).
-    fn qkv(&self, gemms: &mut Gemms, li: usize, l: &LayerPtrs) -> Result<()> {
+    /// hidden → qkv (+bias). Small batches where the LayerNorms run in the
+    /// next kernel: the previous layer's FFN sum (scratch) → its LayerNorm
+    /// (into hidden, by block 0) → qkv.
+    fn qkv(
+        &self,
+        gemms: &mut Gemms,
+        li: usize,
+        l: &LayerPtrs,
+        prev_ffn_norm: Option<(u64, u64)>,
+    ) -> Result<()> {
         let b = &self.b;
-        match self.small {
-            Some(f) => self.small_linear(
-                f,
-                (b.hidden, l.qkv_w, l.biases[0], 0, b.qkv),
-                (3 * self.hidden, self.hidden),
-                0,
-                (0, 0),
-            ),
-            None => self.gemm(gemms, li, GemmKind::Qkv, l.qkv_w, b.hidden, None, b.qkv),
+        let Some(s) = self.small else {
+            return self.gemm(gemms, li, GemmKind::Qkv, l.qkv_w, b.hidden, None, b.qkv);
+        };
+        let io = |x| (x, l.qkv_w, l.biases[0], 0, b.qkv);
+        let (nk, ws) = ((3 * self.hidden, self.hidden), l.w_scales[0]);
+        match prev_ffn_norm.filter(|_| s.ln_in_shared.is_some()) {
+            Some(norm) => self.small_linear(s, io(b.scratch), ws, nk, 0, true, norm),
+            None => self.small_linear(s, io(b.hidden), ws, nk, 0, false, (0, 0)),
         }
     }
 
@@ -307,16 +329,19 @@ impl Pass {
         let b = self.b;
         let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
         let (rb, bk) = (self.rel_bias, b.bucket);
-        // SAFETY: see Pass; both attention kernels take these arguments.
+        let grid = (query_blocks, heads as u32, self.np as u32);
+        let (ctx_q, ctx_scale) = (0u64, 1f32);
+        // SAFETY: see Pass; both attention kernels take these arguments (and
+        // ATT_QUANT_PARAMS in a quantized plan's program: no quantized copy).
         unsafe {
-            launch(
-                f,
-                (query_blocks, heads as u32, self.np as u32),
-                (threads, 1, 1),
-                self.stream,
-                kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context],
-                self.early,
-            )
+            if self.quant_program {
+                let args =
+                    kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context, ctx_q, ctx_scale];
+                launch(f, grid, (threads, 1, 1), self.stream, args, self.early)
+            } else {
+                let args = kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context];
+                launch(f, grid, (threads, 1, 1), self.stream, args, self.early)
+            }
         }
         .map_err(drv("attention kernel"))
     }
@@ -406,58 +431,94 @@ impl Pass {
 
     /// The rest of a layer for small batches, each linear layer one kernel
     /// with its epilogue: attn-out + residual + LayerNorm, FFN-in + GELU,
-    /// FFN-out + residual + LayerNorm.
-    fn small_tail(&self, f: cu::CUfunction, l: &LayerPtrs, marks: &mut Marks) -> Result<()> {
-        let (b, hid, inter) = (&self.b, self.hidden, self.inter);
-        self.small_linear(
-            f,
-            (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch),
-            (hid, hid),
-            2,
-            l.attn_norm,
-        )?;
-        marks.mark("small attn_out+layernorm")?;
-        self.small_linear(
-            f,
-            (b.hidden, l.ffn_in_w, l.biases[2], 0, b.inter),
-            (inter, hid),
-            1,
-            (0, 0),
-        )?;
-        marks.mark("small ffn_in+gelu")?;
-        self.small_linear(
-            f,
-            (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch),
-            (hid, inter),
-            2,
-            l.ffn_norm,
-        )?;
-        marks.mark("small ffn_out+layernorm")
+    /// FFN-out + residual + LayerNorm. Where the kernel takes the LayerNorm
+    /// into the next one (`ln_in_shared`), attn-out and FFN-out only add the
+    /// residual and FFN-in (then the next layer's QKV) normalizes; the last
+    /// layer's FFN-out keeps it, for the pooling.
+    fn small_tail(
+        &self,
+        s: SmallLinear,
+        l: &LayerPtrs,
+        last_layer: bool,
+        marks: &mut Marks,
+    ) -> Result<()> {
+        let (b, hid, inter, ws) = (&self.b, self.hidden, self.inter, l.w_scales);
+        let next = s.ln_in_shared.is_some();
+        let io = (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch);
+        if next {
+            self.small_linear(s, io, ws[1], (hid, hid), 3, false, (0, 0))?;
+            marks.mark("small attn_out+residual")?;
+            let io = (b.scratch, l.ffn_in_w, l.biases[2], 0, b.inter);
+            self.small_linear(s, io, ws[2], (inter, hid), 1, true, l.attn_norm)?;
+            marks.mark("small layernorm+ffn_in+gelu")?;
+        } else {
+            self.small_linear(s, io, ws[1], (hid, hid), 2, false, l.attn_norm)?;
+            marks.mark("small attn_out+layernorm")?;
+            let io = (b.hidden, l.ffn_in_w, l.biases[2], 0, b.inter);
+            self.small_linear(s, io, ws[2], (inter, hid), 1, false, (0, 0))?;
+            marks.mark("small ffn_in+gelu")?;
+        }
+        let io = (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch);
+        if next && !last_layer {
+            self.small_linear(s, io, ws[3], (hid, inter), 3, false, (0, 0))?;
+            marks.mark("small ffn_out+residual")
+        } else {
+            self.small_linear(s, io, ws[3], (hid, inter), 2, false, l.ffn_norm)?;
+            marks.mark("small ffn_out+layernorm")
+        }
     }
 
     /// `y = x wᵀ + bias` for `n` outputs over `k` inputs, then the epilogue:
-    /// 0 none, 1 GELU, 2 + residual and the LayerNorm of whole rows into hidden.
+    /// 0 none, 1 GELU, 2 + residual and the LayerNorm of whole rows into
+    /// hidden, 3 + residual. With `ln_in`, x holds rows before their LayerNorm
+    /// (gamma, beta): the kernel normalizes them, and writes them into hidden.
+    /// A `w_scale` (not 0) makes w 8-bit codes with those per-channel scales.
+    #[allow(clippy::too_many_arguments)]
     fn small_linear(
         &self,
-        f: cu::CUfunction,
+        s: SmallLinear,
         (x, w, bias, res, y): (u64, u64, u64, u64, u64),
+        w_scale: u64,
         (n, k): (usize, usize),
         epilogue: i32,
+        ln_in: bool,
         (gamma, beta): (u64, u64),
     ) -> Result<()> {
         let warps = (k / 32).div_ceil(4).clamp(4, 16) as u32;
         let (n_i, k_i) = (n as i32, k as i32);
         let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
-        // SAFETY: see Pass; arguments match SMALL_LINEAR in small_linear.cu.
+        let (grid, block) = (((n / 8) as u32, 1, 1), (32 * warps, 1, 1));
+        let quantized = match self.small_q.filter(|_| w_scale != 0) {
+            Some(q) => Some(q),
+            None if w_scale != 0 => {
+                return Err(Error::Backend(
+                    "an 8-bit weight without the small-token 8-bit kernel".into(),
+                ))
+            }
+            None => None,
+        };
+        let f = quantized.unwrap_or(s);
+        // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
+        let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
+            Some(bytes) => (bytes, 1i32),
+            None => (0, 0),
+        };
+        // SAFETY: see Pass; arguments match SMALL_LINEAR / SMALL_LINEAR_Q in
+        // small_linear.cu, and `shared` is the limit set on the function at load.
         unsafe {
-            launch(
-                f,
-                ((n / 8) as u32, 1, 1),
-                (32 * warps, 1, 1),
-                self.stream,
-                kargs![x, w, bias, res, y, n_i, k_i, epilogue, gamma, beta, eps, ticket, ln_out],
-                self.early,
-            )
+            if quantized.is_some() {
+                let args = kargs![
+                    x, w, w_scale, bias, res, y, n_i, k_i, epilogue, ln_in_i, gamma, beta, eps,
+                    ticket, ln_out
+                ];
+                launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
+            } else {
+                let args = kargs![
+                    x, w, bias, res, y, n_i, k_i, epilogue, ln_in_i, gamma, beta, eps, ticket,
+                    ln_out
+                ];
+                launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
+            }
         }
         .map_err(drv("small linear kernel"))
     }

@@ -27,8 +27,25 @@ pub(super) unsafe fn launch(
     args: &mut [*mut c_void],
     early: bool,
 ) -> Result<(), DriverError> {
+    launch_with_shared(f, grid, block, 0, stream, args, early)
+}
+
+/// [`launch`] with `shared` bytes of dynamic shared memory.
+///
+/// # Safety
+/// As [`launch`]; `shared` is at most what the function's
+/// `MAX_DYNAMIC_SHARED_SIZE_BYTES` attribute allows.
+pub(super) unsafe fn launch_with_shared(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    shared: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    early: bool,
+) -> Result<(), DriverError> {
     if !early {
-        return cr::launch_kernel(f, grid, block, 0, stream, args);
+        return cr::launch_kernel(f, grid, block, shared, stream, args);
     }
     // SAFETY: a plain-data C struct; the id and value written below are the
     // only fields the driver reads for this attribute.
@@ -42,7 +59,7 @@ pub(super) unsafe fn launch(
         blockDimX: block.0,
         blockDimY: block.1,
         blockDimZ: block.2,
-        sharedMemBytes: 0,
+        sharedMemBytes: shared,
         hStream: stream,
         attrs: &mut attr,
         numAttrs: 1,

@@ -30,7 +30,9 @@ use crate::plan::{
 use crate::probe;
 use slot::Gpu;
 
-pub use options::{Attention, EngineOptions, FfnGemm, Gelu, DEFAULT_SLOTS, MAX_SLOTS};
+pub use options::{
+    Attention, EngineOptions, FfnGemm, Gelu, SmallLayerNorm, DEFAULT_SLOTS, MAX_SLOTS,
+};
 
 fn drv(what: &str) -> impl Fn(cr::DriverError) -> Error + '_ {
     move |e| crate::fault::driver_fault(what, e)

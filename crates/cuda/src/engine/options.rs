@@ -62,6 +62,19 @@ pub enum FfnGemm {
     Own,
 }
 
+/// Where the small-token kernels' LayerNorms run (`small_linear.cu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SmallLayerNorm {
+    /// In the next linear kernel: each of its blocks normalizes the rows it
+    /// reads (`ln_in`); `next`. Where the rows do not fit in shared memory,
+    /// the ticket runs instead. Opt-in until measured on a GPU.
+    InNextKernel,
+    /// In the attn-out / FFN-out kernel itself: the last block to finish
+    /// normalizes every row (the ticket epilogue); `ticket`.
+    #[default]
+    Ticket,
+}
+
 /// Tuning and ablation switches of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -79,6 +92,11 @@ pub struct EngineOptions {
     /// Graph buckets of at most this many tokens run their linear layers
     /// through the small-token kernels (`small_linear.cu`); 0 turns them off.
     pub small_linear_max_tokens: usize,
+    pub small_layernorm: SmallLayerNorm,
+    /// Quantized plans: small batches run the small-token kernels over the
+    /// 8-bit weights (fp16 activations) instead of the 8-bit GEMM loop.
+    /// Opt-in until measured on a GPU.
+    pub small_linear_8bit: bool,
     /// sm_90+: the fp16/fp32 encoder's kernels launch early (programmatic
     /// dependent launch), each starting while the one before finishes;
     /// elsewhere and for quantized plans, ignored.
@@ -96,6 +114,8 @@ impl Default for EngineOptions {
             gelu: Gelu::default(),
             ffn_gemm: FfnGemm::default(),
             small_linear_max_tokens: SMALL_LINEAR_MAX_TOKENS,
+            small_layernorm: SmallLayerNorm::default(),
+            small_linear_8bit: false,
             early_launch: true,
             kernel_cache: None,
         }
@@ -111,6 +131,8 @@ impl EngineOptions {
         ("gelu", "exact or tanh"),
         ("ffn_gemm", "cublaslt or own"),
         ("small_linear", "the largest token bucket, 0 = off"),
+        ("small_layernorm", "next or ticket"),
+        ("small_linear_8bit", "on or off (1 or 0)"),
         ("early_launch", "on or off (1 or 0)"),
         ("kernel_cache", "a directory"),
     ];
@@ -124,6 +146,8 @@ impl EngineOptions {
         ("EMBEDRT_GELU", "gelu"),
         ("EMBEDRT_FFN_GEMM", "ffn_gemm"),
         ("EMBEDRT_SMALL_LINEAR", "small_linear"),
+        ("EMBEDRT_SMALL_LAYERNORM", "small_layernorm"),
+        ("EMBEDRT_SMALL_LINEAR_8BIT", "small_linear_8bit"),
         ("EMBEDRT_EARLY_LAUNCH", "early_launch"),
         ("EMBEDRT_KERNEL_CACHE", "kernel_cache"),
     ];
@@ -165,6 +189,7 @@ impl EngineOptions {
             }
             "graphs" => self.graphs = on_off(value).ok_or_else(expected)?,
             "early_launch" => self.early_launch = on_off(value).ok_or_else(expected)?,
+            "small_linear_8bit" => self.small_linear_8bit = on_off(value).ok_or_else(expected)?,
             "attention" => {
                 self.attention = match value {
                     "tc" => Attention::TensorCores,
@@ -190,6 +215,13 @@ impl EngineOptions {
             }
             "small_linear" => {
                 self.small_linear_max_tokens = value.parse().map_err(|_| expected())?
+            }
+            "small_layernorm" => {
+                self.small_layernorm = match value {
+                    "next" => SmallLayerNorm::InNextKernel,
+                    "ticket" => SmallLayerNorm::Ticket,
+                    _ => return Err(expected()),
+                }
             }
             "kernel_cache" => self.kernel_cache = Some(PathBuf::from(value)),
             _ => {
@@ -225,6 +257,8 @@ mod tests {
             ("EMBEDRT_GELU", "tanh"),
             ("EMBEDRT_FFN_GEMM", "own"),
             ("EMBEDRT_SMALL_LINEAR", "0"),
+            ("EMBEDRT_SMALL_LAYERNORM", "next"),
+            ("EMBEDRT_SMALL_LINEAR_8BIT", "on"),
             ("EMBEDRT_EARLY_LAUNCH", "off"),
             ("EMBEDRT_KERNEL_CACHE", "/tmp/k"),
         ];
@@ -243,6 +277,8 @@ mod tests {
                 gelu: Gelu::Tanh,
                 ffn_gemm: FfnGemm::Own,
                 small_linear_max_tokens: 0,
+                small_layernorm: SmallLayerNorm::InNextKernel,
+                small_linear_8bit: true,
                 early_launch: false,
                 kernel_cache: Some(PathBuf::from("/tmp/k")),
             }
@@ -315,6 +351,10 @@ mod tests {
         }
         o.set("ffn_gemm", "cublaslt").unwrap();
         o.set("small_linear", "32").unwrap();
+        o.set("small_layernorm", "ticket").unwrap();
+        assert_eq!(o.small_layernorm, SmallLayerNorm::Ticket);
+        let e = o.set("small_layernorm", "last").unwrap_err().to_string();
+        assert!(e.contains("expected next or ticket"), "{e}");
         assert_eq!(
             (o.slots, o.graphs, o.small_linear_max_tokens),
             (3, false, 32)

@@ -8,12 +8,13 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use cudarc::driver::{result as cr, sys as cu, CudaContext};
+use embedrt_core::quant::GemmSite;
 use embedrt_core::{Architecture, Error, Result};
 
-use super::options::{Attention, EngineOptions, FfnGemm, Gelu};
+use super::options::{Attention, EngineOptions, FfnGemm, Gelu, SmallLayerNorm};
 use super::{drv, quantized, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
-use crate::gemm::Gemms;
+use crate::gemm::{GemmKind, Gemms};
 use crate::kernels::{self, Kernel};
 use crate::plan::{layer_tensor, staged_u32s, Plan, Precision, GEMM_WORKSPACE_BYTES};
 
@@ -27,6 +28,9 @@ pub(super) struct LayerPtrs {
     pub(super) ffn_norm: (u64, u64),
     /// qkv, attn_out, ffn_in, ffn_out biases (the small-token path adds them itself).
     pub(super) biases: [u64; 4],
+    /// Quantized plans: the per-channel fp32 scales of each 8-bit weight, in
+    /// the same order (0: that weight is fp16, a fallback site or a float plan).
+    pub(super) w_scales: [u64; 4],
 }
 
 /// The float encoder's kernels, looked up once per slot.
@@ -42,7 +46,20 @@ pub(super) struct Functions {
     pub(super) pool: cu::CUfunction,
     /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
     /// tokens (fp16, sm_80+); empty where they do not apply.
-    pub(super) small_linear: Vec<cu::CUfunction>,
+    pub(super) small_linear: Vec<SmallLinear>,
+    /// The same over 8-bit weights (quantized plans, sm_80+); else empty.
+    pub(super) small_linear_q: Vec<SmallLinear>,
+}
+
+/// One small-token linear kernel (one token bucket).
+#[derive(Clone, Copy)]
+pub(super) struct SmallLinear {
+    pub(super) f: cu::CUfunction,
+    /// Where the LayerNorms move into the next kernel (`ln_in` in
+    /// small_linear.cu): the dynamic shared memory that takes, set on the
+    /// function at load. None: the ticket epilogue, because the option says so
+    /// or the rows do not fit in this GPU's shared memory.
+    pub(super) ln_in_shared: Option<u32>,
 }
 
 /// A slot's activation buffers (`plan::workspace_layout`, sized for MAX).
@@ -126,6 +143,7 @@ impl Gpu {
                 attention_tc: None,
                 pool: std::ptr::null_mut(),
                 small_linear: Vec::new(),
+                small_linear_q: Vec::new(),
             },
             allocations: Vec::new(),
             b: Buffers::default(),
@@ -149,7 +167,7 @@ impl Gpu {
             kernels_from_cache: false,
             ticket: 0,
             ffn_sm90: None,
-            small_max_tokens: if quantized {
+            small_max_tokens: if quantized && !options.small_linear_8bit {
                 0
             } else {
                 options.small_linear_max_tokens
@@ -191,8 +209,9 @@ pub(super) fn make_slot(
     let max = h.profile.max;
     let quantized = h.quant.is_some();
     let mut gpu = Gpu::empty(ctx, options, quantized);
-    // Quantized plans run their own loop (engine/quantized.rs), launched plainly.
-    gpu.early_launch = options.early_launch && cc.0 >= 9 && !quantized;
+    // Quantized plans' own loop (engine/quantized.rs) launches its kernels plainly;
+    // their small-token batches run the float loop, and early.
+    gpu.early_launch = options.early_launch && cc.0 >= 9;
     // From here on, Gpu's Drop frees whatever was made if a step fails.
     gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
     let weights = match shared_weights {
@@ -248,7 +267,10 @@ pub(super) fn make_slot(
         gpu.pinned_out = cr::malloc_host(gpu.pinned_out_len * 4, 0)
             .map_err(drv("pinned host memory"))? as *mut f32;
     }
-    load_kernels(&mut gpu, plan, cc, options)?;
+    let shared_optin = ctx
+        .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(drv("device attribute"))?;
+    load_kernels(&mut gpu, plan, cc, shared_optin as usize, options)?;
     let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
     let fp16 = h.precision == Precision::Fp16;
     let (hid, inter) = (config.hidden_size, config.intermediate_size);
@@ -309,6 +331,14 @@ fn weight_pointers(gpu: &mut Gpu, plan: &Plan, weights: u64) -> Result<Vec<[u64;
             lt("ffn_in.bias")?,
             lt("ffn_out.bias")?,
         ];
+        let mut w_scales = [0u64; 4];
+        if let Some(q) = &plan.header.quant {
+            for (scale, kind) in w_scales.iter_mut().zip(GemmKind::ALL) {
+                if !q.is_fallback(GemmSite { layer: i, kind }) {
+                    *scale = lt(&format!("{}.weight_scale", kind.name()))?;
+                }
+            }
+        }
         gpu.layers.push(LayerPtrs {
             qkv_w: lt("qkv.weight")?,
             attn_out_w: lt("attn_out.weight")?,
@@ -317,6 +347,7 @@ fn weight_pointers(gpu: &mut Gpu, plan: &Plan, weights: u64) -> Result<Vec<[u64;
             ffn_out_w: lt("ffn_out.weight")?,
             ffn_norm: (lt("ffn_norm.gamma")?, lt("ffn_norm.beta")?),
             biases: b,
+            w_scales,
         });
         biases.push(b);
     }
@@ -325,7 +356,13 @@ fn weight_pointers(gpu: &mut Gpu, plan: &Plan, weights: u64) -> Result<Vec<[u64;
 
 /// Compiles (or finds cached) the encoder program for this plan and GPU,
 /// loads it and looks up the float encoder's kernels.
-fn load_kernels(gpu: &mut Gpu, plan: &Plan, cc: (i32, i32), options: &EngineOptions) -> Result<()> {
+fn load_kernels(
+    gpu: &mut Gpu,
+    plan: &Plan,
+    cc: (i32, i32),
+    shared_optin: usize,
+    options: &EngineOptions,
+) -> Result<()> {
     let h = &plan.header;
     let config = &h.config;
     let max = h.profile.max;
@@ -379,14 +416,47 @@ fn load_kernels(gpu: &mut Gpu, plan: &Plan, cc: (i32, i32), options: &EngineOpti
             && config.hidden_size.is_multiple_of(32)
             && config.intermediate_size.is_multiple_of(32)
         {
-            kernels::SMALL_LINEAR
-                .iter()
-                .map(|&k| func(k))
-                .collect::<Result<Vec<_>>>()?
+            let ln_in = options.small_layernorm == SmallLayerNorm::InNextKernel;
+            let mut small = Vec::new();
+            for (i, &k) in kernels::SMALL_LINEAR.iter().enumerate() {
+                let f = func(k)?;
+                let rows = 16 * (i + 1);
+                let ln_in_shared = if ln_in {
+                    // SAFETY: a function of the module loaded above.
+                    unsafe { small_ln_in_shared(f, rows, config.hidden_size, shared_optin) }?
+                } else {
+                    None
+                };
+                small.push(SmallLinear { f, ln_in_shared });
+            }
+            small
         } else {
             Vec::new()
         },
+        small_linear_q: Vec::new(),
     };
+    if tensor_cores && h.quant.is_some() {
+        // The same token buckets as the fp16 kernels. A layer may mix 8-bit and
+        // fp16 (fallback) weights, so both kernels of a bucket place the LayerNorms
+        // alike: in the next kernel only where both can.
+        for (i, &k) in kernels::SMALL_LINEAR_Q.iter().enumerate() {
+            let Some(fp16) = gpu.f.small_linear.get_mut(i) else {
+                break;
+            };
+            let f = func(k)?;
+            let ln_in_shared = match fp16.ln_in_shared {
+                // SAFETY: a function of the module loaded above.
+                Some(_) => unsafe {
+                    small_ln_in_shared(f, 16 * (i + 1), config.hidden_size, shared_optin)
+                }?,
+                None => None,
+            };
+            if ln_in_shared.is_none() {
+                fp16.ln_in_shared = None;
+            }
+            gpu.f.small_linear_q.push(SmallLinear { f, ln_in_shared });
+        }
+    }
     Ok(())
 }
 
@@ -454,4 +524,35 @@ impl Drop for Gpu {
             }
         }
     }
+}
+
+/// The dynamic shared memory `small_linear`'s `ln_in` takes for `rows` rows
+/// (SL_X_STRIDE = hidden + 8 halves a row), set on `f` as its limit; None
+/// where it does not fit beside the kernel's static shared memory.
+///
+/// # Safety
+/// `f` is a function of a loaded module.
+unsafe fn small_ln_in_shared(
+    f: cu::CUfunction,
+    rows: usize,
+    hidden: usize,
+    shared_optin: usize,
+) -> Result<Option<u32>> {
+    let bytes = rows * (hidden + 8) * 2;
+    let attr = |e| Error::Backend(format!("CUDA kernel attribute: {e}"));
+    let fixed = cr::function::get_function_attribute(
+        f,
+        cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+    )
+    .map_err(attr)? as usize;
+    if fixed + bytes > shared_optin {
+        return Ok(None);
+    }
+    cr::function::set_function_attribute(
+        f,
+        cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(attr)?;
+    Ok(Some(bytes as u32))
 }
