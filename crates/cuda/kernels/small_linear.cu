@@ -6,9 +6,10 @@
 //   3: + residual only: the next kernel normalizes (ln_in below).
 // ln_in (QKV, FFN-in after an epilogue-3 kernel): x holds the rows before their LayerNorm.
 // Every block reads all of x anyway, so each normalizes it into shared memory itself, and
-// block 0 also writes the normalized rows to ln_out (the residual of a later kernel). That
-// replaces epilogue 2's ticket, whose last block normalizes all rows alone after a fence
-// and an atomic: a serial tail of several L2 round trips, twice a layer.
+// block 0 also writes the normalized rows to ln_out (the residual of a later kernel), in
+// place of epilogue 2's ticket (the last block normalizing all rows after a fence and an
+// atomic). An opt-in: on the H200 that prologue cost more than the ticket's serial tail
+// (W3 0.348 vs 0.330 ms, docs/PERFORMANCE.md run 23).
 // M = 16 * MT tokens (the graph buckets pad to a multiple of 16). At these sizes a GEMM only
 // streams its weights once, so the work is spread over features and K: each block owns 8
 // output features, its warps take 32-wide K chunks round-robin, and the tensor cores do the

@@ -16,8 +16,7 @@
 use cudarc::driver::{result as cr, sys as cu};
 use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
 
-use super::launch::launch;
-use super::launch::launch_with_shared;
+use super::launch::{launch, launch_with_shared};
 use super::slot::{Buffers, Gpu, LayerPtrs, SmallLinear};
 use super::timing::Marks;
 use super::{drv, CudaEngine};
@@ -488,16 +487,16 @@ impl Pass {
         let (n_i, k_i) = (n as i32, k as i32);
         let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
         let (grid, block) = (((n / 8) as u32, 1, 1), (32 * warps, 1, 1));
-        let quantized = match self.small_q.filter(|_| w_scale != 0) {
-            Some(q) => Some(q),
-            None if w_scale != 0 => {
+        let quantized = w_scale != 0;
+        let f = match self.small_q {
+            Some(q) if quantized => q,
+            None if quantized => {
                 return Err(Error::Backend(
                     "an 8-bit weight without the small-token 8-bit kernel".into(),
                 ))
             }
-            None => None,
+            _ => s,
         };
-        let f = quantized.unwrap_or(s);
         // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
         let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
             Some(bytes) => (bytes, 1i32),
@@ -506,7 +505,7 @@ impl Pass {
         // SAFETY: see Pass; arguments match SMALL_LINEAR / SMALL_LINEAR_Q in
         // small_linear.cu, and `shared` is the limit set on the function at load.
         unsafe {
-            if quantized.is_some() {
+            if quantized {
                 let args = kargs![
                     x, w, w_scale, bias, res, y, n_i, k_i, epilogue, ln_in_i, gamma, beta, eps,
                     ticket, ln_out

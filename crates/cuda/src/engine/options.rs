@@ -98,9 +98,10 @@ pub struct EngineOptions {
     /// 8-bit weights (fp16 activations) instead of the 8-bit GEMM loop.
     /// Default on: fp8 W3 0.548 -> 0.318 ms on the H200 (docs/PERFORMANCE.md run 23).
     pub small_linear_8bit: bool,
-    /// sm_90+: the fp16/fp32 encoder's kernels launch early (programmatic
-    /// dependent launch), each starting while the one before finishes;
-    /// elsewhere and for quantized plans, ignored.
+    /// sm_90+: the float encoder's kernels launch early (programmatic
+    /// dependent launch), each starting while the one before finishes; this
+    /// includes quantized plans' small batches, not their 8-bit GEMM loop.
+    /// Elsewhere, ignored.
     pub early_launch: bool,
     /// Where compiled kernels are cached; None: [`crate::kernels::default_cache_dir`].
     pub kernel_cache: Option<PathBuf>,

@@ -392,6 +392,23 @@ fn load_kernels(
     // SAFETY: module loaded above, unloaded in Gpu::drop.
     let func = |k: Kernel| unsafe { kernels::function(module, k) };
     let tensor_cores = cc.0 >= 8 && h.precision == Precision::Fp16;
+    // One bucket's kernel each (16, 32, 48, 64 tokens), with the shared memory
+    // `ln_in` takes set on it where the option asks and it fits.
+    let ln_in = options.small_layernorm == SmallLayerNorm::InNextKernel;
+    let load_small = |list: [Kernel; 4]| -> Result<Vec<SmallLinear>> {
+        let mut small = Vec::new();
+        for (i, k) in list.into_iter().enumerate() {
+            let f = func(k)?;
+            let ln_in_shared = if ln_in {
+                // SAFETY: a function of the module loaded above.
+                unsafe { small_ln_in_shared(f, 16 * (i + 1), config.hidden_size, shared_optin) }?
+            } else {
+                None
+            };
+            small.push(SmallLinear { f, ln_in_shared });
+        }
+        Ok(small)
+    };
     gpu.f = Functions {
         embed: func(Kernel::EmbedLayernorm)?,
         layernorm: func(Kernel::Layernorm)?,
@@ -416,46 +433,22 @@ fn load_kernels(
             && config.hidden_size.is_multiple_of(32)
             && config.intermediate_size.is_multiple_of(32)
         {
-            let ln_in = options.small_layernorm == SmallLayerNorm::InNextKernel;
-            let mut small = Vec::new();
-            for (i, &k) in kernels::SMALL_LINEAR.iter().enumerate() {
-                let f = func(k)?;
-                let rows = 16 * (i + 1);
-                let ln_in_shared = if ln_in {
-                    // SAFETY: a function of the module loaded above.
-                    unsafe { small_ln_in_shared(f, rows, config.hidden_size, shared_optin) }?
-                } else {
-                    None
-                };
-                small.push(SmallLinear { f, ln_in_shared });
-            }
-            small
+            load_small(kernels::SMALL_LINEAR)?
         } else {
             Vec::new()
         },
         small_linear_q: Vec::new(),
     };
-    if tensor_cores && h.quant.is_some() {
-        // The same token buckets as the fp16 kernels. A layer may mix 8-bit and
-        // fp16 (fallback) weights, so both kernels of a bucket place the LayerNorms
-        // alike: in the next kernel only where both can.
-        for (i, &k) in kernels::SMALL_LINEAR_Q.iter().enumerate() {
-            let Some(fp16) = gpu.f.small_linear.get_mut(i) else {
-                break;
-            };
-            let f = func(k)?;
-            let ln_in_shared = match fp16.ln_in_shared {
-                // SAFETY: a function of the module loaded above.
-                Some(_) => unsafe {
-                    small_ln_in_shared(f, 16 * (i + 1), config.hidden_size, shared_optin)
-                }?,
-                None => None,
-            };
-            if ln_in_shared.is_none() {
-                fp16.ln_in_shared = None;
+    if tensor_cores && h.quant.is_some() && !gpu.f.small_linear.is_empty() {
+        // A layer may mix 8-bit and fp16 (fallback) weights, so both kernels of a
+        // bucket place the LayerNorms alike: in the next kernel only where both can.
+        let mut q = load_small(kernels::SMALL_LINEAR_Q)?;
+        for (fp16, q) in gpu.f.small_linear.iter_mut().zip(&mut q) {
+            if fp16.ln_in_shared.is_none() || q.ln_in_shared.is_none() {
+                (fp16.ln_in_shared, q.ln_in_shared) = (None, None);
             }
-            gpu.f.small_linear_q.push(SmallLinear { f, ln_in_shared });
         }
+        gpu.f.small_linear_q = q;
     }
     Ok(())
 }
