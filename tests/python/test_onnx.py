@@ -50,9 +50,13 @@ def cpu_embed(embedrt_bin, model, texts, tmp_path):
     return np.array([r["embedding"] for r in sorted(rows, key=lambda r: r["index"])], np.float32)
 
 
-def session(export_dir, threads=2):
+def session(export_dir, threads=2, level=None):
+    """`level` (an ort.GraphOptimizationLevel) overrides ORT's default, which
+    fuses QDQ pairs into its integer kernels."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if level is not None:
+        opts.graph_optimization_level = level
     return ort.InferenceSession(
         str(export_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
     )

@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from test_onnx import (
     cosine_rows,
@@ -27,6 +28,28 @@ MAX_DROP = 0.3
 # the products are the same, summation order and int32 accumulation are
 # not, and a rounding tie can flip one activation code. Measured well under this.
 QDQ_MIN_COSINE = 0.9995
+# With its graph optimizations at "basic", ORT runs the QDQ graph as written
+# (DequantizeLinear, then an fp32 MatMul): the same arithmetic as our
+# reference up to summation order, so the bound is tight.
+QDQ_AS_WRITTEN_MIN_COSINE = 0.99999
+# Without VNNI, ORT's x86 int8 GEMM (MLAS u8s8) multiplies with VPMADDUBSW,
+# whose int16 pair sums saturate once activation and weight codes are both
+# large (ORT's quantization docs name it; their remedies are 7-bit weights or
+# u8u8, neither what TensorRT wants). Measured on an AVX2-only AMD EPYC: min
+# cosine 0.9905 on tiny-bert-mean-norm (random weights), with the graph as
+# written exact there; the real MiniLM's STS-B test below stays within target.
+QDQ_AVX2_FUSED_MIN_COSINE = 0.98
+
+
+def cpu_has_int8_dot_product():
+    """VNNI (AVX-512 or AVX) or AMX: ORT's int8 kernels then accumulate
+    without the int16 saturation step."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def run(embedrt_bin, *args):
@@ -102,9 +125,14 @@ def test_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixtures_di
     assert all(a.name == "axis" and a.i == 0 for n in weight_dq for a in n.attribute)
     texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
     ref = cpu_embed_quant(embedrt_bin, model, table, "int8", texts, tmp_path)
-    got = ort_embed(session(d), tokenizer(d), texts)
-    cos = cosine_rows(ref, got)
-    assert cos.min() >= QDQ_MIN_COSINE, cos
+    as_written = ort_embed(session(d, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+                           tokenizer(d), texts)
+    cos = cosine_rows(ref, as_written)
+    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
+    fused = ort_embed(session(d), tokenizer(d), texts)
+    bound = QDQ_MIN_COSINE if cpu_has_int8_dot_product() else QDQ_AVX2_FUSED_MIN_COSINE
+    cos = cosine_rows(ref, fused)
+    assert cos.min() >= bound, cos
 
 
 def test_minilm_qdq_onnx_stsb_drop_within_target(minilm_int8, stsb_dir):
