@@ -31,6 +31,8 @@ check default                                         # graphs on, tc attention,
 check graphs-off       --engine graphs=off            # every batch eager
 check scalar-attention --engine attention=scalar      # the CUDA-core attention kernel
 check own-ffn-gemm     --engine ffn_gemm=own          # Hopper wgmma FFN-in with GELU fused
+check own-ffn-c2       --engine ffn_gemm=own-c2       # the same in 2-CTA clusters (w multicast)
+check own-ffn-c4       --engine ffn_gemm=own-c4       # 2 x 2 clusters (x and w multicast)
 check one-slot         --engine slots=1
 check small-linear-off --engine small_linear=0
 check early-launch-off --engine early_launch=off    # no programmatic dependent launch

@@ -10,7 +10,14 @@
 // (fp32 accumulate) straight from shared memory, one group of MMAs in flight. The other CTA
 // on the SM keeps the tensor cores busy during an epilogue (erf is costly). Rows past M
 // are zero-filled by TMA and never stored.
-// Needs: K a multiple of 64, N a multiple of 128 (host checks).
+// Clusters (the _c2 / _c4 entry points): 128 x 128 tiles of one CTA read 64 FLOP per byte
+// from L2, which on the H200 holds the kernel near 400 TFLOP/s. CM x CN CTAs of a cluster
+// take neighbouring tiles (CM along M share their w slice, CN along N share their x slice);
+// each loads 1/CM of the shared w box and 1/CN of the x box and multicasts it to the CTAs
+// that share it, so a CTA reads (1/CN + 1/CM) / 2 of the bytes from L2. A stage is then
+// written by several CTAs: every consumer warp releases it in every CTA of the cluster
+// (remote mbarrier arrives), and a producer refills it only when all have.
+// Needs: K a multiple of 64, N a multiple of 128 CN (host checks).
 #if EMBEDRT_FP16 && defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FG_BM 128
 #define FG_BN 128
@@ -56,6 +63,39 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TensorMap* map, 
         : "memory");
 }
 
+// The same, delivered to the shared memory (and mbarrier, same offsets) of every CTA in
+// `mask` of the cluster.
+__device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TensorMap* map,
+                                                      unsigned bar, int inner, int outer,
+                                                      unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+        ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+        "l"((unsigned long long)map), "r"(inner), "r"(outer), "r"(bar), "h"(mask)
+        : "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// Every thread of every CTA in the cluster; orders shared-memory work around it.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile(
+        "barrier.cluster.arrive.release.aligned;\n"
+        "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Arrives on the mbarrier at the same shared offset in cluster CTA `cta`. CTA-scope release
+// (the default): a cluster-scope one waits for this thread's global stores, which put ~1 us
+// on every K slice (H200 run 24: 1.5-3x slower GEMMs).
+__device__ __forceinline__ void mbar_arrive_remote(unsigned bar, unsigned cta) {
+    asm volatile(
+        "{ .reg .b32 ra; mapa.shared::cluster.u32 ra, %0, %1; "
+        "mbarrier.arrive.shared::cluster.b64 _, [ra]; }" ::"r"(bar),
+        "r"(cta)
+        : "memory");
+}
+
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1,024 bytes apart.
 __device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) |
@@ -78,84 +118,148 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long l
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
-extern "C" __global__ void __launch_bounds__(FG_THREADS, 2)
-ffn_in_gelu_sm90(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
-                 const st_t* __restrict__ bias, st_t* __restrict__ out, int m, int n, int k) {
+// CM x CN CTAs a cluster (1 x 1: no cluster).
+template <int CM, int CN>
+__device__ __forceinline__ void ffn_in_gelu(const TensorMap* map_x, const TensorMap* map_w,
+                                            const st_t* __restrict__ bias,
+                                            st_t* __restrict__ out, int m, int n, int k) {
+    constexpr int CS = CM * CN;
     extern __shared__ unsigned char fg_smem_raw[];
-    // Stage buffers 1,024-byte aligned (the swizzle pattern repeats every 1,024 bytes).
+    // Stage buffers 1,024-byte aligned (the swizzle pattern repeats every 1,024 bytes); the
+    // offsets are the same in every CTA, which multicast relies on.
     const unsigned raw = smem_u32(fg_smem_raw);
     const unsigned base = (raw + 1023u) & ~1023u;
     const unsigned bars = base + FG_STAGES * FG_STAGE_BYTES;  // full[s], then empty[s]
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const unsigned rank = CS > 1 ? cluster_rank() : 0u;
+    const int rm = rank % CM, rn = rank / CM;
     const int k_tiles = k / FG_BK;
-    const int tiles_n = n / FG_BN;
-    const int tiles = tiles_n * ((m + FG_BM - 1) / FG_BM);
+    const int groups_n = n / (FG_BN * CN);
+    const int groups = groups_n * (((m + FG_BM - 1) / FG_BM + CM - 1) / CM);
+    const int cluster = blockIdx.x / CS, clusters = gridDim.x / CS;
     if (threadIdx.x == 0) {
         for (int s = 0; s < FG_STAGES; ++s) {
             mbar_init(bars + 8 * s, 1);
-            mbar_init(bars + 8 * (FG_STAGES + s), 256);
+            // One arrive per consumer thread, or per consumer warp and cluster CTA.
+            mbar_init(bars + 8 * (FG_STAGES + s), CS > 1 ? 8 * CS : 256);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
+    // No CTA multicasts into another's ring before its mbarriers exist.
+    if (CS > 1)
+        cluster_sync();
+    else
+        __syncthreads();
     if (warp == 8) {
         // Producer: one thread issues the copies; `it` counts K slices over all tiles.
         if (lane == 0) {
+            // This CTA's slices: rows [rn BM / CN, ...) of the x box, shared along N, and
+            // rows [rm BN / CM, ...) of the w box, shared along M.
+            constexpr int a_rows = FG_BM / CN, b_rows = FG_BN / CM;
+            unsigned short a_mask = 0, b_mask = 0;
+            for (int j = 0; j < CN; ++j) a_mask |= (unsigned short)(1u << (j * CM + rm));
+            for (int j = 0; j < CM; ++j) b_mask |= (unsigned short)(1u << (rn * CM + j));
             int it = 0;
-            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-                const int n0 = (t % tiles_n) * FG_BN, m0 = (t / tiles_n) * FG_BM;
+            for (int t = cluster; t < groups; t += clusters) {
+                const int n0 = ((t % groups_n) * CN + rn) * FG_BN;
+                const int m0 = ((t / groups_n) * CM + rm) * FG_BM;
                 for (int kt = 0; kt < k_tiles; ++kt, ++it) {
                     const int s = it % FG_STAGES;
                     mbar_wait(bars + 8 * (FG_STAGES + s), ((it / FG_STAGES) & 1) ^ 1);
                     const unsigned full = bars + 8 * s;
+                    // The whole stage lands here: this CTA's slices and the others'.
                     mbar_expect_tx(full, FG_STAGE_BYTES);
                     const unsigned a = base + s * FG_STAGE_BYTES;
-                    tma_load_2d(a, &map_x, full, kt * FG_BK, m0);
-                    tma_load_2d(a + FG_TILE_BYTES, &map_w, full, kt * FG_BK, n0);
+                    const unsigned a_dst = a + rn * a_rows * 128;
+                    const unsigned b_dst = a + FG_TILE_BYTES + rm * b_rows * 128;
+                    const int a_row = m0 + rn * a_rows;
+                    if (CN > 1)
+                        tma_load_2d_multicast(a_dst, map_x, full, kt * FG_BK, a_row, a_mask);
+                    else
+                        tma_load_2d(a_dst, map_x, full, kt * FG_BK, a_row);
+                    if (CM > 1)
+                        tma_load_2d_multicast(b_dst, map_w, full, kt * FG_BK,
+                                              n0 + rm * b_rows, b_mask);
+                    else
+                        tma_load_2d(b_dst, map_w, full, kt * FG_BK, n0 + rm * b_rows);
                 }
             }
         }
-        return;
-    }
-    // Consumers: warpgroup wg owns rows [64 wg, 64 wg + 64) of each tile.
-    const int wg = warp / 4;
-    float d[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) d[i] = 0.f;
-    int it = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const int n0 = (t % tiles_n) * FG_BN, m0 = (t / tiles_n) * FG_BM;
-        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-            const int s = it % FG_STAGES;
-            mbar_wait(bars + 8 * s, (it / FG_STAGES) & 1);
-            const unsigned a = base + s * FG_STAGE_BYTES + wg * (64 * 128);
-            const unsigned b = base + s * FG_STAGE_BYTES + FG_TILE_BYTES;
-            asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-            for (int kk = 0; kk < FG_BK / 16; ++kk) {
-                wgmma_m64n128k16(d, wgmma_desc(a + kk * 32), wgmma_desc(b + kk * 32),
-                                 kt > 0 || kk > 0);
+    } else {
+        // Consumers: warpgroup wg owns rows [64 wg, 64 wg + 64) of each tile.
+        const int wg = warp / 4;
+        // Hands stage s back to the producers that fill it.
+        auto release = [&](int s) {
+            const unsigned bar = bars + 8 * (FG_STAGES + s);
+            if (CS == 1) {
+                mbar_arrive(bar);
+            } else {
+                // Lane c arrives in CTA c: the arrives go out in parallel.
+                __syncwarp();
+                if (lane < CS) mbar_arrive_remote(bar, (unsigned)lane);
             }
-            asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-            // The previous slice's MMAs are done: its stage goes back to the producer.
-            asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
-            if (kt > 0) mbar_arrive(bars + 8 * (FG_STAGES + (it - 1) % FG_STAGES));
-        }
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-        mbar_arrive(bars + 8 * (FG_STAGES + (it - 1) % FG_STAGES));
-        // Epilogue: bias, exact GELU, fp16, straight from the accumulators.
-        const int row0 = m0 + wg * 64 + (warp % 4) * 16 + (lane >> 2);
+        };
+        float d[64];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            const int col = n0 + j * 8 + (lane & 3) * 2;
-            const float b0 = ld(bias[col]), b1 = ld(bias[col + 1]);
-            if (row0 < m)
-                *(unsigned*)&out[(size_t)row0 * n + col] =
-                    pack2(gelu1(d[4 * j] + b0), gelu1(d[4 * j + 1] + b1));
-            if (row0 + 8 < m)
-                *(unsigned*)&out[(size_t)(row0 + 8) * n + col] =
-                    pack2(gelu1(d[4 * j + 2] + b0), gelu1(d[4 * j + 3] + b1));
+        for (int i = 0; i < 64; ++i) d[i] = 0.f;
+        int it = 0;
+        for (int t = cluster; t < groups; t += clusters) {
+            const int n0 = ((t % groups_n) * CN + rn) * FG_BN;
+            const int m0 = ((t / groups_n) * CM + rm) * FG_BM;
+            for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+                const int s = it % FG_STAGES;
+                mbar_wait(bars + 8 * s, (it / FG_STAGES) & 1);
+                const unsigned a = base + s * FG_STAGE_BYTES + wg * (64 * 128);
+                const unsigned b = base + s * FG_STAGE_BYTES + FG_TILE_BYTES;
+                asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+                for (int kk = 0; kk < FG_BK / 16; ++kk) {
+                    wgmma_m64n128k16(d, wgmma_desc(a + kk * 32), wgmma_desc(b + kk * 32),
+                                     kt > 0 || kk > 0);
+                }
+                asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+                // The previous slice's MMAs are done: its stage goes back to the producer.
+                asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+                if (kt > 0) release((it - 1) % FG_STAGES);
+            }
+            asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+            release((it - 1) % FG_STAGES);
+            // Epilogue: bias, exact GELU, fp16, straight from the accumulators.
+            const int row0 = m0 + wg * 64 + (warp % 4) * 16 + (lane >> 2);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const int col = n0 + j * 8 + (lane & 3) * 2;
+                const float b0 = ld(bias[col]), b1 = ld(bias[col + 1]);
+                if (row0 < m)
+                    *(unsigned*)&out[(size_t)row0 * n + col] =
+                        pack2(gelu1(d[4 * j] + b0), gelu1(d[4 * j + 1] + b1));
+                if (row0 + 8 < m)
+                    *(unsigned*)&out[(size_t)(row0 + 8) * n + col] =
+                        pack2(gelu1(d[4 * j + 2] + b0), gelu1(d[4 * j + 3] + b1));
+            }
         }
     }
+    // The other CTAs may still arrive on this CTA's mbarriers: stay until all are done.
+    if (CS > 1) cluster_sync();
+}
+
+extern "C" __global__ void __launch_bounds__(FG_THREADS, 2)
+ffn_in_gelu_sm90(const __grid_constant__ TensorMap map_x, const __grid_constant__ TensorMap map_w,
+                 const st_t* __restrict__ bias, st_t* __restrict__ out, int m, int n, int k) {
+    ffn_in_gelu<1, 1>(&map_x, &map_w, bias, out, m, n, k);
+}
+// Launched in clusters of 2 (along M: the w slice multicast).
+extern "C" __global__ void __launch_bounds__(FG_THREADS, 2)
+ffn_in_gelu_sm90_c2(const __grid_constant__ TensorMap map_x,
+                    const __grid_constant__ TensorMap map_w, const st_t* __restrict__ bias,
+                    st_t* __restrict__ out, int m, int n, int k) {
+    ffn_in_gelu<2, 1>(&map_x, &map_w, bias, out, m, n, k);
+}
+// Launched in clusters of 4 (2 along M, 2 along N: both slices multicast).
+extern "C" __global__ void __launch_bounds__(FG_THREADS, 2)
+ffn_in_gelu_sm90_c4(const __grid_constant__ TensorMap map_x,
+                    const __grid_constant__ TensorMap map_w, const st_t* __restrict__ bias,
+                    st_t* __restrict__ out, int m, int n, int k) {
+    ffn_in_gelu<2, 2>(&map_x, &map_w, bias, out, m, n, k);
 }
 #endif

@@ -8,6 +8,9 @@
 //! 128 x 128 tiles and no cluster multicast it is L2-bound at ~400 TFLOP/s,
 //! where cuBLASLt (256 x 128 tiles, 2-CTA clusters) reaches ~680; fused, it
 //! is still slower than cuBLASLt + the separate GELU pass (docs/perf/gpu.md).
+//! `own-c2` / `own-c4` launch it in clusters of 2 (2 x 1) or 4 (2 x 2) CTAs
+//! that multicast the operand slices they share, cutting the L2 reads a
+//! tile costs to 3/4 or 1/2.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -26,6 +29,8 @@ const SMEM_BYTES: usize = STAGES * 2 * TILE_M * TILE_K * 2 + 1024 + 64;
 
 pub struct FfnInGeluSm90 {
     function: cu::CUfunction,
+    /// CTAs of a cluster along M and along N (the kernel entry point's).
+    cluster: (usize, usize),
     map_x: cu::CUtensorMap,
     map_w: Vec<cu::CUtensorMap>,
     n: usize,
@@ -39,15 +44,27 @@ unsafe impl Send for FfnInGeluSm90 {}
 
 impl FfnInGeluSm90 {
     /// Whether the kernel applies: fp16 on compute capability 9.0 (the
-    /// module is built for sm_90a there), K a multiple of 64, N of 128.
-    pub fn applies(cc: (i32, i32), fp16: bool, hidden: usize, inter: usize) -> bool {
-        cc == (9, 0) && fp16 && hidden.is_multiple_of(TILE_K) && inter.is_multiple_of(TILE_N)
+    /// module is built for sm_90a there), K a multiple of 64, N of 128 per
+    /// cluster CTA along N.
+    pub fn applies(
+        cc: (i32, i32),
+        fp16: bool,
+        hidden: usize,
+        inter: usize,
+        cluster_n: usize,
+    ) -> bool {
+        cc == (9, 0)
+            && fp16
+            && hidden.is_multiple_of(TILE_K)
+            && inter.is_multiple_of(TILE_N * cluster_n)
     }
 
-    /// `x`: the activations the FFN reads, `max_tokens` x `hidden` fp16;
-    /// `weights`: each layer's `[inter, hidden]` FFN-in matrix.
+    /// `function`: the entry point for `cluster` (M, N) CTAs (1 x 1, 2 x 1
+    /// or 2 x 2); `x`: the activations the FFN reads, `max_tokens` x `hidden`
+    /// fp16; `weights`: each layer's `[inter, hidden]` FFN-in matrix.
     pub fn new(
         function: cu::CUfunction,
+        cluster: (usize, usize),
         multiprocessors: usize,
         x: u64,
         max_tokens: usize,
@@ -58,12 +75,15 @@ impl FfnInGeluSm90 {
         // SAFETY: a function of a loaded module.
         unsafe { cr::function::set_function_attribute(function, attr, SMEM_BYTES as i32) }
             .map_err(|e| Error::Backend(format!("CUDA kernel attribute: {e}")))?;
+        // Each CTA loads its slice of the boxes its cluster shares.
+        let (cm, cn) = cluster;
         Ok(FfnInGeluSm90 {
             function,
-            map_x: tensor_map(x, max_tokens, hidden, TILE_M)?,
+            cluster,
+            map_x: tensor_map(x, max_tokens, hidden, TILE_M / cn)?,
             map_w: weights
                 .iter()
-                .map(|&w| tensor_map(w, inter, hidden, TILE_N))
+                .map(|&w| tensor_map(w, inter, hidden, TILE_N / cm))
                 .collect::<Result<_>>()?,
             n: inter,
             k: hidden,
@@ -95,20 +115,63 @@ impl FfnInGeluSm90 {
             &n as *const _ as *mut c_void,
             &k as *const _ as *mut c_void,
         ];
-        let tiles = (self.n / TILE_N) * tokens.div_ceil(TILE_M);
-        // SAFETY: the arguments match ffn_in_gelu_sm90's signature.
-        unsafe {
+        // Groups of cm x cn tiles, one a cluster at a time.
+        let (cm, cn) = self.cluster;
+        let size = cm * cn;
+        let groups = (self.n / (TILE_N * cn)) * tokens.div_ceil(TILE_M).div_ceil(cm);
+        let ctas = (groups.min(self.max_ctas / size) * size) as u32;
+        // SAFETY: the arguments match the ffn_in_gelu_sm90* signature; the
+        // cluster shape is the one this entry point was written for.
+        unsafe { launch_clustered(self.function, ctas, size as u32, stream, args) }
+            .map_err(|e| Error::Backend(format!("CUDA FFN-in kernel: {e}")))
+    }
+}
+
+/// Launches `ctas` CTAs in clusters of `size` along x.
+///
+/// # Safety
+/// As `cuLaunchKernel`; `ctas` is a multiple of `size`.
+unsafe fn launch_clustered(
+    f: cu::CUfunction,
+    ctas: u32,
+    size: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    if size == 1 {
+        // SAFETY: the caller's promise.
+        return unsafe {
             cr::launch_kernel(
-                self.function,
-                (tiles.min(self.max_ctas) as u32, 1, 1),
+                f,
+                (ctas, 1, 1),
                 (THREADS, 1, 1),
                 SMEM_BYTES as u32,
                 stream,
                 args,
             )
-        }
-        .map_err(|e| Error::Backend(format!("CUDA FFN-in kernel: {e}")))
+        };
     }
+    // SAFETY: a plain-data C struct; the id and value set below are the
+    // only fields the driver reads for this attribute.
+    let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = size;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    let config = cu::CUlaunchConfig {
+        gridDimX: ctas,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: SMEM_BYTES as u32,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: the caller's promise on f, args and ctas.
+    unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result() }
 }
 
 /// A 2-D fp16 tensor map over a row-major `[rows, cols]` matrix, read in

@@ -97,6 +97,8 @@ kernel_table! {
     SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM64 = "small_linear_m64" in "small_linear.cu" when Fp16Sm80,
     FfnInGeluSm90 = "ffn_in_gelu_sm90" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
+    FfnInGeluSm90C2 = "ffn_in_gelu_sm90_c2" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
+    FfnInGeluSm90C4 = "ffn_in_gelu_sm90_c4" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
     EmbedLayernormQ = "embed_layernorm_q" in "quant.cu" when Quant,
     LayernormQ = "layernorm_q" in "quant.cu" when Quant,
     GeluQ = "gelu_q" in "quant.cu" when Quant,

@@ -60,6 +60,20 @@ pub enum FfnGemm {
     /// epilogue (`ffn_gemm_sm90.cu`). Correct, but slower than cuBLASLt + the
     /// GELU pass so far (docs/perf/gpu.md run 16); elsewhere cuBLASLt runs.
     Own,
+    /// `Own` in clusters of (M, N) CTAs that multicast the operand slices
+    /// they share (`own-c2`: 2 x 1, `own-c4`: 2 x 2).
+    OwnClusters(usize, usize),
+}
+
+impl FfnGemm {
+    /// The cluster shape of our kernel, `None` for cuBLASLt.
+    pub fn own_cluster(self) -> Option<(usize, usize)> {
+        match self {
+            FfnGemm::Cublaslt => None,
+            FfnGemm::Own => Some((1, 1)),
+            FfnGemm::OwnClusters(m, n) => Some((m, n)),
+        }
+    }
 }
 
 /// Where the small-token kernels' LayerNorms run (`small_linear.cu`).
@@ -131,7 +145,7 @@ impl EngineOptions {
         ("graphs", "on or off (1 or 0)"),
         ("attention", "tc, tc2, tc4 or scalar"),
         ("gelu", "exact or tanh"),
-        ("ffn_gemm", "cublaslt or own"),
+        ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
         ("small_layernorm", "next or ticket"),
         ("small_linear_8bit", "on or off (1 or 0)"),
@@ -212,6 +226,8 @@ impl EngineOptions {
                 self.ffn_gemm = match value {
                     "cublaslt" => FfnGemm::Cublaslt,
                     "own" => FfnGemm::Own,
+                    "own-c2" => FfnGemm::OwnClusters(2, 1),
+                    "own-c4" => FfnGemm::OwnClusters(2, 2),
                     _ => return Err(expected()),
                 }
             }
@@ -351,7 +367,12 @@ mod tests {
         ] {
             o.set(k, v).unwrap();
         }
+        o.set("ffn_gemm", "own-c4").unwrap();
+        assert_eq!(o.ffn_gemm.own_cluster(), Some((2, 2)));
+        o.set("ffn_gemm", "own-c2").unwrap();
+        assert_eq!(o.ffn_gemm.own_cluster(), Some((2, 1)));
         o.set("ffn_gemm", "cublaslt").unwrap();
+        assert_eq!(o.ffn_gemm.own_cluster(), None);
         o.set("small_linear", "32").unwrap();
         o.set("small_layernorm", "ticket").unwrap();
         assert_eq!(o.small_layernorm, SmallLayerNorm::Ticket);

@@ -11,7 +11,7 @@ use cudarc::driver::{result as cr, sys as cu, CudaContext};
 use embedrt_core::quant::GemmSite;
 use embedrt_core::{Architecture, Error, Result};
 
-use super::options::{Attention, EngineOptions, FfnGemm, Gelu, SmallLayerNorm};
+use super::options::{Attention, EngineOptions, Gelu, SmallLayerNorm};
 use super::{drv, quantized, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
 use crate::gemm::{GemmKind, Gemms};
@@ -109,7 +109,7 @@ pub(super) struct Gpu {
     pub(super) kernels_from_cache: bool,
     /// One u32, zero between launches: the small-token LayerNorm's ticket.
     pub(super) ticket: u64,
-    /// Hopper, opt-in (`FfnGemm::Own`): FFN-in with the exact GELU fused,
+    /// Hopper, opt-in (`FfnGemm::Own*`): FFN-in with the exact GELU fused,
     /// through our wgmma GEMM instead of cuBLASLt + the GELU pass. Correct,
     /// but slower than cuBLASLt + GELU so far (docs/perf/gpu.md run 16).
     pub(super) ffn_sm90: Option<FfnInGeluSm90>,
@@ -274,15 +274,23 @@ pub(super) fn make_slot(
     let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
     let fp16 = h.precision == Precision::Fp16;
     let (hid, inter) = (config.hidden_size, config.intermediate_size);
-    let wanted = options.ffn_gemm == FfnGemm::Own;
-    if wanted && !quantized && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter) {
+    let own = options.ffn_gemm.own_cluster().filter(|&(_, cn)| {
+        !quantized && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter, cn)
+    });
+    if let Some(cluster) = own {
+        let kernel = match cluster {
+            (2, 1) => Kernel::FfnInGeluSm90C2,
+            (2, 2) => Kernel::FfnInGeluSm90C4,
+            _ => Kernel::FfnInGeluSm90,
+        };
         // SAFETY: the module was loaded by load_kernels.
-        let f = unsafe { kernels::function(gpu.module, Kernel::FfnInGeluSm90) }?;
+        let f = unsafe { kernels::function(gpu.module, kernel) }?;
         let sms = ctx
             .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("device attribute"))?;
         gpu.ffn_sm90 = Some(FfnInGeluSm90::new(
             f,
+            cluster,
             sms as usize,
             gpu.b.hidden,
             h.profile.token_budget(),
