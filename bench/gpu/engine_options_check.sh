@@ -37,6 +37,7 @@ check one-slot         --engine slots=1
 check small-linear-off --engine small_linear=0
 check early-launch-off --engine early_launch=off    # no programmatic dependent launch
 check small-ln-next    --engine small_layernorm=next  # LayerNorm in the next small kernel
+check small-attn-fused --engine small_attention=fused # attention inside attn-out (<= 16 tokens)
 # The same switches through the environment (the names the CLI and bench scripts use).
 EMBEDRT_CUDA_GRAPHS=0 EMBEDRT_ATTENTION=scalar check env-graphs0-scalar
 # The CLI reads them too: a bad value is a one-line error, a good one runs.

@@ -94,6 +94,7 @@ def built(when, arch, fp16, head_dim, quant):
         "Fp16Sm90a": fp16 == 1 and arch == "compute_90a",
         "Quant": quant != 0,
         "QuantSm80": quant != 0 and sm80,
+        "QuantSm80Head16": quant != 0 and sm80 and head_dim % 16 == 0,
     }[when]
 
 
@@ -146,7 +147,7 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
             report[current] = int(m.group(1))
     hot = ["gelu", "layernorm", "embed_layernorm", "pool", "attention_tc2", "attention_tc4"]
     hot += ["ffn_in_gelu_sm90", "ffn_in_gelu_sm90_c2", "ffn_in_gelu_sm90_c4"]
-    hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)]
+    hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)] + ["small_attn_out_m16"]
     for k in hot:
         assert k in report, f"no ptxas report for {k}"
         assert report[k] == 0, f"{k} spills {report[k]} bytes"
@@ -236,7 +237,8 @@ def test_quantized_hot_kernels_have_no_register_spills(arch, quant):
     rc, log, _ = nvrtc_check.compile(lib, src, arch, defines, ptxas_report=True)
     assert rc == 0, log
     report = spill_report(log)
-    small_q = {n for n, (_, when) in kernel_table().items() if when == "QuantSm80" and arch != "sm_75"}
+    small_q = {n for n, (_, when) in kernel_table().items()
+               if when in ("QuantSm80", "QuantSm80Head16") and arch != "sm_75"}
     for k in sorted(quant_looked_up() | small_q):
         assert k in report, f"{arch}: no ptxas report for {k}"
         assert report[k] == 0, f"{arch}: {k} spills {report[k]} bytes"

@@ -60,7 +60,126 @@ __device__ __forceinline__ uint4 widen8(uint2 q) {
                       widen2<WQ>(q.y >> 16));
 }
 
-template <int MT, int UNROLL, int WQ>
+// The attention of a batch of at most 16 tokens, for the attn-out kernel that reads it
+// (`small_attn_out*`): one launch less a layer. Sequences are packed by `offsets`.
+struct SmallAtt {
+    const st_t* qkv;
+    const int* offsets;
+    int nseq, heads;
+    float scale;
+    const st_t* rel_bias;  // MPNet: [buckets, heads]; null for BERT
+    const int* bucket_of;
+    int max_len;
+};
+#define SA_LOG2E 1.4426950408889634f
+#define SA_MASKED (-1e30f)
+
+// Every head of one 16-row tile into xs[16][SL_X_STRIDE], in the context layout (head h at
+// columns [h HEAD_DIM, ...)); rows past the tokens are zero. One warp a head: S = Q K^T over
+// the 16 keys on mma.m16n8k16, each row masked to its own sequence, MPNet's relative bias
+// added, softmax in fp32 in the exp2 domain (as attention_tc), then O = P V. At this size Q, K
+// and V are read straight from global memory (L2) as mma fragments; every block of the
+// attn-out kernel repeats it (a few hundred kFLOP) rather than wait for another launch.
+__device__ __forceinline__ void small_attention16(const SmallAtt& a, st_t* xs, int warp,
+                                                  int warps, int lane) {
+#if HEAD_DIM % 16 == 0
+    const int g = lane >> 2, tig = lane & 3;
+    const int stride = 3 * HIDDEN;
+    const int tokens = a.offsets[a.nseq];
+    // Keys [lo, hi) of rows g and g + 8: their sequence; none for rows past the tokens.
+    int lo[2] = {0, 0}, hi[2] = {0, 0};
+    for (int q = 0; q < a.nseq; ++q) {
+        const int s0 = a.offsets[q], s1 = a.offsets[q + 1];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int r = g + 8 * hh;
+            if (r >= s0 && r < s1) {
+                lo[hh] = s0;
+                hi[hh] = s1;
+            }
+        }
+    }
+    const float qk_scale = a.scale * SA_LOG2E;
+    for (int h = warp; h < a.heads; h += warps) {
+        const st_t* base = a.qkv + h * HEAD_DIM;
+        // Two fp16 values at (row, col) of this head's Q | K | V columns, zeros past the tokens.
+        auto word = [&](int row, int col) -> unsigned {
+            return row < tokens ? *(const unsigned*)(base + (size_t)row * stride + col) : 0u;
+        };
+        auto one = [&](int row, int col) -> unsigned {
+            return row < tokens ? (unsigned)base[(size_t)row * stride + col] : 0u;
+        };
+        float s[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+            const int c = kk * 16 + 2 * tig;
+            const unsigned qa[4] = {word(g, c), word(g + 8, c), word(g, c + 8), word(g + 8, c + 8)};
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int key = j * 8 + g;
+                mma16816(s[j], qa, word(key, HIDDEN + c), word(key, HIDDEN + c + 8));
+            }
+        }
+        float mx[2] = {SA_MASKED, SA_MASKED};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int hh = e >> 1, r = g + 8 * hh, key = j * 8 + 2 * tig + (e & 1);
+                float v = s[j][e] * qk_scale;
+                if (a.rel_bias) {
+                    const int bi = min(max(key - r + a.max_len - 1, 0), 2 * a.max_len - 2);
+                    v += ld(a.rel_bias[a.bucket_of[bi] * a.heads + h]) * SA_LOG2E;
+                }
+                if (key < lo[hh] || key >= hi[hh]) v = SA_MASKED;
+                s[j][e] = v;
+                mx[hh] = fmaxf(mx[hh], v);
+            }
+        }
+        float l[2] = {0.f, 0.f};
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+            mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float p;
+                asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(s[j][e] - mx[e >> 1]));
+                s[j][e] = p;
+                l[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
+            l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+        }
+        // P (fp16) as the A fragment over the 16 keys; V's B fragments pair keys 2 tig, +1.
+        const unsigned pa[4] = {pack2(s[0][0], s[0][1]), pack2(s[0][2], s[0][3]),
+                                pack2(s[1][0], s[1][1]), pack2(s[1][2], s[1][3])};
+        const float inv0 = hi[0] > lo[0] ? 1.f / l[0] : 0.f;
+        const float inv1 = hi[1] > lo[1] ? 1.f / l[1] : 0.f;
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            const int col = 2 * HIDDEN + nd * 8 + g;
+            const unsigned b0 = one(2 * tig, col) | (one(2 * tig + 1, col) << 16);
+            const unsigned b1 = one(2 * tig + 8, col) | (one(2 * tig + 9, col) << 16);
+            float o[4] = {0.f, 0.f, 0.f, 0.f};
+            mma16816(o, pa, b0, b1);
+            const int d = h * HEAD_DIM + nd * 8 + 2 * tig;
+            *(unsigned*)(xs + g * SL_X_STRIDE + d) = pack2(o[0] * inv0, o[1] * inv0);
+            *(unsigned*)(xs + (g + 8) * SL_X_STRIDE + d) = pack2(o[2] * inv1, o[3] * inv1);
+        }
+    }
+#endif
+}
+
+template <int MT, int UNROLL, int WQ, bool ATT = false>
 __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
                                              const void* __restrict__ w,
                                              const float* __restrict__ w_scale,
@@ -69,7 +188,8 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
                                              int epilogue, int ln_in,
                                              const st_t* __restrict__ gamma,
                                              const st_t* __restrict__ beta, float eps,
-                                             unsigned* ticket, st_t* ln_out) {
+                                             unsigned* ticket, st_t* ln_out,
+                                             const SmallAtt& att = SmallAtt{}) {
     const int warps = blockDim.x / WARP;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane >> 2, tig = lane & 3;
@@ -117,6 +237,15 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
                 ((uint4*)ln_out)[i] = *(const uint4*)src;
             }
         }
+        xsrc = xs;
+        xstride = SL_X_STRIDE;
+    }
+    if (ATT) {
+        // x is this batch's attention, computed here from qkv (MT == 1, k == HIDDEN).
+        extern __shared__ uint4 sl_x[];
+        st_t* xs = (st_t*)sl_x;
+        small_attention16(att, xs, warp, warps, lane);
+        __syncthreads();
         xsrc = xs;
         xstride = SL_X_STRIDE;
     }
@@ -234,5 +363,30 @@ SMALL_LINEAR_Q(small_linear_q_m16, 1, 4)
 SMALL_LINEAR_Q(small_linear_q_m32, 2, 4)
 SMALL_LINEAR_Q(small_linear_q_m48, 3, 2)
 SMALL_LINEAR_Q(small_linear_q_m64, 4, 2)
+#endif
+
+#if HEAD_DIM % 16 == 0
+// Attention + attn-out for batches of at most 16 tokens (one launch a layer less): x is
+// computed from qkv into 16 * SL_X_STRIDE * 2 bytes of dynamic shared memory; then as
+// small_linear_m16 (epilogue 2 or 3). w: fp16 weights, or (the _q kernel) 8-bit codes
+// with their per-channel w_scale. Opt-in (small_attention=fused): on the H200 the
+// attention in every block's prologue cost more than the launch it saves (MPNet-base W3
+// 0.361 vs 0.330 ms, docs/PERFORMANCE.md run 24), as ln_in's did.
+#define SMALL_ATTN_OUT(NAME, WQ, WT)                                                          \
+    extern "C" __global__ void __launch_bounds__(SL_MAX_WARPS * WARP) NAME(                   \
+        const st_t* __restrict__ qkv, const int* __restrict__ offsets, int nseq, int heads,   \
+        float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,    \
+        int max_len, const WT* __restrict__ w, const float* __restrict__ w_scale,             \
+        const st_t* __restrict__ bias, const st_t* residual, st_t* y, int n, int k,           \
+        int epilogue, const st_t* __restrict__ gamma, const st_t* __restrict__ beta,          \
+        float eps, unsigned* ticket, st_t* ln_out) {                                          \
+        const SmallAtt att = {qkv, offsets, nseq, heads, scale, rel_bias, bucket_of, max_len}; \
+        small_linear<1, 4, WQ, true>(nullptr, w, w_scale, bias, residual, y, n, k, epilogue,  \
+                                     0, gamma, beta, eps, ticket, ln_out, att);               \
+    }
+SMALL_ATTN_OUT(small_attn_out_m16, 0, st_t)
+#if EMBEDRT_QUANT
+SMALL_ATTN_OUT(small_attn_out_q_m16, EMBEDRT_QUANT, unsigned char)
+#endif
 #endif
 #endif

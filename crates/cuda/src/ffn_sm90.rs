@@ -4,13 +4,13 @@
 //! its operands through TMA tensor maps, made once at load: one over the
 //! slot's activation buffer (MAX tokens rows), one per layer's weights.
 //!
-//! Opt-in (`EMBEDRT_FFN_GEMM=own`): it gives the same answers, but with
-//! 128 x 128 tiles and no cluster multicast it is L2-bound at ~400 TFLOP/s,
-//! where cuBLASLt (256 x 128 tiles, 2-CTA clusters) reaches ~680; fused, it
-//! is still slower than cuBLASLt + the separate GELU pass (docs/perf/gpu.md).
-//! `own-c2` / `own-c4` launch it in clusters of 2 (2 x 1) or 4 (2 x 2) CTAs
-//! that multicast the operand slices they share, cutting the L2 reads a
-//! tile costs to 3/4 or 1/2.
+//! Opt-in (`EMBEDRT_FFN_GEMM=own`): it gives the same answers, but runs at
+//! ~400 TFLOP/s where cuBLASLt reaches ~680; fused, it is still slower than
+//! cuBLASLt + the separate GELU pass. `own-c2` / `own-c4` launch it in
+//! clusters of 2 (2 x 1) or 4 (2 x 2) CTAs that multicast the operand slices
+//! they share, cutting the L2 reads a tile costs to 3/4 or 1/2: slower still,
+//! because the kernel waits on its stages, not on L2 bandwidth (ncu, H200 run
+//! 24 in docs/PERFORMANCE.md).
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;

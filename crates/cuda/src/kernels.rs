@@ -42,6 +42,9 @@ pub enum Built {
     Quant,
     /// Programs for quantized plans on sm_80+.
     QuantSm80,
+    /// Programs for quantized plans on sm_80+ with a head size that is a
+    /// multiple of 16.
+    QuantSm80Head16,
 }
 
 /// One table of every kernel the engine looks up: its id, its `extern "C"`
@@ -108,6 +111,8 @@ kernel_table! {
     SmallLinearQM32 = "small_linear_q_m32" in "small_linear.cu" when QuantSm80,
     SmallLinearQM48 = "small_linear_q_m48" in "small_linear.cu" when QuantSm80,
     SmallLinearQM64 = "small_linear_q_m64" in "small_linear.cu" when QuantSm80,
+    SmallAttnOutM16 = "small_attn_out_m16" in "small_linear.cu" when Fp16Sm80Head16,
+    SmallAttnOutQM16 = "small_attn_out_q_m16" in "small_linear.cu" when QuantSm80Head16,
     // END KERNELS
 }
 

@@ -133,8 +133,10 @@ impl CudaEngine {
             let prev_ffn_norm = li.checked_sub(1).map(|p| g.layers[p].ffn_norm);
             pass.qkv(gemms, li, l, prev_ffn_norm)?;
             marks.mark("gemm qkv")?;
-            pass.attention()?;
-            marks.mark("attention")?;
+            if pass.small_attn.is_none() {
+                pass.attention()?;
+                marks.mark("attention")?;
+            }
             if let Some(s) = pass.small {
                 pass.small_tail(s, l, li == last, &mut marks)?;
                 continue;
@@ -215,6 +217,9 @@ struct Pass {
     small: Option<SmallLinear>,
     /// Its 8-bit-weight twin (quantized plans).
     small_q: Option<SmallLinear>,
+    /// Batches of 16 tokens: attention inside the attn-out kernel (fp16
+    /// weights, 8-bit weights); no attention launch.
+    small_attn: Option<(cu::CUfunction, Option<cu::CUfunction>)>,
     /// The program is a quantized plan's: its attention kernels take two
     /// more arguments (the quantized context, here unused).
     quant_program: bool,
@@ -249,6 +254,11 @@ impl Pass {
         let small = bucket
             .and_then(|i| g.f.small_linear.get(i).copied())
             .filter(|_| !quant_program || small_q.is_some());
+        let small_attn =
+            g.f.small_attn_out
+                .filter(|_| bucket == Some(0) && small.is_some())
+                .map(|f| (f, g.f.small_attn_out_q))
+                .filter(|(_, q)| !quant_program || q.is_some());
         let b = g.b;
         Pass {
             stream: g.stream,
@@ -274,6 +284,7 @@ impl Pass {
             rel_bias: g.rel_bias,
             small,
             small_q,
+            small_attn,
             quant_program,
             ticket: g.ticket,
             tanh_gelu: g.tanh_gelu,
@@ -444,19 +455,28 @@ impl Pass {
         let (b, hid, inter, ws) = (&self.b, self.hidden, self.inter, l.w_scales);
         let next = s.ln_in_shared.is_some();
         let io = (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch);
-        if next {
-            self.small_linear(s, io, ws[1], (hid, hid), 3, false, (0, 0))?;
-            marks.mark("small attn_out+residual")?;
-            let io = (b.scratch, l.ffn_in_w, l.biases[2], 0, b.inter);
-            self.small_linear(s, io, ws[2], (inter, hid), 1, true, l.attn_norm)?;
-            marks.mark("small layernorm+ffn_in+gelu")?;
-        } else {
-            self.small_linear(s, io, ws[1], (hid, hid), 2, false, l.attn_norm)?;
-            marks.mark("small attn_out+layernorm")?;
-            let io = (b.hidden, l.ffn_in_w, l.biases[2], 0, b.inter);
-            self.small_linear(s, io, ws[2], (inter, hid), 1, false, (0, 0))?;
-            marks.mark("small ffn_in+gelu")?;
+        // attn-out (with the attention itself for 16 tokens): the sum only, or
+        // normalized too.
+        let epilogue = if next { 3 } else { 2 };
+        match self.small_attn {
+            Some(fused) => {
+                self.small_attn_out(fused, io, ws[1], epilogue, l.attn_norm)?;
+                marks.mark("small attention+attn_out")?;
+            }
+            None => {
+                self.small_linear(s, io, ws[1], (hid, hid), epilogue, false, l.attn_norm)?;
+                marks.mark("small attn_out")?;
+            }
         }
+        // FFN-in + GELU, normalizing its input first where attn-out did not.
+        let (x, norm) = if next {
+            (b.scratch, l.attn_norm)
+        } else {
+            (b.hidden, (0, 0))
+        };
+        let io = (x, l.ffn_in_w, l.biases[2], 0, b.inter);
+        self.small_linear(s, io, ws[2], (inter, hid), 1, next, norm)?;
+        marks.mark("small ffn_in+gelu")?;
         let io = (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch);
         if next && !last_layer {
             self.small_linear(s, io, ws[3], (hid, inter), 3, false, (0, 0))?;
@@ -520,6 +540,55 @@ impl Pass {
             }
         }
         .map_err(drv("small linear kernel"))
+    }
+
+    /// Attention of a 16-token batch and attn-out in one kernel
+    /// (`small_attn_out*`): `y = attention(qkv) attn_outᵀ + bias + residual`,
+    /// then the LayerNorm (epilogue 2) or not (3), as [`Self::small_linear`].
+    fn small_attn_out(
+        &self,
+        (fp16, q): (cu::CUfunction, Option<cu::CUfunction>),
+        (_context, w, bias, res, y): (u64, u64, u64, u64, u64),
+        w_scale: u64,
+        epilogue: i32,
+        (gamma, beta): (u64, u64),
+    ) -> Result<()> {
+        let b = &self.b;
+        let f = match q {
+            Some(q) if w_scale != 0 => q,
+            None if w_scale != 0 => {
+                return Err(Error::Backend(
+                    "an 8-bit weight without the small-token 8-bit kernel".into(),
+                ))
+            }
+            _ => fp16,
+        };
+        let hid = self.hidden;
+        // A warp a head for the attention; the linear part splits K over them.
+        let warps = ((hid / 32).div_ceil(4).max(self.heads as usize)).clamp(4, 16) as u32;
+        let (n_i, k_i, np_i) = (hid as i32, hid as i32, self.np as i32);
+        let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
+        let (rb, bk, qkv) = (self.rel_bias, b.bucket, b.qkv);
+        let (eps, ticket, ln_out) = (self.eps, self.ticket, b.hidden);
+        let shared = (16 * (hid + 8) * 2) as u32;
+        // SAFETY: see Pass; arguments match SMALL_ATTN_OUT in small_linear.cu;
+        // `shared` is the limit set on both functions at load (slot.rs).
+        unsafe {
+            let args = kargs![
+                qkv, offs, np_i, heads, scale, rb, bk, max_len, w, w_scale, bias, res, y, n_i, k_i,
+                epilogue, gamma, beta, eps, ticket, ln_out
+            ];
+            launch_with_shared(
+                f,
+                ((hid / 8) as u32, 1, 1),
+                (32 * warps, 1, 1),
+                shared,
+                self.stream,
+                args,
+                self.early,
+            )
+        }
+        .map_err(drv("small attention+attn-out kernel"))
     }
 
     /// One cuBLASLt GEMM of layer `li` over this batch's tokens.

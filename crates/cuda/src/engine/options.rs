@@ -108,6 +108,13 @@ pub struct EngineOptions {
     /// through the small-token kernels (`small_linear.cu`); 0 turns them off.
     pub small_linear_max_tokens: usize,
     pub small_layernorm: SmallLayerNorm,
+    /// Batches of at most 16 tokens compute their attention inside the
+    /// attn-out kernel (`small_attn_out*` in small_linear.cu), one launch a
+    /// layer less. Correct (cosine 0.9999993 to the separate kernel) but
+    /// slower on the H200 (MPNet-base W3 0.361 vs 0.330 ms, fp8 0.353 vs
+    /// 0.320; docs/PERFORMANCE.md run 24), so off by default: the attention
+    /// kernel runs on its own (`separate`).
+    pub small_attention_fused: bool,
     /// Quantized plans: small batches run the small-token kernels over the
     /// 8-bit weights (fp16 activations) instead of the 8-bit GEMM loop.
     /// Default on: fp8 W3 0.548 -> 0.318 ms on the H200 (docs/PERFORMANCE.md run 23).
@@ -131,6 +138,7 @@ impl Default for EngineOptions {
             ffn_gemm: FfnGemm::default(),
             small_linear_max_tokens: SMALL_LINEAR_MAX_TOKENS,
             small_layernorm: SmallLayerNorm::default(),
+            small_attention_fused: false,
             small_linear_8bit: true,
             early_launch: true,
             kernel_cache: None,
@@ -148,6 +156,7 @@ impl EngineOptions {
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
         ("small_layernorm", "next or ticket"),
+        ("small_attention", "fused or separate"),
         ("small_linear_8bit", "on or off (1 or 0)"),
         ("early_launch", "on or off (1 or 0)"),
         ("kernel_cache", "a directory"),
@@ -163,6 +172,7 @@ impl EngineOptions {
         ("EMBEDRT_FFN_GEMM", "ffn_gemm"),
         ("EMBEDRT_SMALL_LINEAR", "small_linear"),
         ("EMBEDRT_SMALL_LAYERNORM", "small_layernorm"),
+        ("EMBEDRT_SMALL_ATTENTION", "small_attention"),
         ("EMBEDRT_SMALL_LINEAR_8BIT", "small_linear_8bit"),
         ("EMBEDRT_EARLY_LAUNCH", "early_launch"),
         ("EMBEDRT_KERNEL_CACHE", "kernel_cache"),
@@ -241,6 +251,13 @@ impl EngineOptions {
                     _ => return Err(expected()),
                 }
             }
+            "small_attention" => {
+                self.small_attention_fused = match value {
+                    "fused" => true,
+                    "separate" => false,
+                    _ => return Err(expected()),
+                }
+            }
             "kernel_cache" => self.kernel_cache = Some(PathBuf::from(value)),
             _ => {
                 let keys: Vec<&str> = Self::KEYS.iter().map(|(k, _)| *k).collect();
@@ -276,6 +293,7 @@ mod tests {
             ("EMBEDRT_FFN_GEMM", "own"),
             ("EMBEDRT_SMALL_LINEAR", "0"),
             ("EMBEDRT_SMALL_LAYERNORM", "next"),
+            ("EMBEDRT_SMALL_ATTENTION", "fused"),
             ("EMBEDRT_SMALL_LINEAR_8BIT", "off"),
             ("EMBEDRT_EARLY_LAUNCH", "off"),
             ("EMBEDRT_KERNEL_CACHE", "/tmp/k"),
@@ -296,6 +314,7 @@ mod tests {
                 ffn_gemm: FfnGemm::Own,
                 small_linear_max_tokens: 0,
                 small_layernorm: SmallLayerNorm::InNextKernel,
+                small_attention_fused: true,
                 small_linear_8bit: false,
                 early_launch: false,
                 kernel_cache: Some(PathBuf::from("/tmp/k")),

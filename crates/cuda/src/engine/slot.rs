@@ -49,6 +49,11 @@ pub(super) struct Functions {
     pub(super) small_linear: Vec<SmallLinear>,
     /// The same over 8-bit weights (quantized plans, sm_80+); else empty.
     pub(super) small_linear_q: Vec<SmallLinear>,
+    /// Attention + attn-out in one kernel for batches of at most 16 tokens
+    /// (fp16 weights, then 8-bit ones), where the small-token kernels run,
+    /// the head size is a multiple of 16 and the option allows it.
+    pub(super) small_attn_out: Option<cu::CUfunction>,
+    pub(super) small_attn_out_q: Option<cu::CUfunction>,
 }
 
 /// One small-token linear kernel (one token bucket).
@@ -144,6 +149,8 @@ impl Gpu {
                 pool: std::ptr::null_mut(),
                 small_linear: Vec::new(),
                 small_linear_q: Vec::new(),
+                small_attn_out: None,
+                small_attn_out_q: None,
             },
             allocations: Vec::new(),
             b: Buffers::default(),
@@ -409,7 +416,7 @@ fn load_kernels(
             let f = func(k)?;
             let ln_in_shared = if ln_in {
                 // SAFETY: a function of the module loaded above.
-                unsafe { small_ln_in_shared(f, 16 * (i + 1), config.hidden_size, shared_optin) }?
+                unsafe { small_x_shared(f, 16 * (i + 1), config.hidden_size, shared_optin) }?
             } else {
                 None
             };
@@ -446,7 +453,23 @@ fn load_kernels(
             Vec::new()
         },
         small_linear_q: Vec::new(),
+        small_attn_out: None,
+        small_attn_out_q: None,
     };
+    let fused_attention = options.small_attention_fused
+        && !gpu.f.small_linear.is_empty()
+        && config.head_dim().is_multiple_of(16);
+    // Its 16 rows of x in dynamic shared memory, beside the static reduction
+    // buffer: the limit set on the function, or None where they do not fit.
+    let load_attn_out = |k: Kernel| -> Result<Option<cu::CUfunction>> {
+        let f = func(k)?;
+        // SAFETY: a function of the module loaded above.
+        let fits = unsafe { small_x_shared(f, 16, config.hidden_size, shared_optin) }?;
+        Ok(fits.map(|_| f))
+    };
+    if fused_attention {
+        gpu.f.small_attn_out = load_attn_out(Kernel::SmallAttnOutM16)?;
+    }
     if tensor_cores && h.quant.is_some() && !gpu.f.small_linear.is_empty() {
         // A layer may mix 8-bit and fp16 (fallback) weights, so both kernels of a
         // bucket place the LayerNorms alike: in the next kernel only where both can.
@@ -457,6 +480,9 @@ fn load_kernels(
             }
         }
         gpu.f.small_linear_q = q;
+        if fused_attention {
+            gpu.f.small_attn_out_q = load_attn_out(Kernel::SmallAttnOutQM16)?;
+        }
     }
     Ok(())
 }
@@ -527,13 +553,14 @@ impl Drop for Gpu {
     }
 }
 
-/// The dynamic shared memory `small_linear`'s `ln_in` takes for `rows` rows
-/// (SL_X_STRIDE = hidden + 8 halves a row), set on `f` as its limit; None
-/// where it does not fit beside the kernel's static shared memory.
+/// The dynamic shared memory that `rows` rows of a small-token kernel's x take
+/// in shared memory (`ln_in`, or the fused attention's output; SL_X_STRIDE =
+/// hidden + 8 halves a row), set on `f` as its limit; None where it does not
+/// fit beside the kernel's static shared memory.
 ///
 /// # Safety
 /// `f` is a function of a loaded module.
-unsafe fn small_ln_in_shared(
+unsafe fn small_x_shared(
     f: cu::CUfunction,
     rows: usize,
     hidden: usize,
