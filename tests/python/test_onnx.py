@@ -346,9 +346,16 @@ def test_unknown_precision_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
-def test_fp8_export_points_to_the_plan(embedrt_bin, fixtures_dir, tmp_path):
+def test_fp8_export_without_calibration_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path):
     proc = export(embedrt_bin, fixtures_dir / "tiny-bert-max", tmp_path / "o", "--precision", "fp8")
-    one_line_error(proc, "fp8", "int8", "embedrt build")
+    one_line_error(proc, "fp8", "--calibration")
+    assert not (tmp_path / "o").exists()
+
+
+def test_fp8_export_below_opset_19_is_a_clear_error(embedrt_bin, fixtures_dir, tmp_path):
+    proc = export(embedrt_bin, fixtures_dir / "tiny-bert-max", tmp_path / "o", "--precision", "fp8",
+                  "--opset", "17")
+    one_line_error(proc, "fp8", "--opset 19")
     assert not (tmp_path / "o").exists()
 
 

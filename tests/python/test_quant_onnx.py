@@ -135,6 +135,48 @@ def test_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixtures_di
     assert cos.min() >= bound, cos
 
 
+@pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls", "tiny-bert-max"])
+def test_fp8_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixtures_dir, calib_text,
+                                                            tmp_path, name):
+    model = fixtures_dir / name
+    table = tmp_path / "t.json"
+    calibrate(embedrt_bin, model, calib_text, table, "--precision", "fp8", "--no-fallback")
+    d = export_ok(embedrt_bin, model, tmp_path / "x", "--precision", "fp8",
+                  "--calibration-table", table)
+    m = onnx.load(str(d / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version >= 19
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["precision"] == "fp8" and manifest["opset"] >= 19
+    # TensorRT takes FP8 only as explicit Q/DQ: no calibration cache.
+    assert "trt_calibration_cache" not in manifest["quantization"]
+    assert not (d / "calibration.cache").exists()
+    layers = json.loads(table.read_text())["model"]["num_layers"]
+    assert [n.op_type for n in m.graph.node].count("QuantizeLinear") == 4 * layers
+    fp8 = onnx.TensorProto.FLOAT8E4M3FN
+    weights = [t for t in m.graph.initializer if t.name.endswith("_quantized")]
+    assert len(weights) == 6 * layers and all(t.data_type == fp8 for t in weights)
+    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
+    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
+    # ORT's CPU provider has no fp8 GEMM: at every level it dequantizes and
+    # multiplies in fp32, the arithmetic of our reference.
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, None):
+        got = ort_embed(session(d, level=level), tokenizer(d), texts)
+        cos = cosine_rows(ref, got)
+        assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, (level, cos)
+
+
+def test_minilm_fp8_qdq_onnx_stsb_drop_within_target(embedrt_bin, minilm_dir, minilm_tables,
+                                                     stsb_dir, tmp_path):
+    d = export_ok(embedrt_bin, minilm_dir, tmp_path / "fp8", "--precision", "fp8",
+                  "--calibration-table", minilm_tables["fp8"])
+    pairs = read_sts(stsb_dir / "stsb-en-dev.csv")
+    texts = [s for p in pairs for s in p[:2]]
+    emb = ort_embed(session(d), tokenizer(d), texts, batch_size=64)
+    got = 100 * spearman(cosine_rows(emb[0::2], emb[1::2]), [p[2] for p in pairs])
+    assert FP32_SPEARMAN - got <= MAX_DROP, got
+
+
 def test_minilm_qdq_onnx_stsb_drop_within_target(minilm_int8, stsb_dir):
     _, d = minilm_int8
     pairs = read_sts(stsb_dir / "stsb-en-dev.csv")

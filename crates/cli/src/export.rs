@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use embedrt_core::SentenceModel;
-use embedrt_onnx::{export_dir, ExportOptions, Precision, DEFAULT_OPSET};
+use embedrt_core::{QuantFormat, SentenceModel};
+use embedrt_onnx::{export_dir, ExportOptions, Precision, DEFAULT_OPSET, FP8_MIN_OPSET};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -18,34 +18,46 @@ pub struct ExportArgs {
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
     /// Weights and matmuls in fp32 or fp16 (LayerNorm, softmax, pooling stay
-    /// fp32); int8 writes QDQ ONNX (needs --calibration or
-    /// --calibration-table) and a TensorRT calibration.cache.
+    /// fp32); int8 / fp8 write QDQ ONNX (need --calibration or
+    /// --calibration-table), int8 with a TensorRT calibration.cache, fp8 at
+    /// opset 19+ (FLOAT8E4M3FN).
     #[arg(long, default_value = "fp32")]
     precision: String,
     #[command(flatten)]
     quant: crate::open_quant::QuantArgs,
-    /// ONNX opset (17 or newer: LayerNormalization).
-    #[arg(long, default_value_t = DEFAULT_OPSET)]
-    opset: i64,
+    /// ONNX opset (17 or newer: LayerNormalization; 19 or newer for fp8)
+    /// [default: 17, 19 for fp8]
+    #[arg(long)]
+    opset: Option<i64>,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let int8 = args.precision == "int8";
-    let precision: Precision = match args.precision.as_str() {
-        "int8" => Precision::Fp32,
-        // FP8 has no QDQ form that ONNX Runtime's CPU provider runs; the fp8
-        // path is a plan (`embedrt build --precision fp8`).
-        "fp8" => bail!(
-            "export --precision fp8 is not supported (QDQ ONNX is int8 only); \
-             use --precision int8, or build an fp8 plan with `embedrt build --precision fp8`"
-        ),
-        other => other.parse().map_err(|_| {
-            anyhow::anyhow!("unknown precision {other:?} for export; supported: fp32, fp16, int8")
+    let quant_format = match args.precision.as_str() {
+        "int8" => Some(QuantFormat::Int8),
+        "fp8" => Some(QuantFormat::Fp8),
+        _ => None,
+    };
+    let precision: Precision = match quant_format {
+        // QDQ: the float parts stay fp32.
+        Some(_) => Precision::Fp32,
+        None => args.precision.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "unknown precision {:?} for export; supported: fp32, fp16, int8, fp8",
+                args.precision
+            )
         })?,
     };
-    embedrt_onnx::check_opset(args.opset)?;
+    let opset = match (args.opset, quant_format) {
+        (Some(o), _) => o,
+        (None, Some(QuantFormat::Fp8)) => FP8_MIN_OPSET,
+        (None, _) => DEFAULT_OPSET,
+    };
+    embedrt_onnx::check_opset(opset)?;
+    if quant_format == Some(QuantFormat::Fp8) && opset < FP8_MIN_OPSET {
+        bail!("--precision fp8 needs --opset {FP8_MIN_OPSET} or newer (FLOAT8E4M3FN QuantizeLinear); got {opset}");
+    }
     let model = SentenceModel::load(&args.model)?;
-    let quant = crate::open_quant::export_table(&model, int8, &args.quant)?;
+    let quant = crate::open_quant::export_table(&model, quant_format, &args.quant)?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} export: {msg} {elapsed}")
@@ -54,7 +66,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let opts = ExportOptions {
         precision,
-        opset: args.opset,
+        opset,
         quant,
     };
     let result = export_dir(&model, &args.output, &opts, &|msg| {

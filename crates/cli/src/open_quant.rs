@@ -66,25 +66,25 @@ pub fn open_if_quantized(args: &ModelArgs) -> Result<Option<Embedder>> {
     Ok(Some(Embedder::new(model, Arc::new(engine))))
 }
 
-/// The int8 table of `embedrt export --precision int8`, or `None` for a
-/// float export (which refuses calibration options).
+/// The table of `embedrt export --precision int8|fp8` (`format`), or `None`
+/// for a float export (which refuses calibration options).
 pub fn export_table(
     model: &SentenceModel,
-    int8: bool,
+    format: Option<QuantFormat>,
     q: &QuantArgs,
 ) -> Result<Option<embedrt_core::CalibrationTable>> {
-    if !int8 {
+    let Some(format) = format else {
         if q.calibration_table.is_some() || q.calibration.is_some() {
-            bail!("--calibration-table and --calibration go with --precision int8");
+            bail!("--calibration-table and --calibration go with --precision int8 or fp8");
         }
         return Ok(None);
-    }
-    let format = QuantFormat::Int8;
+    };
     Ok(Some(match (&q.calibration_table, &q.calibration) {
         (Some(path), _) => read_table(path, model, format)?,
         (None, Some(text)) => make_table(model, text, format, &q.calibration_args, None)?,
         (None, None) => bail!(
-            "--precision int8 needs --calibration-table TABLE (from `embedrt calibrate`) or --calibration FILE"
+            "--precision {} needs --calibration-table TABLE (from `embedrt calibrate`) or --calibration FILE",
+            format.name()
         ),
     }))
 }

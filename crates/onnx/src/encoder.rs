@@ -11,7 +11,7 @@
 //! LayerNorm parameters and MPNet's relative-attention bias stay fp32
 //! initializers, and both outputs are fp32.
 
-use embedrt_core::quant::{weight_scales, CalibrationTable, GemmKind, GemmSite, QuantFormat};
+use embedrt_core::quant::{quantize_weight, CalibrationTable, GemmKind, GemmSite, QuantFormat};
 use embedrt_core::{
     Architecture, LayerNormWeights, LayerWeights, Linear, PoolingMode, SentenceModel, Tensor,
     TransformerWeights,
@@ -35,9 +35,9 @@ pub const ATTENTION_MASK: &str = "attention_mask";
 pub const TOKEN_EMBEDDINGS: &str = "token_embeddings";
 pub const SENTENCE_EMBEDDING: &str = "sentence_embedding";
 
-/// Builds the whole graph into `g`. With `quant` (an int8 table), each
+/// Builds the whole graph into `g`. With `quant` (an int8 or fp8 table), each
 /// non-fallback GEMM's input goes through QuantizeLinear/DequantizeLinear
-/// with the table's scale and its weight is stored as int8 with one scale
+/// with the table's scale and its weight is stored as 8-bit codes with one scale
 /// per output channel, dequantized in the graph (QDQ format). Returns the
 /// name of the tensor that feeds each GEMM's MatMul.
 pub fn build(
@@ -358,8 +358,17 @@ impl Encoder<'_> {
         table.input_scale(site)
     }
 
+    /// The graph's element type of the table's 8-bit format.
+    fn code_elem(&self) -> Elem {
+        match self.quant.map(|t| t.precision) {
+            Some(QuantFormat::Fp8) => Elem::F8E4M3,
+            _ => Elem::I8,
+        }
+    }
+
     /// Records `x` as the input of a GEMM and, when the GEMM is quantized,
-    /// returns `x` after QuantizeLinear/DequantizeLinear (int8, zero point 0).
+    /// returns `x` after QuantizeLinear/DequantizeLinear (int8 or e4m3fn,
+    /// zero point 0; fp8 saturates at ±448, QuantizeLinear's default).
     fn gemm_input(&mut self, kind: GemmKind, x: &str) -> String {
         let site = GemmSite {
             layer: self.layer,
@@ -372,7 +381,7 @@ impl Encoder<'_> {
         let hint = format!("{}_input", site.name().replace('.', "_"));
         let s = self.g.scalar(scale, Elem::F32, &format!("{hint}_scale"));
         let zp_name = self.g.fresh(&format!("{hint}_zero_point"));
-        let zp = self.g.init_i8(&zp_name, &[], &[0]);
+        let zp = self.g.init_bytes(&zp_name, &[], self.code_elem(), vec![0]);
         let q = self.g.op(
             "QuantizeLinear",
             &[x, &s, &zp],
@@ -387,27 +396,26 @@ impl Encoder<'_> {
         )
     }
 
-    /// A `[out, in]` weight as int8 codes with per-output-channel scales
-    /// (axis 0 of this layout) and the DequantizeLinear that restores it.
+    /// A `[out, in]` weight as 8-bit codes (int8, or e4m3fn for an fp8
+    /// table) with per-output-channel scales (axis 0 of this layout) and the
+    /// DequantizeLinear that restores it.
     fn quantized_weight(&mut self, t: &Tensor) -> String {
         let out = t.shape[0];
-        let scales = weight_scales(&t.data, out, QuantFormat::Int8);
-        let inp = t.data.len() / out.max(1);
-        let codes: Vec<i8> = t
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| QuantFormat::Int8.quantize(w, scales[i / inp.max(1)]) as i8)
-            .collect();
+        let format = self.quant.map_or(QuantFormat::Int8, |q| q.precision);
+        let (codes, scales) = quantize_weight(&t.data, out, format);
+        let elem = self.code_elem();
         let q = self
             .g
-            .init_i8(&format!("{}_quantized", t.name), &t.shape, &codes);
+            .init_bytes(&format!("{}_quantized", t.name), &t.shape, elem, codes);
         let s = self
             .g
             .init_float(&format!("{}_scale", t.name), &[out], &scales, Elem::F32);
-        let zp = self
-            .g
-            .init_i8(&format!("{}_zero_point", t.name), &[out], &vec![0; out]);
+        let zp = self.g.init_bytes(
+            &format!("{}_zero_point", t.name),
+            &[out],
+            elem,
+            vec![0; out],
+        );
         self.g.op(
             "DequantizeLinear",
             &[&q, &s, &zp],

@@ -21,8 +21,9 @@ const FORMAT: &str = "embedrt-onnx-export/1";
 pub struct ExportOptions {
     pub precision: Precision,
     pub opset: i64,
-    /// An int8 calibration table (checked against the model by the
-    /// caller): write QDQ int8 and a TensorRT calibration cache.
+    /// A calibration table (checked against the model by the caller): write
+    /// QDQ int8 and a TensorRT calibration cache, or QDQ fp8 (TensorRT takes
+    /// FP8 only as explicit Q/DQ: no cache).
     pub quant: Option<embedrt_core::CalibrationTable>,
 }
 
@@ -36,7 +37,9 @@ pub struct QuantManifest {
     /// sha256 of the calibration table's JSON as it was applied.
     pub table_sha256: String,
     pub fallback: Vec<String>,
-    pub trt_calibration_cache: String,
+    /// The TensorRT calibration cache beside an int8 export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trt_calibration_cache: Option<String>,
 }
 
 /// `manifest.json`: what the export is and how to check it.
@@ -59,7 +62,7 @@ pub struct Manifest {
     pub onnx_sha256: String,
     pub tokenizer_sha256: String,
     pub embedrt_version: String,
-    /// Present for `--precision int8` (QDQ) exports.
+    /// Present for `--precision int8|fp8` (QDQ) exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantManifest>,
 }
@@ -98,13 +101,21 @@ pub fn export_dir(
     let quantization = match &opts.quant {
         None => None,
         Some(table) => {
-            let cache = trt_cache(model, &weights, table);
-            write_atomic(&dir.join(TRT_CACHE_FILE), cache.to_text().as_bytes())?;
+            let int8 = table.precision == embedrt_core::QuantFormat::Int8;
+            let cache_path = dir.join(TRT_CACHE_FILE);
+            if int8 {
+                let cache = trt_cache(model, &weights, table);
+                write_atomic(&cache_path, cache.to_text().as_bytes())?;
+            } else if cache_path.exists() {
+                // An earlier int8 export's cache would not describe this model.
+                std::fs::remove_file(&cache_path)
+                    .with_context(|| format!("{}: cannot remove", cache_path.display()))?;
+            }
             Some(QuantManifest {
                 calibrator: table.calibrator.clone(),
                 table_sha256: hex::encode(Sha256::digest(serde_json::to_vec(table)?)),
                 fallback: table.fallback.clone(),
-                trt_calibration_cache: TRT_CACHE_FILE.into(),
+                trt_calibration_cache: int8.then(|| TRT_CACHE_FILE.into()),
             })
         }
     };
@@ -119,7 +130,7 @@ pub fn export_dir(
         source: model.source.clone(),
         architecture: model.config.architecture.name().into(),
         precision: match &opts.quant {
-            Some(_) => "int8".into(),
+            Some(t) => t.precision.name().into(),
             None => opts.precision.name().into(),
         },
         opset: opts.opset,

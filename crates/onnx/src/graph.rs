@@ -16,6 +16,8 @@ pub enum Elem {
     I64,
     Bool,
     I8,
+    /// FP8 e4m3fn (opset 19+ QuantizeLinear / DequantizeLinear).
+    F8E4M3,
 }
 
 impl Elem {
@@ -26,6 +28,7 @@ impl Elem {
             Elem::I64 => DataType::Int64,
             Elem::Bool => DataType::Bool,
             Elem::I8 => DataType::Int8,
+            Elem::F8E4M3 => DataType::Float8e4m3fn,
         }) as i32
     }
 }
@@ -120,10 +123,10 @@ impl GraphBuilder {
         self.push_init(name, shape, elem, raw)
     }
 
-    /// An int8 initializer (quantized weights, zero points).
-    pub fn init_i8(&mut self, name: &str, shape: &[usize], data: &[i8]) -> String {
-        let raw = data.iter().map(|&x| x as u8).collect();
-        self.push_init(name, shape, Elem::I8, raw)
+    /// An 8-bit initializer of `elem` (int8 or e4m3fn) from its raw bytes:
+    /// quantized weights, zero points.
+    pub fn init_bytes(&mut self, name: &str, shape: &[usize], elem: Elem, raw: Vec<u8>) -> String {
+        self.push_init(name, shape, elem, raw)
     }
 
     pub fn init_i64(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {

@@ -30,6 +30,9 @@ pub const MIN_OPSET: i64 = 17;
 /// The newest opset the exporter is tested against (ONNX Runtime from PyPI).
 pub const MAX_OPSET: i64 = 21;
 pub const DEFAULT_OPSET: i64 = 17;
+/// QuantizeLinear / DequantizeLinear over FLOAT8E4M3FN arrived in opset 19:
+/// the opset of an fp8 QDQ export unless one is asked for.
+pub const FP8_MIN_OPSET: i64 = 19;
 /// protobuf cannot serialize a message past 2 GiB; weights beyond that need
 /// ONNX external data, which this exporter does not write.
 const PROTOBUF_LIMIT: usize = (2 << 30) - (16 << 20);
@@ -77,7 +80,8 @@ pub fn fp32_gemm_input_names(
     encoder::build(&mut g, model, weights, Precision::Fp32, None)
 }
 
-/// [`build_model`], as QDQ int8 when `quant` is given (an int8 table).
+/// [`build_model`], as QDQ int8 or fp8 when `quant` is given (a table of
+/// either format; fp8 needs opset 19+).
 pub fn build_model_quantized(
     model: &SentenceModel,
     weights: &TransformerWeights,
@@ -87,14 +91,13 @@ pub fn build_model_quantized(
 ) -> Result<Vec<u8>> {
     check_opset(opset)?;
     if let Some(t) = quant {
-        if t.precision != embedrt_core::QuantFormat::Int8 {
+        if t.precision == embedrt_core::QuantFormat::Fp8 && opset < FP8_MIN_OPSET {
             bail!(
-                "QDQ export is int8 only; this calibration table is {} (calibrate with --precision int8)",
-                t.precision.name()
+                "an fp8 QDQ export needs opset {FP8_MIN_OPSET} or newer (FLOAT8E4M3FN QuantizeLinear); got --opset {opset}"
             );
         }
         if precision != Precision::Fp32 {
-            bail!("a QDQ int8 export keeps its float parts in fp32");
+            bail!("a QDQ export keeps its float parts in fp32");
         }
     }
     let mut g = graph::GraphBuilder::new(opset);
@@ -139,7 +142,7 @@ pub fn build_model_quantized(
             meta(
                 "precision",
                 match quant {
-                    Some(_) => "int8".into(),
+                    Some(t) => t.precision.name().into(),
                     None => precision.name().into(),
                 },
             ),
