@@ -508,15 +508,7 @@ impl Pass {
         let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
         let (grid, block) = (((n / 8) as u32, 1, 1), (32 * warps, 1, 1));
         let quantized = w_scale != 0;
-        let f = match self.small_q {
-            Some(q) if quantized => q,
-            None if quantized => {
-                return Err(Error::Backend(
-                    "an 8-bit weight without the small-token 8-bit kernel".into(),
-                ))
-            }
-            _ => s,
-        };
+        let f = for_weights(s, self.small_q, w_scale)?;
         // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
         let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
             Some(bytes) => (bytes, 1i32),
@@ -554,15 +546,7 @@ impl Pass {
         (gamma, beta): (u64, u64),
     ) -> Result<()> {
         let b = &self.b;
-        let f = match q {
-            Some(q) if w_scale != 0 => q,
-            None if w_scale != 0 => {
-                return Err(Error::Backend(
-                    "an 8-bit weight without the small-token 8-bit kernel".into(),
-                ))
-            }
-            _ => fp16,
-        };
+        let f = for_weights(fp16, q, w_scale)?;
         let hid = self.hidden;
         // A warp a head for the attention; the linear part splits K over them.
         let warps = ((hid / 32).div_ceil(4).max(self.heads as usize)).clamp(4, 16) as u32;
@@ -604,5 +588,17 @@ impl Pass {
         y: u64,
     ) -> Result<()> {
         gemms.run(li, kind, self.tp, w, x, res, y, self.stream as _)
+    }
+}
+
+/// The small-token kernel for a weight: its 8-bit twin `q` where the weight
+/// has scales (`w_scale` not 0: 8-bit codes), else the fp16 kernel.
+fn for_weights<K>(fp16: K, q: Option<K>, w_scale: u64) -> Result<K> {
+    match q {
+        Some(q) if w_scale != 0 => Ok(q),
+        None if w_scale != 0 => Err(Error::Backend(
+            "an 8-bit weight without the small-token 8-bit kernel".into(),
+        )),
+        _ => Ok(fp16),
     }
 }
