@@ -24,16 +24,7 @@ fp16)
   OUT=$O/variants VARIANTS="default EMBEDRT_SMALL_LAYERNORM=next EMBEDRT_SMALL_LINEAR=0" \
     timeout 280 bash bench/gpu/fp16_variants.sh > "$O/variants.log" 2>&1
   tail -5 "$O/variants.log"
-  python3 - "$O/variants" <<'PY'
-import glob, json, os, sys
-for p in sorted(glob.glob(os.path.join(sys.argv[1], "bench-*.json"))):
-    try:
-        rec = json.loads(open(p).read().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        continue
-    stages = ", ".join(f"{n} {ms:.3f}" for n, ms in rec.get("stages_w3_ms", []))
-    print(f"W3 stages ms, {os.path.basename(p)[6:-5]}: {stages}")
-PY
+  python3 bench/gpu/stages.py "$O/variants" w3
   ;;
 quant)
   [ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json

@@ -36,16 +36,7 @@ gemm)
   done
   OUT=$O/variants VARIANTS="$variants" timeout 420 bash bench/gpu/fp16_variants.sh > "$O/variants.log" 2>&1
   tail -6 "$O/variants.log"
-  python3 - "$O/variants" <<'PY'
-import glob, json, os, sys
-for p in sorted(glob.glob(os.path.join(sys.argv[1], "bench-*.json"))):
-    try:
-        rec = json.loads(open(p).read().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        continue
-    stages = ", ".join(f"{n} {ms:.3f}" for n, ms in rec.get("stages_w1_ms", []))
-    print(f"W1 stages ms, {os.path.basename(p)[6:-5]}: {stages}")
-PY
+  python3 bench/gpu/stages.py "$O/variants" w1
   ;;
 w3)
   for v in fused separate; do
@@ -90,16 +81,7 @@ PY
   # (Run 24 ran this when fused was the default, as "default EMBEDRT_SMALL_ATTENTION=separate".)
   OUT=$O/variants VARIANTS="default EMBEDRT_SMALL_ATTENTION=fused" timeout 300 bash bench/gpu/fp16_variants.sh > "$O/variants.log" 2>&1
   tail -3 "$O/variants.log"
-  python3 - "$O/variants" <<'PY'
-import glob, json, os, sys
-for p in sorted(glob.glob(os.path.join(sys.argv[1], "bench-*.json"))):
-    try:
-        rec = json.loads(open(p).read().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        continue
-    stages = ", ".join(f"{n} {ms:.3f}" for n, ms in rec.get("stages_w3_ms", []))
-    print(f"W3 stages ms, {os.path.basename(p)[6:-5]}: {stages}")
-PY
+  python3 bench/gpu/stages.py "$O/variants" w3
   if [ $SECONDS -lt 330 ]; then
     timeout 60 $E calibrate --model $D --input "$STS" --precision fp8 --calibration-size 512 --no-fallback \
       -o /tmp/mpnet-fp8.table.json > "$O/cal8.log" 2>&1

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use embedrt_core::{QuantFormat, SentenceModel};
+use embedrt_core::SentenceModel;
 use embedrt_cuda::quant_plan::GemmOutput;
 use embedrt_cuda::{build_plan, BuildOptions, Precision, Profile};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -85,19 +85,12 @@ pub fn run(args: BuildArgs) -> Result<()> {
         Device::Auto => 0,
         Device::Cpu => bail!("--device cpu: plans are for GPUs; use cuda or cuda:N"),
     };
-    let quant_format = match args.precision.as_str() {
-        "int8" | "fp8" => Some(args.precision.parse::<QuantFormat>()?),
-        _ => None,
-    };
-    let precision: Precision = match quant_format {
-        Some(_) => Precision::Fp16,
-        None => args.precision.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "unknown precision {:?}; supported: fp32, fp16, int8, fp8",
-                args.precision
-            )
-        })?,
-    };
+    // Quantized plans keep fp16 activations.
+    let (quant_format, precision) = crate::open_quant::parse_precision(
+        &args.precision,
+        Precision::Fp16,
+        "fp32, fp16, int8, fp8",
+    )?;
     if quant_format.is_none()
         && (args.calibration_table.is_some()
             || args.calibration.is_some()

@@ -32,21 +32,12 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let quant_format = match args.precision.as_str() {
-        "int8" => Some(QuantFormat::Int8),
-        "fp8" => Some(QuantFormat::Fp8),
-        _ => None,
-    };
-    let precision: Precision = match quant_format {
-        // QDQ: the float parts stay fp32.
-        Some(_) => Precision::Fp32,
-        None => args.precision.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "unknown precision {:?} for export; supported: fp32, fp16, int8, fp8",
-                args.precision
-            )
-        })?,
-    };
+    // QDQ keeps the float parts in fp32.
+    let (quant_format, precision) = crate::open_quant::parse_precision(
+        &args.precision,
+        Precision::Fp32,
+        "fp32, fp16, int8, fp8",
+    )?;
     let opset = match (args.opset, quant_format) {
         (Some(o), _) => o,
         (None, Some(QuantFormat::Fp8)) => FP8_MIN_OPSET,

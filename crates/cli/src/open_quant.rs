@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use embedrt_core::quant::QuantFormat;
-use embedrt_core::{Embedder, SentenceModel};
+use embedrt_core::{Embedder, Precision, SentenceModel};
 
 use crate::calibrate::{make_table, read_table, CalibrationArgs};
 use crate::open::ModelArgs;
@@ -87,4 +87,23 @@ pub fn export_table(
             format.name()
         ),
     }))
+}
+
+/// A `--precision` value: int8 / fp8 (with `quant_float`, the precision the
+/// float parts keep) or a float precision. `supported` lists the values
+/// for the error.
+pub fn parse_precision(
+    text: &str,
+    quant_float: Precision,
+    supported: &str,
+) -> Result<(Option<QuantFormat>, Precision)> {
+    match text {
+        "int8" | "fp8" => Ok((Some(text.parse::<QuantFormat>()?), quant_float)),
+        other => Ok((
+            None,
+            other.parse().map_err(|_| {
+                anyhow::anyhow!("unknown precision {other:?}; supported: {supported}")
+            })?,
+        )),
+    }
 }

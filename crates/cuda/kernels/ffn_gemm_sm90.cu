@@ -118,6 +118,13 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long l
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
+// The origin of this CTA's tile in group t (groups of CM x CN tiles, N fastest).
+template <int CM, int CN>
+__device__ __forceinline__ void fg_tile(int t, int groups_n, int rm, int rn, int& m0, int& n0) {
+    n0 = ((t % groups_n) * CN + rn) * FG_BN;
+    m0 = ((t / groups_n) * CM + rm) * FG_BM;
+}
+
 // CM x CN CTAs a cluster (1 x 1: no cluster).
 template <int CM, int CN>
 __device__ __forceinline__ void ffn_in_gelu(const TensorMap* map_x, const TensorMap* map_w,
@@ -161,8 +168,8 @@ __device__ __forceinline__ void ffn_in_gelu(const TensorMap* map_x, const Tensor
             for (int j = 0; j < CM; ++j) b_mask |= (unsigned short)(1u << (rn * CM + j));
             int it = 0;
             for (int t = cluster; t < groups; t += clusters) {
-                const int n0 = ((t % groups_n) * CN + rn) * FG_BN;
-                const int m0 = ((t / groups_n) * CM + rm) * FG_BM;
+                int m0, n0;
+                fg_tile<CM, CN>(t, groups_n, rm, rn, m0, n0);
                 for (int kt = 0; kt < k_tiles; ++kt, ++it) {
                     const int s = it % FG_STAGES;
                     mbar_wait(bars + 8 * (FG_STAGES + s), ((it / FG_STAGES) & 1) ^ 1);
@@ -204,8 +211,8 @@ __device__ __forceinline__ void ffn_in_gelu(const TensorMap* map_x, const Tensor
         for (int i = 0; i < 64; ++i) d[i] = 0.f;
         int it = 0;
         for (int t = cluster; t < groups; t += clusters) {
-            const int n0 = ((t % groups_n) * CN + rn) * FG_BN;
-            const int m0 = ((t / groups_n) * CM + rm) * FG_BM;
+            int m0, n0;
+            fg_tile<CM, CN>(t, groups_n, rm, rn, m0, n0);
             for (int kt = 0; kt < k_tiles; ++kt, ++it) {
                 const int s = it % FG_STAGES;
                 mbar_wait(bars + 8 * s, (it / FG_STAGES) & 1);
