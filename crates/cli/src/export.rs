@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use embedrt_core::{QuantFormat, SentenceModel};
 use embedrt_onnx::{export_dir, ExportOptions, Precision, DEFAULT_OPSET, FP8_MIN_OPSET};
@@ -44,8 +44,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         (None, _) => DEFAULT_OPSET,
     };
     embedrt_onnx::check_opset(opset)?;
-    if quant_format == Some(QuantFormat::Fp8) && opset < FP8_MIN_OPSET {
-        bail!("--precision fp8 needs --opset {FP8_MIN_OPSET} or newer (FLOAT8E4M3FN QuantizeLinear); got {opset}");
+    // Before the model loads and calibration runs.
+    if let Some(format) = quant_format {
+        embedrt_onnx::check_qdq_opset(format, opset)?;
     }
     let model = SentenceModel::load(&args.model)?;
     let quant = crate::open_quant::export_table(&model, quant_format, &args.quant)?;

@@ -51,6 +51,17 @@ pub fn check_opset(opset: i64) -> Result<()> {
     Ok(())
 }
 
+/// Whether a QDQ export in `format` can be written at `opset`: fp8's
+/// FLOAT8E4M3FN QuantizeLinear needs opset 19.
+pub fn check_qdq_opset(format: embedrt_core::QuantFormat, opset: i64) -> Result<()> {
+    if format == embedrt_core::QuantFormat::Fp8 && opset < FP8_MIN_OPSET {
+        bail!(
+            "--precision fp8 needs --opset {FP8_MIN_OPSET} or newer (FLOAT8E4M3FN QuantizeLinear); got {opset}"
+        );
+    }
+    Ok(())
+}
+
 /// The IR version that goes with an opset (onnx/helper.py's table).
 fn ir_version(opset: i64) -> i64 {
     match opset {
@@ -91,11 +102,7 @@ pub fn build_model_quantized(
 ) -> Result<Vec<u8>> {
     check_opset(opset)?;
     if let Some(t) = quant {
-        if t.precision == embedrt_core::QuantFormat::Fp8 && opset < FP8_MIN_OPSET {
-            bail!(
-                "an fp8 QDQ export needs opset {FP8_MIN_OPSET} or newer (FLOAT8E4M3FN QuantizeLinear); got --opset {opset}"
-            );
-        }
+        check_qdq_opset(t.precision, opset)?;
         if precision != Precision::Fp32 {
             bail!("a QDQ export keeps its float parts in fp32");
         }

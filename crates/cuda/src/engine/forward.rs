@@ -184,6 +184,10 @@ impl CudaEngine {
     }
 }
 
+/// A fused attention + attn-out kernel and the dynamic shared memory set on
+/// it at load.
+type AttnOut = (cu::CUfunction, u32);
+
 /// What every launch of one batch shares, copied out of the slot (all plain
 /// handles and addresses) so the layer loop can borrow the slot's GEMMs
 /// mutably. Made only by [`Pass::new`] from a slot whose buffers hold the
@@ -219,7 +223,7 @@ struct Pass {
     small_q: Option<SmallLinear>,
     /// Batches of 16 tokens: attention inside the attn-out kernel (fp16
     /// weights, 8-bit weights); no attention launch.
-    small_attn: Option<(cu::CUfunction, Option<cu::CUfunction>)>,
+    small_attn: Option<(AttnOut, Option<AttnOut>)>,
     /// The program is a quantized plan's: its attention kernels take two
     /// more arguments (the quantized context, here unused).
     quant_program: bool,
@@ -539,14 +543,14 @@ impl Pass {
     /// then the LayerNorm (epilogue 2) or not (3), as [`Self::small_linear`].
     fn small_attn_out(
         &self,
-        (fp16, q): (cu::CUfunction, Option<cu::CUfunction>),
+        (fp16, q): (AttnOut, Option<AttnOut>),
         (_context, w, bias, res, y): (u64, u64, u64, u64, u64),
         w_scale: u64,
         epilogue: i32,
         (gamma, beta): (u64, u64),
     ) -> Result<()> {
         let b = &self.b;
-        let f = for_weights(fp16, q, w_scale)?;
+        let (f, shared) = for_weights(fp16, q, w_scale)?;
         let hid = self.hidden;
         // A warp a head for the attention; the linear part splits K over them.
         let warps = ((hid / 32).div_ceil(4).max(self.heads as usize)).clamp(4, 16) as u32;
@@ -554,7 +558,6 @@ impl Pass {
         let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
         let (rb, bk, qkv) = (self.rel_bias, b.bucket, b.qkv);
         let (eps, ticket, ln_out) = (self.eps, self.ticket, b.hidden);
-        let shared = (16 * (hid + 8) * 2) as u32;
         // SAFETY: see Pass; arguments match SMALL_ATTN_OUT in small_linear.cu;
         // `shared` is the limit set on both functions at load (slot.rs).
         unsafe {

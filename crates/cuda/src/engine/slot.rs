@@ -52,8 +52,9 @@ pub(super) struct Functions {
     /// Attention + attn-out in one kernel for batches of at most 16 tokens
     /// (fp16 weights, then 8-bit ones), where the small-token kernels run,
     /// the head size is a multiple of 16 and the option allows it.
-    pub(super) small_attn_out: Option<cu::CUfunction>,
-    pub(super) small_attn_out_q: Option<cu::CUfunction>,
+    /// Each with the dynamic shared memory its x rows take (set at load).
+    pub(super) small_attn_out: Option<(cu::CUfunction, u32)>,
+    pub(super) small_attn_out_q: Option<(cu::CUfunction, u32)>,
 }
 
 /// One small-token linear kernel (one token bucket).
@@ -461,11 +462,11 @@ fn load_kernels(
         && config.head_dim().is_multiple_of(16);
     // Its 16 rows of x in dynamic shared memory, beside the static reduction
     // buffer: the limit set on the function, or None where they do not fit.
-    let load_attn_out = |k: Kernel| -> Result<Option<cu::CUfunction>> {
+    let load_attn_out = |k: Kernel| -> Result<Option<(cu::CUfunction, u32)>> {
         let f = func(k)?;
         // SAFETY: a function of the module loaded above.
         let fits = unsafe { small_x_shared(f, 16, config.hidden_size, shared_optin) }?;
-        Ok(fits.map(|_| f))
+        Ok(fits.map(|bytes| (f, bytes)))
     };
     if fused_attention {
         gpu.f.small_attn_out = load_attn_out(Kernel::SmallAttnOutM16)?;
