@@ -158,20 +158,19 @@ unsafe fn launch_clustered(
     attr.value.clusterDim.x = size;
     attr.value.clusterDim.y = 1;
     attr.value.clusterDim.z = 1;
-    let config = cu::CUlaunchConfig {
-        gridDimX: ctas,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: THREADS,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: SMEM_BYTES as u32,
-        hStream: stream,
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
+    let (grid, block) = ((ctas, 1, 1), (THREADS, 1, 1));
     // SAFETY: the caller's promise on f, args and ctas.
-    unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result() }
+    unsafe {
+        crate::engine::launch::launch_with_attribute(
+            f,
+            grid,
+            block,
+            SMEM_BYTES as u32,
+            stream,
+            args,
+            attr,
+        )
+    }
 }
 
 /// A 2-D fp16 tensor map over a row-major `[rows, cols]` matrix, read in

@@ -52,6 +52,23 @@ pub(super) unsafe fn launch_with_shared(
     let mut attr: cu::CUlaunchAttribute = std::mem::zeroed();
     attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attr.value.programmaticStreamSerializationAllowed = 1;
+    launch_with_attribute(f, grid, block, shared, stream, args, attr)
+}
+
+/// Launches `f` through `cuLaunchKernelEx` with one launch attribute (early
+/// launch here, a cluster shape for the Hopper GEMM).
+///
+/// # Safety
+/// As [`launch_with_shared`]; `attr` is one the kernel was written for.
+pub(crate) unsafe fn launch_with_attribute(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    shared: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    mut attr: cu::CUlaunchAttribute,
+) -> Result<(), DriverError> {
     let config = cu::CUlaunchConfig {
         gridDimX: grid.0,
         gridDimY: grid.1,

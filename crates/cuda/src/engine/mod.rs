@@ -48,7 +48,7 @@ macro_rules! kargs {
 // After kargs!: macro_rules are in scope only textually below them.
 mod forward;
 mod graphs;
-mod launch;
+pub(crate) mod launch;
 mod options;
 mod quantized;
 mod slot;
