@@ -166,6 +166,79 @@ def test_fp8_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixture
         assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, (level, cos)
 
 
+@pytest.mark.parametrize("scales,gelu", [("tensor", "exact"), ("channel", "tanh"),
+                                         ("tensor", "tanh")])
+@pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
+def test_weight_scaling_and_gelu_forms_agree_between_onnxruntime_and_cpu_reference(
+        embedrt_bin, fixtures_dir, calib_text, tmp_path, name, scales, gelu):
+    """`--weight-scales tensor` and `--gelu tanh` (the fp8 GPU plans' fast
+    forms) are recorded in the table and mean the same model in the QDQ
+    export and in the CPU fake-quant reference: two implementations, one
+    answer. They also change the model (the options are not ignored)."""
+    model = fixtures_dir / name
+    base, table = tmp_path / "base.json", tmp_path / "t.json"
+    calibrate(embedrt_bin, model, calib_text, base, "--precision", "fp8", "--no-fallback",
+              "--weight-scales", "channel", "--gelu", "exact")
+    t = calibrate(embedrt_bin, model, calib_text, table, "--precision", "fp8", "--no-fallback",
+                  "--weight-scales", scales, "--gelu", gelu)
+    assert (t["weight_scales"], t["gelu"]) == (scales, gelu)
+    # Without the flags: fp8 tables are per tensor with the tanh GELU, int8 ones per
+    # channel and exact (the defaults chosen by measurement, docs/perf/quantization.md).
+    defaults = {}
+    for precision in ("fp8", "int8"):
+        dt = calibrate(embedrt_bin, model, calib_text, tmp_path / f"{precision}.json",
+                       "--precision", precision, "--no-fallback")
+        defaults[precision] = (dt["weight_scales"], dt["gelu"])
+    assert defaults == {"fp8": ("tensor", "tanh"), "int8": ("channel", "exact")}
+    # The activation statistics come from the fp32 model: the forms leave them alone.
+    assert t["tensors"] == json.loads(base.read_text())["tensors"]
+    d = export_ok(embedrt_bin, model, tmp_path / "x", "--precision", "fp8",
+                  "--calibration-table", table)
+    m = onnx.load(str(d / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    layers = t["model"]["num_layers"]
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Tanh") == (layers if gelu == "tanh" else 0)
+    assert ops.count("Erf") == (0 if gelu == "tanh" else layers)
+    scale_sets = [set(onnx.numpy_helper.to_array(i).tolist()) for i in m.graph.initializer
+                  if i.name.endswith(".weight_scale")]
+    assert len(scale_sets) == 6 * layers
+    if scales == "tensor":
+        # Q, K and V are one fused weight (one scale) cut into three.
+        assert all(len(s) == 1 for s in scale_sets)
+    else:
+        assert any(len(s) > 1 for s in scale_sets)
+    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
+    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
+    got = ort_embed(session(d, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), tokenizer(d),
+                    texts)
+    cos = cosine_rows(ref, got)
+    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
+    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
+    assert np.abs(plain - ref).max() > 1e-6
+    assert cosine_rows(plain, ref).min() >= 0.99
+
+
+def test_forms_that_contradict_the_table_are_one_clear_error(embedrt_bin, fixtures_dir,
+                                                             calib_text, tmp_path):
+    model = fixtures_dir / "tiny-bert-mean-norm"
+    table = tmp_path / "t.json"
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", calib_text,
+                       "-o", table, "--precision", "fp8", "--weight-scales", "row"),
+                   "--weight-scales", "channel, tensor")
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", calib_text,
+                       "-o", table, "--gelu", "erf"), "--gelu", "exact, tanh")
+    assert not table.exists()
+    calibrate(embedrt_bin, model, calib_text, table, "--precision", "fp8", "--no-fallback",
+              "--weight-scales", "channel", "--gelu", "exact")
+    one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
+                       "--precision", "fp8", "--calibration-table", table, "--gelu", "tanh"),
+                   "GELU is exact", "--gelu tanh")
+    one_line_error(run(embedrt_bin, "embed", "--model", model, "--device", "cpu", "--precision",
+                       "fp8", "--calibration-table", table, "--weight-scales", "tensor",
+                       "--input", calib_text), "per channel", "calibrate again")
+
+
 def test_minilm_fp8_qdq_onnx_stsb_drop_within_target(embedrt_bin, minilm_dir, minilm_tables,
                                                      stsb_dir, tmp_path):
     d = export_ok(embedrt_bin, minilm_dir, tmp_path / "fp8", "--precision", "fp8",

@@ -12,7 +12,7 @@ use embedrt_core::quant::MeasuredAccuracy;
 use embedrt_core::{sts, CalibrationTable, Embedder, GemmSite, QuantFormat, SentenceModel};
 use embedrt_cuda::build::{build_quantized_plan, gpu_target};
 use embedrt_cuda::quant_plan::{
-    check_format_supported, check_gemm_output, model_fingerprint, GemmOutput,
+    check_format_supported, check_gemm_output, check_table_forms, GemmOutput,
 };
 use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, Plan, Precision, Profile};
 
@@ -64,6 +64,7 @@ pub fn build(
         (gpu.cc_major, gpu.cc_minor),
     )?;
     let table = read_table(model, req)?;
+    check_table_forms(gemm_output, table.weight_scales, table.gelu)?;
     progress("loading weights");
     let weights = model.load_weights()?;
     // Every plan built here (the evaluated ones too) has the GEMM output asked for.
@@ -173,18 +174,7 @@ fn read_table(model: &SentenceModel, req: &QuantRequest) -> Result<CalibrationTa
             req.format.name()
         ),
     };
-    let table = CalibrationTable::read(path)?;
-    table.check_model(&model_fingerprint(model)?, path)?;
-    if table.precision != req.format {
-        bail!(
-            "{}: this table was calibrated for {}, not {}; calibrate again with --precision {}",
-            path.display(),
-            table.precision.name(),
-            req.format.name(),
-            req.format.name()
-        );
-    }
-    Ok(table)
+    crate::calibrate::read_table(path, model, req.format, &req.calibration_opts)
 }
 
 /// Measures a fallback set: (mean cosine, min cosine, the plan).

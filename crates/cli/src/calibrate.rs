@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use embedrt_core::quant::{CalibrationMethod, CalibrationTable, QuantFormat};
+use embedrt_core::quant::{
+    CalibrationMethod, CalibrationTable, GeluForm, QuantFormat, WeightScales,
+};
 use embedrt_core::{sts, SentenceModel};
 use embedrt_quant::fallback::AccuracyTarget;
 use embedrt_quant::reference::{CpuEvaluator, StsSet};
@@ -25,6 +27,52 @@ pub struct CalibrationArgs {
     /// fifth distinct sentence is held out for the accuracy check).
     #[arg(long, default_value_t = embedrt_quant::input::DEFAULT_CALIBRATION_SIZE)]
     pub calibration_size: usize,
+    /// How the quantized GEMMs' weights are scaled: channel (one scale per
+    /// output channel) or tensor (one for the whole weight; fp8 GEMMs then
+    /// take cuBLASLt's scalar scales) [default: tensor for fp8, channel for
+    /// int8, chosen by measurement]. Recorded in the table.
+    #[arg(long)]
+    pub weight_scales: Option<String>,
+    /// The GELU after quantized FFN-in GEMMs: exact, or tanh (cuBLASLt's
+    /// GELU epilogue: an fp8 FFN-in GEMM on sm_90 then writes FFN-out's
+    /// input itself) [default: tanh for fp8 with per-tensor weight scales,
+    /// else exact, chosen by measurement]. Recorded in the table.
+    #[arg(long)]
+    pub gelu: Option<String>,
+}
+
+impl CalibrationArgs {
+    /// `--weight-scales` and `--gelu`, parsed (None: not given).
+    pub fn forms(&self) -> Result<(Option<WeightScales>, Option<GeluForm>)> {
+        let w = self.weight_scales.as_deref().map(str::parse).transpose();
+        let g = self.gelu.as_deref().map(str::parse).transpose();
+        Ok((w.context("--weight-scales")?, g.context("--gelu")?))
+    }
+
+    /// Refuses a `--weight-scales` or `--gelu` that contradicts a table made
+    /// earlier (its scales and accuracy were measured with the table's).
+    pub fn check_table(&self, table: &CalibrationTable, path: &Path) -> Result<()> {
+        let (weight_scales, gelu) = self.forms()?;
+        if let Some(w) = weight_scales.filter(|w| *w != table.weight_scales) {
+            bail!(
+                "{}: the table scales weights per {}, --weight-scales asks for {}; calibrate again with --weight-scales {}",
+                path.display(),
+                table.weight_scales.name(),
+                w.name(),
+                w.name()
+            );
+        }
+        if let Some(g) = gelu.filter(|g| *g != table.gelu) {
+            bail!(
+                "{}: the table's GELU is {}, --gelu asks for {}; calibrate again with --gelu {}",
+                path.display(),
+                table.gelu.name(),
+                g.name(),
+                g.name()
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -161,6 +209,7 @@ pub fn make_table(
         .as_deref()
         .unwrap_or(embedrt_quant::default_calibrator(format))
         .parse()?;
+    let (weight_scales, gelu) = args.forms()?;
     let text = embedrt_quant::read_calibration_text(input, Some(args.calibration_size))?;
     let opts = CalibrateOptions {
         format,
@@ -181,7 +230,10 @@ pub fn make_table(
             bar.set_position(done as u64)
         });
     bar.finish_and_clear();
-    let table = stats?.table(&embedrt_quant::fingerprint(model)?, format, &opts.method);
+    let mut table = stats?.table(&embedrt_quant::fingerprint(model)?, format, &opts.method);
+    // Before the fallback search: it measures the model these forms make.
+    table.weight_scales = weight_scales.unwrap_or(WeightScales::default_for(format));
+    table.gelu = gelu.unwrap_or(GeluForm::default_for(format, table.weight_scales));
     let Some((target, sts_set)) = target else {
         return Ok(table);
     };
@@ -207,13 +259,16 @@ pub fn make_table(
     Ok(table)
 }
 
-/// A table from `--calibration-table`, checked against the model and format.
+/// A table from `--calibration-table`, checked against the model, the
+/// format and the forms `args` ask for.
 pub fn read_table(
     path: &Path,
     model: &SentenceModel,
     format: QuantFormat,
+    args: &CalibrationArgs,
 ) -> Result<CalibrationTable> {
     let table = CalibrationTable::read(path)?;
+    args.check_table(&table, path)?;
     table.check_model(&embedrt_quant::fingerprint(model)?, path)?;
     if table.precision != format {
         bail!(

@@ -156,11 +156,13 @@ fn plan_cache(json: bool) -> Result<()> {
 fn quant_lines(q: &QuantInfo, mib: impl Fn(usize) -> f64) {
     let gemms = q.activations.len() + q.fallback.len();
     println!(
-        "quantization    {} GEMMs: {} of {gemms} in {} (per-channel weight scales, per-tensor \
-         activation scales), calibrator {} over {} sentences",
+        "quantization    {} GEMMs: {} of {gemms} in {} (per-{} weight scales, per-tensor \
+         activation scales, {} GELU), calibrator {} over {} sentences",
         q.format.name(),
         gemms - q.fallback.len(),
         q.format.name(),
+        q.weight_scales.name(),
+        q.gelu.name(),
         q.calibrator,
         q.calibration_sentences
     );

@@ -53,7 +53,7 @@ pub fn open_if_quantized(args: &ModelArgs) -> Result<Option<Embedder>> {
         model.pooling = p.parse()?;
     }
     let table = match (&q.calibration_table, &q.calibration) {
-        (Some(path), _) => read_table(path, &model, format)?,
+        (Some(path), _) => read_table(path, &model, format, &q.calibration_args)?,
         (None, Some(text)) => make_table(&model, text, format, &q.calibration_args, None)?,
         (None, None) => bail!(
             "--precision {} needs --calibration-table TABLE (from `embedrt calibrate`) or --calibration FILE",
@@ -80,7 +80,7 @@ pub fn export_table(
         return Ok(None);
     };
     Ok(Some(match (&q.calibration_table, &q.calibration) {
-        (Some(path), _) => read_table(path, model, format)?,
+        (Some(path), _) => read_table(path, model, format, &q.calibration_args)?,
         (None, Some(text)) => make_table(model, text, format, &q.calibration_args, None)?,
         (None, None) => bail!(
             "--precision {} needs --calibration-table TABLE (from `embedrt calibrate`) or --calibration FILE",

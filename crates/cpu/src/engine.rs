@@ -1,6 +1,6 @@
 //! The encoder forward pass on the CPU, over unpadded batches.
 
-use embedrt_core::quant::{CalibrationTable, GemmKind, GemmSite};
+use embedrt_core::quant::{CalibrationTable, GeluForm, GemmKind, GemmSite};
 use embedrt_core::{
     Architecture, Backend, BackendInfo, Error, ModelConfig, PoolingMode, Result, TokenBatch,
     TransformerWeights,
@@ -8,7 +8,9 @@ use embedrt_core::{
 use rayon::prelude::*;
 
 use crate::fake_quant::{fake_quant_into, fake_quant_weight_t, FakeQuant};
-use crate::math::{gelu_in_place, layer_norm_rows, linear, matmul, softmax, transpose, View};
+use crate::math::{
+    gelu_in_place, gelu_tanh_in_place, layer_norm_rows, linear, matmul, softmax, transpose, View,
+};
 
 /// Rows per rayon task for the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
@@ -135,7 +137,7 @@ impl CpuEngine {
                     GemmKind::FfnIn => (&mut layer.ffn_in_w, layer.ffn_in_b.len()),
                     GemmKind::FfnOut => (&mut layer.ffn_out_w, layer.ffn_out_b.len()),
                 };
-                fake_quant_weight_t(fq.format, w, out);
+                fake_quant_weight_t(fq.format, fq.weight_scales, w, out);
             }
         }
         self.fake_quant = Some(fq);
@@ -221,9 +223,18 @@ impl CpuEngine {
                 &hidden[..]
             };
             linear(x, t, &layer.ffn_in_w, &layer.ffn_in_b, None, &mut inter);
+            // The tanh form only after a quantized FFN-in of a `gelu: tanh` table.
+            let tanh = self.fake_quant.as_ref().is_some_and(|fq| {
+                fq.gelu == GeluForm::Tanh && fq.input_scale(site(GemmKind::FfnIn)).is_some()
+            });
+            let gelu = if tanh {
+                gelu_tanh_in_place
+            } else {
+                gelu_in_place
+            };
             inter
                 .par_chunks_mut(c.intermediate_size * ROWS_PER_TASK)
-                .for_each(gelu_in_place);
+                .for_each(gelu);
             let x = if gemm_input(site(GemmKind::FfnOut), &inter, &mut quantized) {
                 &quantized[..inter.len()]
             } else {

@@ -5,7 +5,7 @@
 //! and everything around it, stays fp32. The GPU kernels and the QDQ ONNX
 //! export are checked against this.
 
-use embedrt_core::quant::{CalibrationTable, GemmSite, QuantFormat};
+use embedrt_core::quant::{CalibrationTable, GeluForm, GemmSite, QuantFormat, WeightScales};
 use embedrt_core::{Error, Result};
 use rayon::prelude::*;
 
@@ -13,6 +13,9 @@ use rayon::prelude::*;
 #[derive(Clone, Debug)]
 pub(crate) struct FakeQuant {
     pub format: QuantFormat,
+    pub weight_scales: WeightScales,
+    /// The GELU after a quantized FFN-in GEMM (the table's `gelu`).
+    pub gelu: GeluForm,
     /// Input scale of each GEMM, `None` where the GEMM stays fp32
     /// (fallback); indexed by `layer * 4 + kind`.
     input_scales: Vec<Option<f32>>,
@@ -45,6 +48,8 @@ impl FakeQuant {
         }
         Ok(FakeQuant {
             format: table.precision,
+            weight_scales: table.weight_scales,
+            gelu: table.gelu,
             input_scales,
         })
     }
@@ -66,14 +71,24 @@ pub(crate) fn fake_quant_into(format: QuantFormat, scale: f32, x: &[f32], out: &
 }
 
 /// Quantize-dequantize a weight stored transposed, `[in, out]`, with one
-/// scale per output channel (per column here): the same scales as
-/// `quant::weight_scales` on PyTorch's `[out, in]`.
-pub(crate) fn fake_quant_weight_t(format: QuantFormat, w_t: &mut [f32], out: usize) {
+/// scale per output channel (per column here), or the largest of them for
+/// every channel: the same scales as `quant::weight_scales` on PyTorch's
+/// `[out, in]`.
+pub(crate) fn fake_quant_weight_t(
+    format: QuantFormat,
+    scaling: WeightScales,
+    w_t: &mut [f32],
+    out: usize,
+) {
     let mut amax = vec![0.0f32; out];
     for row in w_t.chunks_exact(out) {
         for (m, &v) in amax.iter_mut().zip(row) {
             *m = m.max(v.abs());
         }
+    }
+    if scaling == WeightScales::Tensor {
+        let all = amax.iter().fold(0.0f32, |m, &a| m.max(a));
+        amax.iter_mut().for_each(|a| *a = all);
     }
     let scales: Vec<f32> = amax.iter().map(|&a| format.scale_for(a)).collect();
     for row in w_t.chunks_exact_mut(out) {

@@ -189,6 +189,21 @@ fn gelu_portable(x: &mut [f32]) {
     }
 }
 
+/// GELU's tanh form, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`
+/// (PyTorch's `approximate="tanh"`, cuBLASLt's GELU epilogue), with tanh
+/// written as `1 - 2 / (e^{2z} + 1)` on |z| so that `exp_nonpos` serves.
+/// Used by quantized models whose table says `gelu: tanh`.
+pub fn gelu_tanh_in_place(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    for v in x.iter_mut() {
+        let z = C * (*v + 0.044_715 * *v * *v * *v);
+        let e = exp_nonpos(-2.0 * z.abs());
+        let t = (1.0 - e) / (1.0 + e);
+        let t = if z >= 0.0 { t } else { -t };
+        *v = 0.5 * *v * (1.0 + t);
+    }
+}
+
 /// erfc(z) for z >= 0 by the Chebyshev fit of Press et al., Numerical
 /// Recipes (2nd ed.) §6.2, `erfcc`: relative error below 1.2e-7 for all z.
 #[inline(always)]
@@ -245,6 +260,31 @@ pub fn softmax(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tanh_gelu_matches_its_formula_in_f64() {
+        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 / 40.0).collect();
+        let mut y = xs.clone();
+        gelu_tanh_in_place(&mut y);
+        let c = (2.0f64 / std::f64::consts::PI).sqrt();
+        for (&x, &g) in xs.iter().zip(&y) {
+            let x = x as f64;
+            let want = 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
+            assert!(
+                (g as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{x}: {g} vs {want}"
+            );
+        }
+        // It is an approximation of the exact GELU: close, not equal.
+        let mut exact = xs.clone();
+        gelu_in_place(&mut exact);
+        let worst = exact
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst > 1e-5 && worst < 1e-3, "{worst}");
+    }
 
     #[test]
     fn linear_matches_naive_loops() {

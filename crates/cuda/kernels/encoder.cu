@@ -192,6 +192,11 @@ extern "C" __global__ void layernorm(const st_t* x, int rows, const st_t* __rest
 __device__ __forceinline__ float gelu1(float v) {
     return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
 }
+// GELU's tanh form (cuBLASLt's GELU epilogue; quantized plans with `gelu: tanh` use it
+// where a GEMM's own epilogue does not).
+__device__ __forceinline__ float gelu_tanh1(float v) {
+    return 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+}
 extern "C" __global__ void gelu(st_t* x, long long n) {
     pdl_begin();
     const long long nv = n / VEC;

@@ -95,7 +95,7 @@ __device__ __forceinline__ void dequant8(const acc_t* acc, const float* __restri
     }
 }
 
-// QKV and FFN-in epilogue: y = dequant(acc) + bias (then exact GELU if gelu), written as
+// QKV and FFN-in epilogue: y = dequant(acc) + bias (then GELU: 1 exact, 2 the tanh form), written as
 // fp16 to out and/or quantized to q (either may be null). acc is [rows, n], n % 8 == 0.
 extern "C" __global__ void epilogue_bias(const acc_t* __restrict__ acc, int rows, int n,
                                          float act_scale, const float* __restrict__ w_scale,
@@ -113,7 +113,8 @@ extern "C" __global__ void epilogue_bias(const acc_t* __restrict__ acc, int rows
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
             y[k] += ld(be[k]);
-            if (gelu) y[k] = gelu1(y[k]);
+            if (gelu == 1) y[k] = gelu1(y[k]);
+            if (gelu == 2) y[k] = gelu_tanh1(y[k]);
         }
         if (out) {
             uint4 o;

@@ -3,7 +3,8 @@
 //   y[M, N] = x[M, K] w[N, K]^T + bias, then the layer's next step fused in:
 //   epilogue 0: nothing (QKV), 1: exact GELU (FFN-in),
 //   2: + residual, then LayerNorm of the whole rows into ln_out (attention-out, FFN-out),
-//   3: + residual only: the next kernel normalizes (ln_in below).
+//   3: + residual only: the next kernel normalizes (ln_in below),
+//   4: GELU's tanh form (FFN-in of quantized plans whose table says `gelu: tanh`).
 // ln_in (QKV, FFN-in after an epilogue-3 kernel): x holds the rows before their LayerNorm.
 // Every block reads all of x anyway, so each normalizes it into shared memory itself, and
 // block 0 also writes the normalized rows to ln_out (the residual of a later kernel), in
@@ -309,6 +310,9 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
         if (epilogue == 1) {
             v0 = gelu1(v0);
             v1 = gelu1(v1);
+        } else if (epilogue == 4) {
+            v0 = gelu_tanh1(v0);
+            v1 = gelu_tanh1(v1);
         } else if (epilogue >= 2) {
             const unsigned r = *(const unsigned*)&residual[(size_t)row * n + col];
             v0 += ld((st_t)(r & 0xffffu));

@@ -79,8 +79,34 @@ pub fn gemm_rows(tokens: usize) -> usize {
 struct Prepared {
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
+    /// fp16 `C` where D is fp8 (cuBLASLt takes no fp8 C); null: C is laid out as D.
+    c: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Prepared {
+    fn c(&self) -> sys::cublasLtMatrixLayout_t {
+        if self.c.is_null() {
+            self.d
+        } else {
+            self.c
+        }
+    }
+}
+
+/// How an fp16-output (fp8, sm_90) GEMM site runs: sites of one kind and
+/// form share layouts, algorithms and heuristic queries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteForm {
+    /// Every output channel has the same scale (`--weight-scales tensor`):
+    /// plain scalar scales instead of outer-vector ones.
+    pub per_tensor: bool,
+    /// FFN-in of a `gelu: tanh` plan: cuBLASLt's GELU_BIAS epilogue.
+    pub gelu: bool,
+    /// With `gelu`, where FFN-out is quantized too: D is FFN-out's fp8
+    /// input (scaled by the inverse of its input scale), not fp16.
+    pub fp8_out: bool,
 }
 
 /// What an fp16-output 8-bit GEMM's descriptor points at (device pointers).
@@ -88,8 +114,12 @@ struct Prepared {
 pub struct SitePointers {
     /// fp16 `[N]`.
     pub bias: u64,
-    /// fp32 `[N]`: `act_scale * w_scale[n]`.
+    /// fp32 `[N]`: `act_scale * w_scale[n]` (per tensor: all equal, the
+    /// first is the scalar scale).
     pub scale: u64,
+    /// fp32 scalar: `1 / act_scale` of the next GEMM, for `form.fp8_out`.
+    pub d_scale: u64,
+    pub form: SiteForm,
 }
 
 pub struct QGemms {
@@ -103,12 +133,14 @@ pub struct QGemms {
     /// fp16 output: `[layer][kind]` descriptors with the bias and scale
     /// pointers; null where the GEMM runs in fp16.
     site_descs: Vec<[sys::cublasLtMatmulDesc_t; 4]>,
+    /// `[layer][kind]`: each site's form (fp16 output only).
+    site_forms: Vec<[SiteForm; 4]>,
     pref: sys::cublasLtMatmulPreference_t,
     workspace: u64,
     workspace_bytes: usize,
     /// Algorithms from the plan by kind, sorted by token count.
     plan_algos: HashMap<GemmKind, Vec<(usize, sys::cublasLtMatmulAlgo_t)>>,
-    cache: HashMap<(GemmKind, usize), Prepared>,
+    cache: HashMap<(GemmKind, SiteForm, usize), Prepared>,
 }
 
 // SAFETY: the handles are only used under the engine's mutex.
@@ -143,6 +175,7 @@ impl QGemms {
             inter,
             desc: std::ptr::null_mut(),
             site_descs: Vec::new(),
+            site_forms: Vec::new(),
             pref: std::ptr::null_mut(),
             workspace,
             workspace_bytes,
@@ -172,11 +205,13 @@ impl QGemms {
             for layer in sites {
                 // Pushed first, so that Drop frees what was made if a later one fails.
                 me.site_descs.push([std::ptr::null_mut(); 4]);
+                me.site_forms.push([SiteForm::default(); 4]);
                 let li = me.site_descs.len() - 1;
                 for (ki, site) in layer.iter().enumerate() {
                     if let Some(p) = site {
                         let d = me.make_fp16_desc(p, ones)?;
                         me.site_descs[li][ki] = d;
+                        me.site_forms[li][ki] = p.form;
                     }
                 }
             }
@@ -231,23 +266,35 @@ impl QGemms {
         self.new_desc()
     }
 
-    /// fp8 x fp8 -> fp16 with outer-vector scales and the bias epilogue.
+    /// fp8 x fp8 -> fp16 (or fp8, `form.fp8_out`) with outer-vector (or,
+    /// per tensor, scalar) scales and the bias (or GELU + bias) epilogue.
     fn make_fp16_desc(&self, p: &SitePointers, ones: u64) -> Result<sys::cublasLtMatmulDesc_t> {
+        use sys::cublasLtEpilogue_t as E;
         use sys::cublasLtMatmulDescAttributes_t as A;
         let desc = self.new_desc()?;
         let mode = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-        let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        let epilogue = if p.form.gelu {
+            E::CUBLASLT_EPILOGUE_GELU_BIAS
+        } else {
+            E::CUBLASLT_EPILOGUE_BIAS
+        };
         let bias_type = sys::cudaDataType::CUDA_R_16F;
         let fast: i8 = (self.output == GemmOutput::Fp16Fast) as i8;
         let set = || -> Result<()> {
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias)?;
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
-            // Both modes must be outer-vector (cuBLASLt's rule for this scaling).
-            set_attr(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
-            set_attr(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)?;
+            if !p.form.per_tensor {
+                // Both modes must be outer-vector (cuBLASLt's rule for this scaling);
+                // per tensor, the default scalar mode reads one float from each pointer.
+                set_attr(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode)?;
+                set_attr(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode)?;
+            }
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.scale)?;
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ones)?;
+            if p.form.fp8_out {
+                set_attr(desc, A::CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &p.d_scale)?;
+            }
             set_attr(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast)
         };
         if let Err(e) = set() {
@@ -286,15 +333,38 @@ impl QGemms {
         (!d.is_null()).then_some(d)
     }
 
-    /// A descriptor of `kind` for heuristic queries and checks: every site
-    /// of a kind has the same types and shapes, only its pointers differ.
-    fn any_desc(&self, kind: GemmKind) -> Option<sys::cublasLtMatmulDesc_t> {
-        (0..self.site_descs.len().max(1)).find_map(|l| self.desc_for(l, kind))
+    /// The form of the GEMM at (layer, kind); acc32 and fp16 sites: the default.
+    pub fn form(&self, layer: usize, kind: GemmKind) -> SiteForm {
+        self.site_forms
+            .get(layer)
+            .map(|r| r[kind as usize])
+            .unwrap_or_default()
     }
 
-    fn layouts(&self, kind: GemmKind, rows: usize, p: &mut Prepared) -> Result<()> {
+    /// A descriptor of `kind` and `form` for heuristic queries and checks:
+    /// those sites have the same types, shapes and epilogue, only their
+    /// pointers differ.
+    fn any_desc(&self, kind: GemmKind, form: SiteForm) -> Option<sys::cublasLtMatmulDesc_t> {
+        (0..self.site_descs.len().max(1))
+            .filter(|&l| self.form(l, kind) == form)
+            .find_map(|l| self.desc_for(l, kind))
+    }
+
+    fn layouts(&self, kind: GemmKind, form: SiteForm, rows: usize, p: &mut Prepared) -> Result<()> {
         let (n, k) = kind.dims(self.hidden, self.inter);
-        let (input, out) = (self.input_type(), self.out_type());
+        let input = self.input_type();
+        let out = if form.fp8_out {
+            sys::cudaDataType::CUDA_R_8F_E4M3
+        } else {
+            self.out_type()
+        };
+        if form.fp8_out {
+            let c16 = sys::cudaDataType::CUDA_R_16F;
+            // SAFETY: out-parameter.
+            check("layout", unsafe {
+                sys::cublasLtMatrixLayoutCreate(&mut p.c, c16, n as u64, rows as u64, n as i64)
+            })?;
+        }
         // SAFETY: out-parameters.
         unsafe {
             check(
@@ -316,6 +386,7 @@ impl QGemms {
         Prepared {
             a: std::ptr::null_mut(),
             b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
             // SAFETY: a POD struct, filled later.
             algo: unsafe { std::mem::zeroed() },
@@ -335,13 +406,13 @@ impl QGemms {
 
     fn query(
         &self,
-        kind: GemmKind,
+        (kind, form): (GemmKind, SiteForm),
         rows: usize,
         p: &Prepared,
         count: usize,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
         let desc = self
-            .any_desc(kind)
+            .any_desc(kind, form)
             .ok_or_else(|| self.no_gemm(kind, rows, "no quantized GEMM of this kind"))?;
         // SAFETY: zeroed POD structs filled by cuBLASLt.
         let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
@@ -354,7 +425,7 @@ impl QGemms {
                 desc,
                 p.a,
                 p.b,
-                p.d,
+                p.c(),
                 p.d,
                 self.pref,
                 results.len() as i32,
@@ -374,30 +445,36 @@ impl QGemms {
         Ok(algos)
     }
 
-    fn algo_ok(&self, kind: GemmKind, p: &Prepared, algo: &sys::cublasLtMatmulAlgo_t) -> bool {
-        let Some(desc) = self.any_desc(kind) else {
+    fn algo_ok(
+        &self,
+        (kind, form): (GemmKind, SiteForm),
+        p: &Prepared,
+        algo: &sys::cublasLtMatmulAlgo_t,
+    ) -> bool {
+        let Some(desc) = self.any_desc(kind, form) else {
             return false;
         };
         // SAFETY: zeroed POD out-parameter; live descriptor and layouts.
         let mut res: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
         let s = unsafe {
-            sys::cublasLtMatmulAlgoCheck(self.handle, desc, p.a, p.b, p.d, p.d, algo, &mut res)
+            sys::cublasLtMatmulAlgoCheck(self.handle, desc, p.a, p.b, p.c(), p.d, algo, &mut res)
         };
         s == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && res.workspaceSize <= self.workspace_bytes
     }
 
-    /// Up to `count` heuristic candidates for `kind` at `tokens` (padded), best first.
+    /// Up to `count` heuristic candidates for `kind` in `form` at `tokens`
+    /// (padded), best first.
     pub fn heuristics(
         &self,
-        kind: GemmKind,
+        (kind, form): (GemmKind, SiteForm),
         tokens: usize,
         count: usize,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
         let rows = gemm_rows(tokens);
         let mut p = Self::empty();
         let out = self
-            .layouts(kind, rows, &mut p)
-            .and_then(|_| self.query(kind, rows, &p, count));
+            .layouts(kind, form, rows, &mut p)
+            .and_then(|_| self.query((kind, form), rows, &p, count));
         destroy_layouts(&p);
         out
     }
@@ -405,22 +482,22 @@ impl QGemms {
     /// Layouts and the algorithm for `kind` at `rows`, made once: the plan's
     /// for the smallest timed count >= rows (else the largest) where
     /// cuBLASLt accepts it, else the heuristic's first.
-    fn prepare(&mut self, kind: GemmKind, rows: usize) -> Result<()> {
-        if self.cache.contains_key(&(kind, rows)) {
+    fn prepare(&mut self, kind: GemmKind, form: SiteForm, rows: usize) -> Result<()> {
+        if self.cache.contains_key(&(kind, form, rows)) {
             return Ok(());
         }
         let mut p = Self::empty();
         let made = (|| -> Result<()> {
-            self.layouts(kind, rows, &mut p)?;
+            self.layouts(kind, form, rows, &mut p)?;
             let from_plan = self.plan_algos.get(&kind).and_then(|v| {
                 v.iter()
                     .find(|(t, _)| *t >= rows)
                     .or(v.last())
                     .map(|(_, a)| *a)
             });
-            p.algo = match from_plan.filter(|a| self.algo_ok(kind, &p, a)) {
+            p.algo = match from_plan.filter(|a| self.algo_ok((kind, form), &p, a)) {
                 Some(a) => a,
-                None => self.query(kind, rows, &p, 1)?[0],
+                None => self.query((kind, form), rows, &p, 1)?[0],
             };
             Ok(())
         })();
@@ -428,7 +505,7 @@ impl QGemms {
             destroy_layouts(&p);
             return Err(e);
         }
-        self.cache.insert((kind, rows), p);
+        self.cache.insert((kind, form, rows), p);
         Ok(())
     }
 
@@ -458,8 +535,9 @@ impl QGemms {
         let desc = self
             .desc_for(layer, kind)
             .ok_or_else(|| self.no_gemm(kind, rows, "this GEMM is not quantized"))?;
-        self.prepare(kind, rows)?;
-        let p = &self.cache[&(kind, rows)];
+        let form = self.form(layer, kind);
+        self.prepare(kind, form, rows)?;
+        let p = &self.cache[&(kind, form, rows)];
         let algo = algo.unwrap_or(p.algo);
         let beta_f = if residual.is_some() { 1f32 } else { 0f32 };
         let (one_i, zero_i, one_f) = (1i32, 0i32, 1f32);
@@ -473,7 +551,9 @@ impl QGemms {
                 &beta_f as *const f32 as *const c_void,
             ),
         };
-        let c = residual.unwrap_or(out);
+        // With fp8 D, C (fp16, unread at beta 0) must not alias D: cuBLASLt refuses C == D
+        // with different layouts (H200 run 25: CUBLAS_STATUS_INVALID_VALUE).
+        let c = residual.unwrap_or(if form.fp8_out { xq } else { out });
         // SAFETY: device pointers sized by the engine for the padded token
         // budget (checked at load); descriptor and layouts live as long as
         // self; alpha and beta outlive the call.
@@ -488,7 +568,7 @@ impl QGemms {
                 p.b,
                 beta,
                 c as *const c_void,
-                p.d,
+                p.c(),
                 out as *mut c_void,
                 p.d,
                 &algo,
@@ -528,7 +608,7 @@ fn set_attr<T>(
 fn destroy_layouts(p: &Prepared) {
     // SAFETY: each layout was made by `layouts` (or is null) and is not used afterwards.
     unsafe {
-        for l in [p.a, p.b, p.d] {
+        for l in [p.a, p.b, p.c, p.d] {
             if !l.is_null() {
                 sys::cublasLtMatrixLayoutDestroy(l);
             }

@@ -4,7 +4,7 @@
 //! calibration table, the GEMMs kept in fp16, the accuracy measured at build.
 
 use embedrt_core::quant::{
-    quantize_weight, CalibrationTable, MeasuredAccuracy, ModelFingerprint, TensorScale,
+    quantize_weight, CalibrationTable, GeluForm, MeasuredAccuracy, TensorScale, WeightScales,
 };
 use embedrt_core::{Error, GemmKind, GemmSite, QuantFormat, Result, TransformerWeights};
 use serde::{Deserialize, Serialize};
@@ -105,6 +105,21 @@ pub fn check_gemm_output(
     Ok(())
 }
 
+/// Refuses a table form the GEMM output cannot give: with fp16 output the
+/// tanh GELU is cuBLASLt's epilogue, which cuBLASLt has for scalar-scaled
+/// fp8 GEMMs only (H200 run 25: no algorithm with outer-vector scales).
+pub fn check_table_forms(output: GemmOutput, scales: WeightScales, gelu: GeluForm) -> Result<()> {
+    if output.is_fp16() && gelu == GeluForm::Tanh && scales == WeightScales::Channel {
+        return Err(Error::Input(
+            "--gelu tanh with fp16 GEMM output needs --weight-scales tensor: cuBLASLt has no GELU \
+             epilogue for per-channel (outer-vector) fp8 scales; calibrate with --weight-scales \
+             tensor, or build with --quant-gemm-output acc32"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantInfo {
     pub format: QuantFormat,
@@ -128,6 +143,12 @@ pub struct QuantInfo {
     /// for `gemm_output`'s descriptors, by GEMM and token count (a multiple of 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gemm_algos: Vec<GemmChoice>,
+    /// The table's weight scaling (absent in older plans: per channel).
+    #[serde(default)]
+    pub weight_scales: WeightScales,
+    /// The GELU after quantized FFN-in GEMMs (absent in older plans: exact).
+    #[serde(default)]
+    pub gelu: GeluForm,
 }
 
 impl QuantInfo {
@@ -231,7 +252,7 @@ pub fn pack_quantized(
             return None;
         }
         let out = gemm_out_features(weights, kind);
-        Some(quantize_weight(w, out, format))
+        Some(quantize_weight(w, out, format, table.weight_scales))
     });
     let mut gemm_params = 0;
     let mut gemm_weight_bytes = 0;
@@ -275,6 +296,8 @@ pub fn pack_quantized(
         gemm_weight_bytes,
         gemm_output: GemmOutput::default(),
         gemm_algos: Vec::new(),
+        weight_scales: table.weight_scales,
+        gelu: table.gelu,
     };
     Ok((entries, blob, info))
 }
@@ -287,28 +310,4 @@ fn gemm_out_features(weights: &TransformerWeights, kind: GemmKind) -> usize {
         GemmKind::FfnIn => l.ffn_in.weight.shape[0],
         GemmKind::FfnOut => l.ffn_out.weight.shape[0],
     }
-}
-
-/// What a calibration table must have been made for: this model's
-/// architecture and sizes, and the sha256 of its weight file.
-pub fn model_fingerprint(model: &embedrt_core::SentenceModel) -> Result<ModelFingerprint> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let path = model.weights_path();
-    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(&path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(ModelFingerprint {
-        architecture: model.config.architecture.name().to_string(),
-        hidden_size: model.config.hidden_size,
-        num_layers: model.config.num_hidden_layers,
-        weights_sha256: hex::encode(hasher.finalize()),
-    })
 }

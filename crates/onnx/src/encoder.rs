@@ -11,7 +11,10 @@
 //! LayerNorm parameters and MPNet's relative-attention bias stay fp32
 //! initializers, and both outputs are fp32.
 
-use embedrt_core::quant::{quantize_weight, CalibrationTable, GemmKind, GemmSite, QuantFormat};
+use embedrt_core::quant::{
+    quantize_with_scales, weight_scales, CalibrationTable, GeluForm, GemmKind, GemmSite,
+    QuantFormat, WeightScales,
+};
 use embedrt_core::{
     Architecture, LayerNormWeights, LayerWeights, Linear, PoolingMode, SentenceModel, Tensor,
     TransformerWeights,
@@ -56,6 +59,7 @@ pub fn build(
         },
         quant,
         layer: 0,
+        qkv_amax: 0.0,
         gemm_inputs: Vec::new(),
     };
     e.graph(weights);
@@ -70,6 +74,8 @@ struct Encoder<'a> {
     quant: Option<&'a CalibrationTable>,
     /// The layer being built.
     layer: usize,
+    /// The current layer's largest |weight| over Q, K and V.
+    qkv_amax: f32,
     gemm_inputs: Vec<(GemmSite, String)>,
 }
 
@@ -239,6 +245,12 @@ impl Encoder<'_> {
         let xl = self.cast_low(x);
         let xl = self.gemm_input(GemmKind::Qkv, &xl);
         let scale = self.g.scalar(1.0 / (d as f32).sqrt(), self.low, "scale");
+        // Per-tensor scaling treats Q, K and V as the one fused weight the GPU
+        // plans and the CPU reference multiply by: one amax over all three.
+        let amax = |t: &Tensor| t.data.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        self.qkv_amax = amax(&l.query.weight)
+            .max(amax(&l.key.weight))
+            .max(amax(&l.value.weight));
         let q = self.linear(&xl, &l.query, GemmKind::Qkv);
         let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
         let k = self.linear(&xl, &l.key, GemmKind::Qkv);
@@ -275,7 +287,15 @@ impl Encoder<'_> {
         let xl = self.gemm_input(GemmKind::FfnIn, &xl);
         let inter = self.linear(&xl, &l.ffn_in, GemmKind::FfnIn);
         let inter = self.cast_f32(&inter);
-        let inter = self.gelu(&inter);
+        // A quantized FFN-in of a `gelu: tanh` table computes the tanh form (as
+        // the GPU's cuBLASLt epilogue and the CPU reference do).
+        let tanh = self.quantized(GemmKind::FfnIn).is_some()
+            && self.quant.is_some_and(|t| t.gelu == GeluForm::Tanh);
+        let inter = if tanh {
+            self.gelu_tanh(&inter)
+        } else {
+            self.gelu(&inter)
+        };
         let inter = self.cast_low(&inter);
         let inter = self.gemm_input(GemmKind::FfnOut, &inter);
         let ffn = self.linear(&inter, &l.ffn_out, GemmKind::FfnOut);
@@ -300,6 +320,24 @@ impl Encoder<'_> {
         let s = self.g.op("Mul", &[x, &inv_sqrt2], vec![], "gelu_scaled");
         let erf = self.g.op("Erf", &[&s], vec![], "gelu_erf");
         let p = self.g.op("Add", &[&erf, &one], vec![], "gelu_1p");
+        let hx = self.g.op("Mul", &[x, &half], vec![], "gelu_half");
+        self.g.op("Mul", &[&hx, &p], vec![], "gelu")
+    }
+
+    /// The tanh form: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), in fp32.
+    fn gelu_tanh(&mut self, x: &str) -> String {
+        let c = (2.0f32 / std::f32::consts::PI).sqrt();
+        let c = self.g.scalar(c, Elem::F32, "gelu_c");
+        let k = self.g.scalar(0.044715, Elem::F32, "gelu_k");
+        let half = self.g.scalar(0.5, Elem::F32, "half");
+        let one = self.g.scalar(1.0, Elem::F32, "one");
+        let x2 = self.g.op("Mul", &[x, x], vec![], "gelu_x2");
+        let x3 = self.g.op("Mul", &[&x2, x], vec![], "gelu_x3");
+        let kx3 = self.g.op("Mul", &[&x3, &k], vec![], "gelu_kx3");
+        let inner = self.g.op("Add", &[x, &kx3], vec![], "gelu_inner");
+        let z = self.g.op("Mul", &[&inner, &c], vec![], "gelu_z");
+        let t = self.g.op("Tanh", &[&z], vec![], "gelu_tanh");
+        let p = self.g.op("Add", &[&t, &one], vec![], "gelu_1p");
         let hx = self.g.op("Mul", &[x, &half], vec![], "gelu_half");
         self.g.op("Mul", &[&hx, &p], vec![], "gelu")
     }
@@ -399,10 +437,19 @@ impl Encoder<'_> {
     /// A `[out, in]` weight as 8-bit codes (int8, or e4m3fn for an fp8
     /// table) with per-output-channel scales (axis 0 of this layout) and the
     /// DequantizeLinear that restores it.
-    fn quantized_weight(&mut self, t: &Tensor) -> String {
+    fn quantized_weight(&mut self, t: &Tensor, kind: GemmKind) -> String {
         let out = t.shape[0];
         let format = self.quant.map_or(QuantFormat::Int8, |q| q.precision);
-        let (codes, scales) = quantize_weight(&t.data, out, format);
+        let scaling = self
+            .quant
+            .map_or(WeightScales::Channel, |q| q.weight_scales);
+        // Per tensor: the same scale in every channel, still written per channel
+        // (Q, K and V: the fused weight's).
+        let scales = match (scaling, kind) {
+            (WeightScales::Tensor, GemmKind::Qkv) => vec![format.scale_for(self.qkv_amax); out],
+            _ => weight_scales(&t.data, out, format, scaling),
+        };
+        let codes = quantize_with_scales(&t.data, &scales, format);
         let elem = self.code_elem();
         let q = self
             .g
@@ -428,7 +475,7 @@ impl Encoder<'_> {
     /// name; the Transpose of a constant is folded by every runtime.
     fn linear(&mut self, x: &str, lin: &Linear, kind: GemmKind) -> String {
         let w = if self.quantized(kind).is_some() {
-            self.quantized_weight(&lin.weight)
+            self.quantized_weight(&lin.weight, kind)
         } else {
             self.weight(&lin.weight)
         };

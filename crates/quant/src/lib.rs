@@ -99,6 +99,8 @@ impl ActivationStats {
             tensors,
             fallback: Vec::new(),
             accuracy: None,
+            weight_scales: Default::default(),
+            gelu: Default::default(),
         }
     }
 }

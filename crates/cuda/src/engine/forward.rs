@@ -229,6 +229,9 @@ struct Pass {
     quant_program: bool,
     ticket: u64,
     tanh_gelu: bool,
+    /// A quantized plan whose table says `gelu: tanh`: its 8-bit FFN-in
+    /// GEMMs take GELU's tanh form.
+    quant_tanh_gelu: bool,
     /// Kernels after the first launch early (engine/launch.rs).
     early: bool,
 }
@@ -292,6 +295,10 @@ impl Pass {
             quant_program,
             ticket: g.ticket,
             tanh_gelu: g.tanh_gelu,
+            quant_tanh_gelu: g
+                .quant
+                .as_ref()
+                .is_some_and(|q| q.gelu() == embedrt_core::quant::GeluForm::Tanh),
             early: g.early_launch,
         }
     }
@@ -479,7 +486,13 @@ impl Pass {
             (b.hidden, (0, 0))
         };
         let io = (x, l.ffn_in_w, l.biases[2], 0, b.inter);
-        self.small_linear(s, io, ws[2], (inter, hid), 1, next, norm)?;
+        // Epilogue 4: the tanh GELU of an 8-bit FFN-in in a `gelu: tanh` plan.
+        let gelu = if ws[2] != 0 && self.quant_tanh_gelu {
+            4
+        } else {
+            1
+        };
+        self.small_linear(s, io, ws[2], (inter, hid), gelu, next, norm)?;
         marks.mark("small ffn_in+gelu")?;
         let io = (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch);
         if next && !last_layer {
@@ -492,7 +505,7 @@ impl Pass {
     }
 
     /// `y = x wᵀ + bias` for `n` outputs over `k` inputs, then the epilogue:
-    /// 0 none, 1 GELU, 2 + residual and the LayerNorm of whole rows into
+    /// 0 none, 1 GELU (4 its tanh form), 2 + residual and the LayerNorm of whole rows into
     /// hidden, 3 + residual. With `ln_in`, x holds rows before their LayerNorm
     /// (gamma, beta): the kernel normalizes them, and writes them into hidden.
     /// A `w_scale` (not 0) makes w 8-bit codes with those per-channel scales.

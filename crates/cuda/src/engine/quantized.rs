@@ -21,12 +21,12 @@
 //! the 8-bit GEMM then takes the fp16 GEMM's place and the fp16 plans' GELU
 //! (`gelu_q` when FFN-out is quantized) and LayerNorm (`layernorm_q`) follow.
 
-use embedrt_core::quant::{GemmSite, QuantFormat};
+use embedrt_core::quant::{GeluForm, GemmSite, QuantFormat};
 
 use super::*;
 use crate::gemm::algo_to_hex;
 use crate::plan::GemmChoice;
-use crate::qgemm::{gemm_rows, QGemms, SitePointers};
+use crate::qgemm::{gemm_rows, QGemms, SiteForm, SitePointers};
 
 /// One quantized GEMM: its 8-bit weight, per-channel scales, input scale.
 #[derive(Clone, Copy)]
@@ -54,6 +54,8 @@ pub(super) struct QuantState {
     layers: Vec<[Option<QuantGemm>; 4]>,
     act: u64,
     acc: u64,
+    /// The GELU after quantized FFN-in GEMMs (the plan's table).
+    gelu: GeluForm,
     /// Device memory this state owns (fp16 output: the combined scale
     /// vectors and B's vector of ones), freed on drop.
     owned: Vec<u64>,
@@ -89,6 +91,7 @@ pub(super) fn check_plan(plan: &Plan, name: &str, cc: (i32, i32)) -> Result<()> 
         )));
     }
     crate::quant_plan::check_gemm_output(q.gemm_output, format, name, cc)?;
+    crate::quant_plan::check_table_forms(q.gemm_output, q.weight_scales, q.gelu)?;
     crate::qgemm::check_dims(&plan.header.config, format)
 }
 
@@ -159,7 +162,7 @@ impl QuantState {
         let mut sites = vec![[None; 4]; layers.len()];
         let mut ones = 0u64;
         if output.is_fp16() {
-            let made = fp16_scales(plan, weights, &layers, &mut owned);
+            let made = fp16_scales(plan, weights, &layers, q.gelu, &mut owned);
             match made {
                 Ok((s, o)) => {
                     sites = s;
@@ -194,6 +197,7 @@ impl QuantState {
             layers,
             act,
             acc,
+            gelu: q.gelu,
             owned,
         }))
     }
@@ -202,6 +206,11 @@ impl QuantState {
     /// 32-bit accumulators for our epilogue kernels.
     fn fp16_out(&self) -> bool {
         self.gemms.output().is_fp16()
+    }
+
+    /// The GELU after quantized FFN-in GEMMs.
+    pub(super) fn gelu(&self) -> GeluForm {
+        self.gelu
     }
 
     /// The quantized GEMM at (layer, kind); None: fp16 (or past the last layer).
@@ -227,15 +236,19 @@ fn free_all(owned: &mut Vec<u64>) {
 }
 
 /// fp16 output: uploads, per quantized GEMM, `act_scale * w_scale[n]` (A's
-/// outer-vector scale: cuBLASLt multiplies output row n by it), and one
-/// vector of 1.0 for B as long as the padded token budget. Returns each
-/// site's pointers and the ones vector. The token budget must be a multiple
+/// outer-vector scale: cuBLASLt multiplies output row n by it; per tensor,
+/// its first value is the scalar scale), and one vector of 1.0 for B as long
+/// as the padded token budget. With `gelu` tanh, a quantized FFN-in takes
+/// cuBLASLt's GELU epilogue, and where FFN-out is quantized too it writes
+/// FFN-out's fp8 input (scaled by `1 / act_scale`, uploaded after the
+/// vectors). Returns each site's pointers and the ones vector. The token budget must be a multiple
 /// of 16: the fp16 GEMMs write (and read the residual of) the padded rows
 /// in the fp16 activation buffers, which hold the budget's rows.
 fn fp16_scales(
     plan: &Plan,
     weights: u64,
     layers: &[[Option<QuantGemm>; 4]],
+    gelu: GeluForm,
     owned: &mut Vec<u64>,
 ) -> Result<(Vec<[Option<SitePointers>; 4]>, u64)> {
     let budget = plan.header.profile.token_budget();
@@ -249,6 +262,7 @@ fn fp16_scales(
     let config = &plan.header.config;
     let mut host: Vec<f32> = Vec::new();
     let mut offsets = vec![[None; 4]; layers.len()];
+    let mut forms = vec![[SiteForm::default(); 4]; layers.len()];
     for (li, row) in layers.iter().enumerate() {
         for kind in GemmKind::ALL {
             let Some(s) = row[kind as usize] else {
@@ -268,11 +282,28 @@ fn fp16_scales(
             };
             // n is a multiple of 16: every vector starts 64-byte aligned.
             offsets[li][kind as usize] = Some(host.len());
+            let start = host.len();
             host.extend(
                 bytes
                     .chunks_exact(4)
                     .map(|c| s.act_scale * f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             );
+            let gelu = gelu == GeluForm::Tanh && kind == GemmKind::FfnIn;
+            forms[li][kind as usize] = SiteForm {
+                per_tensor: host[start..].iter().all(|&v| v == host[start]),
+                gelu,
+                fp8_out: gelu && row[GemmKind::FfnOut as usize].is_some(),
+            };
+        }
+    }
+    // The fp8-output sites' D scales, 16 floats apart (64-byte aligned like the rest).
+    let mut d_scales = vec![[0usize; 4]; layers.len()];
+    for (li, row) in layers.iter().enumerate() {
+        let ffn_in = GemmKind::FfnIn as usize;
+        if let (true, Some(next)) = (forms[li][ffn_in].fp8_out, row[GemmKind::FfnOut as usize]) {
+            d_scales[li][ffn_in] = host.len();
+            host.push(1.0 / next.act_scale);
+            host.extend([0.0; 15]);
         }
     }
     let alloc = |owned: &mut Vec<u64>, what: &str, values: &[f32]| -> Result<u64> {
@@ -298,9 +329,17 @@ fn fp16_scales(
             if let Some(off) = row[kind as usize] {
                 let bias = plan.tensor(&layer_tensor(li, &format!("{}.bias", kind.name())))?;
                 let bias = weights + bias.offset as u64;
+                let form = forms[li][kind as usize];
+                let d_off = d_scales[li][kind as usize];
                 sites[li][kind as usize] = Some(SitePointers {
                     bias,
                     scale: scales + 4 * off as u64,
+                    d_scale: if form.fp8_out {
+                        scales + 4 * d_off as u64
+                    } else {
+                        0
+                    },
+                    form,
                 });
             }
         }
@@ -428,6 +467,8 @@ impl CudaEngine {
             // fp16 output: a quantized GEMM writes where the fp16 GEMM would, so
             // the code after it is the fp16 path's.
             let fp16_out = q.fp16_out();
+            // The GELU after a quantized FFN-in: 1 exact, 2 the tanh form (epilogue_bias).
+            let gelu_code = if q.gelu == GeluForm::Tanh { 2 } else { 1 };
             for (li, l) in g.layers.iter().enumerate() {
                 // QKV: fp16 out (attention reads fp16 Q, K, V).
                 match q.site(li, GemmKind::Qkv) {
@@ -524,6 +565,9 @@ impl CudaEngine {
                     }
                 }
                 let ffn_out_sink = q.sink(li, GemmKind::FfnOut);
+                // FFN-out's 8-bit input: where the GELU pass quantized it, or in the
+                // fp16 FFN buffer, where an fp8-output FFN-in wrote it.
+                let mut ffn_out_x = act;
                 match q.site(li, GemmKind::FfnIn) {
                     Some(s) if !fp16_out => {
                         let w = s.weight;
@@ -541,7 +585,7 @@ impl CudaEngine {
                         mark("gemm ffn_in (8-bit)")?;
                         // GELU'd output: quantized for an 8-bit FFN-out, else fp16.
                         let out = if ffn_out_sink.0 == 0 { b.inter } else { 0 };
-                        epilogue_bias(acc, inter, s, l.biases[2], 1, out, ffn_out_sink)?;
+                        epilogue_bias(acc, inter, s, l.biases[2], gelu_code, out, ffn_out_sink)?;
                         mark("epilogue ffn_in+gelu(+quantize)")?;
                     }
                     site => {
@@ -551,7 +595,15 @@ impl CudaEngine {
                                 let k = GemmKind::FfnIn;
                                 q.gemms
                                     .run(li, k, tp, w, act, None, out, stream as _, None)?;
-                                mark("gemm ffn_in (8-bit, fp16 out)")?;
+                                let form = q.gemms.form(li, k);
+                                if form.fp8_out {
+                                    ffn_out_x = b.inter;
+                                }
+                                mark(match (form.gelu, form.fp8_out) {
+                                    (true, true) => "gemm ffn_in+gelu (8-bit, fp8 out)",
+                                    (true, false) => "gemm ffn_in+gelu (8-bit, fp16 out)",
+                                    _ => "gemm ffn_in (8-bit, fp16 out)",
+                                })?;
                             }
                             None => {
                                 gemms.run(
@@ -568,7 +620,9 @@ impl CudaEngine {
                             }
                         }
                         let n = (tp * inter) as i64;
-                        if ffn_out_sink.0 == 0 {
+                        if q.gemms.form(li, GemmKind::FfnIn).gelu {
+                            // cuBLASLt's epilogue applied it.
+                        } else if ffn_out_sink.0 == 0 {
                             let x = b.inter;
                             cr::launch_kernel(
                                 plain_gelu,
@@ -621,7 +675,7 @@ impl CudaEngine {
                                     GemmKind::FfnOut,
                                     tp,
                                     s.weight,
-                                    act,
+                                    ffn_out_x,
                                     Some(b.hidden),
                                     b.scratch,
                                     stream as _,
@@ -703,15 +757,21 @@ impl CudaEngine {
                     (true, GemmKind::FfnIn) => (None, b.inter),
                     (true, _) => (Some(b.hidden), b.scratch),
                 };
+                // An FFN-out behind an fp8-output FFN-in reads its input there.
+                let x = match kind {
+                    GemmKind::FfnOut if q.gemms.form(li, GemmKind::FfnIn).fp8_out => b.inter,
+                    _ => act,
+                };
                 for &tokens in &ladder {
                     // Small token counts (the latency case) get a wider search: split-K
                     // and small-tile variants rank low in the heuristic there.
                     let count = if tokens <= 256 { 24 } else { 8 };
-                    let candidates = q.gemms.heuristics(kind, tokens, count)?;
+                    let form = q.gemms.form(li, kind);
+                    let candidates = q.gemms.heuristics((kind, form), tokens, count)?;
                     let best = super::tune::fastest(&candidates, (start, stop), stream, |algo| {
                         let w = s.weight;
                         q.gemms
-                            .run(li, kind, tokens, w, act, res, y, stream as _, Some(*algo))
+                            .run(li, kind, tokens, w, x, res, y, stream as _, Some(*algo))
                     })?;
                     if let Some(ci) = best {
                         out.push(GemmChoice {
