@@ -11,7 +11,7 @@ use embedrt_cuda::build::assemble_quantized_plan;
 use embedrt_cuda::plan::GemmChoice;
 use embedrt_cuda::plan::{layer_tensor, GpuTarget, Plan};
 use embedrt_cuda::quant_plan::{
-    check_format_supported, check_gemm_output, model_fingerprint, GemmOutput,
+    check_format_supported, check_gemm_output, check_table_forms, GemmOutput,
 };
 use sha2::{Digest, Sha256};
 
@@ -33,13 +33,15 @@ fn table(format: QuantFormat, fallback: &[&str]) -> CalibrationTable {
         .collect();
     CalibrationTable {
         format_version: CALIBRATION_TABLE_VERSION,
-        model: model_fingerprint(&m).unwrap(),
+        model: embedrt_quant::fingerprint(&m).unwrap(),
         precision: format,
         calibrator: "minmax".into(),
         sentences: 7,
         tensors,
         fallback: fallback.iter().map(|s| s.to_string()).collect(),
         accuracy: None,
+        weight_scales: Default::default(),
+        gelu: Default::default(),
     }
 }
 
@@ -357,5 +359,57 @@ fn fp8_defaults_to_fp16_gemm_output_on_hopper_only() {
     assert_eq!(
         GemmOutput::default_for(QuantFormat::Int8, (7, 5)),
         GemmOutput::Acc32
+    );
+}
+
+#[test]
+fn per_tensor_tables_pack_one_scale_a_weight_and_the_forms_survive_the_file() {
+    use embedrt_core::quant::{GeluForm, WeightScales};
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    let mut t = table(QuantFormat::Fp8, &[]);
+    t.weight_scales = WeightScales::Tensor;
+    t.gelu = GeluForm::Tanh;
+    let profile = "1x8:16x64:64x128".parse().unwrap();
+    let plan = assemble_quantized_plan(&m, &w, &t, &[], profile, h100(), GemmOutput::Fp16).unwrap();
+    for kind in ["qkv", "attn_out", "ffn_in", "ffn_out"] {
+        let s = f32s(bytes_of(
+            &plan,
+            &layer_tensor(0, &format!("{kind}.weight_scale")),
+        ));
+        assert!(s.len() > 1 && s.iter().all(|&v| v == s[0]), "{kind}: {s:?}");
+    }
+    let (_dir, path, _) = written(&plan);
+    let q = Plan::read(&path).unwrap().header.quant.unwrap();
+    assert_eq!(
+        (q.weight_scales, q.gelu),
+        (WeightScales::Tensor, GeluForm::Tanh)
+    );
+    // Per channel, the scales differ between channels.
+    let plain = quant_plan_writing(QuantFormat::Fp8, &[], h100(), GemmOutput::Fp16).unwrap();
+    let s = f32s(bytes_of(&plain, &layer_tensor(0, "ffn_in.weight_scale")));
+    assert!(s.iter().any(|&v| v != s[0]));
+    let q = plain.header.quant.unwrap();
+    assert_eq!(
+        (q.weight_scales, q.gelu),
+        (WeightScales::Channel, GeluForm::Exact)
+    );
+}
+
+#[test]
+fn tanh_gelu_with_fp16_output_needs_per_tensor_scales() {
+    use embedrt_core::quant::{GeluForm, WeightScales};
+    use GemmOutput::*;
+    let (c, t) = (WeightScales::Channel, WeightScales::Tensor);
+    assert!(check_table_forms(Fp16, t, GeluForm::Tanh).is_ok());
+    assert!(check_table_forms(Fp16, c, GeluForm::Exact).is_ok());
+    // acc32 applies the tanh form in our own epilogue, at any scaling.
+    assert!(check_table_forms(Acc32, c, GeluForm::Tanh).is_ok());
+    let e = check_table_forms(Fp16Fast, c, GeluForm::Tanh)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--weight-scales tensor") && e.contains("acc32") && !e.contains('\n'),
+        "{e}"
     );
 }
