@@ -12,13 +12,14 @@ import sys
 def merged(path):
     out = {}
     if os.path.exists(path):
-        for line in open(path, errors="replace"):
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    out.update(json.loads(line))
-                except ValueError:
-                    pass
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        out.update(json.loads(line))
+                    except ValueError:
+                        pass
     return out
 
 
@@ -27,7 +28,8 @@ def fmt(v, spec):
 
 
 d, forms = sys.argv[1], sys.argv[2:]
-print(open(os.path.join(d, "steps.txt")).read())
+with open(os.path.join(d, "steps.txt")) as f:
+    print(f.read())
 head = f"{'mpnet plan':15} {'cos mean':>9} {'cos min':>8} {'W1 seq/s':>9} {'W2 sent/s':>10} {'W3 p50 ms':>9}"
 print(head)
 print("-" * len(head))

@@ -346,7 +346,7 @@ fn fp16_gemm_output_is_only_for_fp8_on_hopper() {
 fn fp8_defaults_to_fp16_gemm_output_on_hopper_only() {
     assert_eq!(
         GemmOutput::default_for(QuantFormat::Fp8, (9, 0)),
-        GemmOutput::Fp16
+        GemmOutput::Fp16Fast
     );
     assert_eq!(
         GemmOutput::default_for(QuantFormat::Fp8, (8, 9)),
