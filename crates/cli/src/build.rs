@@ -60,7 +60,7 @@ pub struct BuildArgs {
     /// int8/fp8: how the 8-bit GEMMs hand their result on: acc32 (32-bit accumulators
     /// through our epilogue kernels, every GPU), fp16 or fp16-fast (fp8 on sm_90:
     /// cuBLASLt applies the scales, bias and residual and writes fp16; -fast adds
-    /// cuBLASLt's fp8 fast accumulation); auto: fp16 for fp8 on sm_90, else acc32.
+    /// cuBLASLt's fp8 fast accumulation); auto: fp16-fast for fp8 on sm_90, else acc32.
     #[arg(long, default_value = "auto")]
     quant_gemm_output: String,
     /// int8/fp8: time cuBLASLt's top candidates for every 8-bit GEMM on this GPU and
