@@ -532,6 +532,12 @@ pub fn weight_scales(
         .take(out)
         .map(|row| row.iter().fold(0.0f32, |m, &v| m.max(v.abs())))
         .collect();
+    scales_from_amax(&amax, format, scaling)
+}
+
+/// The scales of a weight from its channels' largest magnitudes: one per
+/// channel, or (per tensor) the largest channel's for every channel.
+pub fn scales_from_amax(amax: &[f32], format: QuantFormat, scaling: WeightScales) -> Vec<f32> {
     match scaling {
         WeightScales::Channel => amax.iter().map(|&a| format.scale_for(a)).collect(),
         WeightScales::Tensor => {

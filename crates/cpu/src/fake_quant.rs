@@ -5,7 +5,9 @@
 //! and everything around it, stays fp32. The GPU kernels and the QDQ ONNX
 //! export are checked against this.
 
-use embedrt_core::quant::{CalibrationTable, GeluForm, GemmSite, QuantFormat, WeightScales};
+use embedrt_core::quant::{
+    scales_from_amax, CalibrationTable, GeluForm, GemmSite, QuantFormat, WeightScales,
+};
 use embedrt_core::{Error, Result};
 use rayon::prelude::*;
 
@@ -86,11 +88,7 @@ pub(crate) fn fake_quant_weight_t(
             *m = m.max(v.abs());
         }
     }
-    if scaling == WeightScales::Tensor {
-        let all = amax.iter().fold(0.0f32, |m, &a| m.max(a));
-        amax.iter_mut().for_each(|a| *a = all);
-    }
-    let scales: Vec<f32> = amax.iter().map(|&a| format.scale_for(a)).collect();
+    let scales = scales_from_amax(&amax, format, scaling);
     for row in w_t.chunks_exact_mut(out) {
         for (v, &s) in row.iter_mut().zip(&scales) {
             *v = format.fake_quant(*v, s);

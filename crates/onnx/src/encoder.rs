@@ -247,10 +247,15 @@ impl Encoder<'_> {
         let scale = self.g.scalar(1.0 / (d as f32).sqrt(), self.low, "scale");
         // Per-tensor scaling treats Q, K and V as the one fused weight the GPU
         // plans and the CPU reference multiply by: one amax over all three.
-        let amax = |t: &Tensor| t.data.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-        self.qkv_amax = amax(&l.query.weight)
-            .max(amax(&l.key.weight))
-            .max(amax(&l.value.weight));
+        if self
+            .quant
+            .is_some_and(|t| t.weight_scales == WeightScales::Tensor)
+        {
+            let amax = |t: &Tensor| t.data.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+            self.qkv_amax = amax(&l.query.weight)
+                .max(amax(&l.key.weight))
+                .max(amax(&l.value.weight));
+        }
         let q = self.linear(&xl, &l.query, GemmKind::Qkv);
         let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
         let k = self.linear(&xl, &l.key, GemmKind::Qkv);

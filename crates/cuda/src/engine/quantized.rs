@@ -19,7 +19,9 @@
 //! With `gemm_output` fp16 (fp8 on sm_90, qgemm.rs), cuBLASLt itself applies
 //! the scales, bias and residual and writes fp16 where the fp16 GEMM would:
 //! the 8-bit GEMM then takes the fp16 GEMM's place and the fp16 plans' GELU
-//! (`gelu_q` when FFN-out is quantized) and LayerNorm (`layernorm_q`) follow.
+//! (`gelu_q` when FFN-out is quantized) and LayerNorm (`layernorm_q`) follow;
+//! with a `gelu: tanh` table the FFN-in GEMM applies GELU itself and writes
+//! FFN-out's fp8 input (`qgemm::SiteForm`), so no GELU pass runs.
 
 use embedrt_core::quant::{GeluForm, GemmSite, QuantFormat};
 
@@ -241,9 +243,10 @@ fn free_all(owned: &mut Vec<u64>) {
 /// as the padded token budget. With `gelu` tanh, a quantized FFN-in takes
 /// cuBLASLt's GELU epilogue, and where FFN-out is quantized too it writes
 /// FFN-out's fp8 input (scaled by `1 / act_scale`, uploaded after the
-/// vectors). Returns each site's pointers and the ones vector. The token budget must be a multiple
-/// of 16: the fp16 GEMMs write (and read the residual of) the padded rows
-/// in the fp16 activation buffers, which hold the budget's rows.
+/// vectors). Returns each site's pointers and the ones vector. The token
+/// budget must be a multiple of 16: the fp16 GEMMs write (and read the
+/// residual of) the padded rows in the fp16 activation buffers, which hold
+/// the budget's rows.
 fn fp16_scales(
     plan: &Plan,
     weights: u64,
