@@ -7,6 +7,8 @@
 #                           outer-vector (per-channel) ones
 #   --gelu tanh             FFN-in's GELU in cuBLASLt's epilogue (tanh form), writing FFN-out's
 #                           fp8 input itself: no GELU pass
+#   a third part, fp8       `--attention-inputs fp8`: the fp8 QKV GEMM writes e4m3 Q, K, V and
+#                           attention_tc_q8 reads them (e.g. FORMS="tensor-tanh tensor-tanh-fp8")
 # MPNet-base random weights (make_mpnet.py), profile 1x8:256x128:1024x512, 32k-token budget:
 # one fp8 calibration (the statistics do not depend on the two options), four tables made from
 # it, four plans; gpu-check bench-plan for fp16 and each (cosine to the fp32 plan over the 6,000
@@ -28,8 +30,9 @@ import json, sys
 src, prefix, forms = sys.argv[1], sys.argv[2], sys.argv[3:]
 t = json.load(open(src))
 for f in forms:
-    w, g = f.split("-")
-    json.dump({**t, "weight_scales": w, "gelu": g}, open(f"{prefix}-{f}.table.json", "w"))
+    w, g, *a = f.split("-")
+    form = {"weight_scales": w, "gelu": g, "attention_inputs": a[0] if a else "float"}
+    json.dump({**t, **form}, open(f"{prefix}-{f}.table.json", "w"))
 PY
 }
 P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"; D=/tmp/mpnet; Q=/tmp/qplans

@@ -42,6 +42,7 @@ fn table(format: QuantFormat, fallback: &[&str]) -> CalibrationTable {
         accuracy: None,
         weight_scales: Default::default(),
         gelu: Default::default(),
+        attention_inputs: Default::default(),
     }
 }
 
@@ -398,18 +399,74 @@ fn per_tensor_tables_pack_one_scale_a_weight_and_the_forms_survive_the_file() {
 
 #[test]
 fn tanh_gelu_with_fp16_output_needs_per_tensor_scales() {
+    use embedrt_core::quant::AttentionInputs::{Float, Fp8};
     use embedrt_core::quant::{GeluForm, WeightScales};
     use GemmOutput::*;
     let (c, t) = (WeightScales::Channel, WeightScales::Tensor);
-    assert!(check_table_forms(Fp16, t, GeluForm::Tanh).is_ok());
-    assert!(check_table_forms(Fp16, c, GeluForm::Exact).is_ok());
+    assert!(check_table_forms(Fp16, t, GeluForm::Tanh, Float).is_ok());
+    assert!(check_table_forms(Fp16, c, GeluForm::Exact, Float).is_ok());
     // acc32 applies the tanh form in our own epilogue, at any scaling.
-    assert!(check_table_forms(Acc32, c, GeluForm::Tanh).is_ok());
-    let e = check_table_forms(Fp16Fast, c, GeluForm::Tanh)
+    assert!(check_table_forms(Acc32, c, GeluForm::Tanh, Float).is_ok());
+    let e = check_table_forms(Fp16Fast, c, GeluForm::Tanh, Float)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("--weight-scales tensor") && e.contains("acc32") && !e.contains('\n'),
         "{e}"
     );
+    // fp8 Q, K, V come from cuBLASLt's fp8 D: fp16-output plans only.
+    assert!(check_table_forms(Fp16Fast, t, GeluForm::Tanh, Fp8).is_ok());
+    let e = check_table_forms(Acc32, t, GeluForm::Tanh, Fp8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--attention-inputs") && !e.contains('\n'), "{e}");
+}
+
+#[test]
+fn fp8_attention_plans_record_each_quantized_layers_qkv_scale() {
+    use embedrt_core::quant::{qkv_output_name, AttentionInputs, WeightScales};
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    let layers = m.config.num_hidden_layers;
+    let mut t = table(QuantFormat::Fp8, &[]);
+    t.weight_scales = WeightScales::Tensor;
+    t.attention_inputs = AttentionInputs::Fp8;
+    t.tensors.extend((0..layers).map(|l| TensorScale {
+        name: qkv_output_name(l),
+        amax: 8.0 + l as f32,
+        scale: QuantFormat::Fp8.scale_for(8.0 + l as f32),
+        method: "minmax".into(),
+    }));
+    let profile = "1x8:16x64:64x128".parse().unwrap();
+    // Layer 0's QKV stays fp16: its attention reads fp16 Q, K, V.
+    let fb = vec!["layers.0.qkv".to_string()];
+    let plan = assemble_quantized_plan(&m, &w, &t, &fb, profile, h100(), GemmOutput::Fp16).unwrap();
+    let (_dir, path, _) = written(&plan);
+    let q = Plan::read(&path).unwrap().header.quant.unwrap();
+    assert_eq!(q.attention_inputs, AttentionInputs::Fp8);
+    assert_eq!(q.qkv_output_scale(0), None);
+    for l in 1..layers {
+        assert_eq!(
+            q.qkv_output_scale(l),
+            Some(QuantFormat::Fp8.scale_for(8.0 + l as f32))
+        );
+    }
+    // The GEMM count info prints is the inputs' and fallbacks' alone.
+    assert_eq!(q.activations.len() + q.fallback.len(), 4 * layers);
+    // A missing range is refused with its name; so is an int8 table asking for it.
+    let mut missing = t.clone();
+    missing.tensors.retain(|s| s.name != qkv_output_name(1));
+    let e = assemble_quantized_plan(&m, &w, &missing, &[], profile, h100(), GemmOutput::Fp16)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layers.1.qkv.output"), "{e}");
+    let mut int8 = t.clone();
+    int8.precision = QuantFormat::Int8;
+    int8.weight_scales = WeightScales::Channel;
+    let e = assemble_quantized_plan(&m, &w, &int8, &[], profile, h100(), GemmOutput::Acc32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs an fp8 table"), "{e}");
 }

@@ -95,6 +95,7 @@ def built(when, arch, fp16, head_dim, quant):
         "Quant": quant != 0,
         "QuantSm80": quant != 0 and sm80,
         "QuantSm80Head16": quant != 0 and sm80 and head_dim % 16 == 0,
+        "Fp8Head16": quant == 2 and head_dim % 16 == 0,
     }[when]
 
 

@@ -219,6 +219,51 @@ def test_weight_scaling_and_gelu_forms_agree_between_onnxruntime_and_cpu_referen
     assert cosine_rows(plain, ref).min() >= 0.99
 
 
+@pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
+def test_fp8_attention_inputs_agree_between_onnxruntime_and_cpu_reference(
+        embedrt_bin, fixtures_dir, calib_text, tmp_path, name):
+    """`--attention-inputs fp8` (Q, K, V through e4m3 with one calibrated scale a layer, what
+    the GPU's fp8 QKV GEMM writes for attention) is one model in the QDQ export and in the CPU
+    fake-quant reference, and it changes the model."""
+    model = fixtures_dir / name
+    base, table = tmp_path / "base.json", tmp_path / "t.json"
+    calibrate(embedrt_bin, model, calib_text, base, "--precision", "fp8", "--no-fallback")
+    t = calibrate(embedrt_bin, model, calib_text, table, "--precision", "fp8", "--no-fallback",
+                  "--attention-inputs", "fp8")
+    assert (json.loads(base.read_text())["attention_inputs"], t["attention_inputs"]) == \
+        ("float", "fp8")
+    layers = t["model"]["num_layers"]
+    outputs = {x["name"]: x for x in t["tensors"] if x["name"].endswith(".qkv.output")}
+    assert sorted(outputs) == sorted(f"layers.{l}.qkv.output" for l in range(layers))
+    assert all(x["amax"] > 0 and x["scale"] == pytest.approx(x["amax"] / 448) for x in
+               outputs.values())
+    d = export_ok(embedrt_bin, model, tmp_path / "x", "--precision", "fp8",
+                  "--calibration-table", table)
+    m = onnx.load(str(d / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    # Three QuantizeLinear more a layer (Q, K, V) than the float-attention export.
+    d0 = export_ok(embedrt_bin, model, tmp_path / "x0", "--precision", "fp8",
+                   "--calibration-table", base)
+    count = lambda g: [n.op_type for n in g.graph.node].count("QuantizeLinear")  # noqa: E731
+    assert count(m) - count(onnx.load(str(d0 / "model.onnx"))) == 3 * layers
+    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
+    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
+    got = ort_embed(session(d, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), tokenizer(d),
+                    texts)
+    cos = cosine_rows(ref, got)
+    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
+    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
+    assert np.abs(plain - ref).max() > 1e-6
+    assert cosine_rows(plain, ref).min() >= 0.99
+    # int8 keeps float attention: asking for fp8 Q, K, V there is one clear line.
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", calib_text,
+                       "-o", tmp_path / "i8.json", "--precision", "int8",
+                       "--attention-inputs", "fp8"), "--attention-inputs fp8", "fp8")
+    one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
+                       "--precision", "fp8", "--calibration-table", base,
+                       "--attention-inputs", "fp8"), "attention inputs are float")
+
+
 def test_forms_that_contradict_the_table_are_one_clear_error(embedrt_bin, fixtures_dir,
                                                              calib_text, tmp_path):
     model = fixtures_dir / "tiny-bert-mean-norm"

@@ -64,7 +64,12 @@ pub fn build(
         (gpu.cc_major, gpu.cc_minor),
     )?;
     let table = read_table(model, req)?;
-    check_table_forms(gemm_output, table.weight_scales, table.gelu)?;
+    check_table_forms(
+        gemm_output,
+        table.weight_scales,
+        table.gelu,
+        table.attention_inputs,
+    )?;
     progress("loading weights");
     let weights = model.load_weights()?;
     // Every plan built here (the evaluated ones too) has the GEMM output asked for.

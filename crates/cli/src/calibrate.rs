@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use embedrt_core::quant::{
-    CalibrationMethod, CalibrationTable, GeluForm, QuantFormat, WeightScales,
+    AttentionInputs, CalibrationMethod, CalibrationTable, GeluForm, QuantFormat, WeightScales,
 };
 use embedrt_core::{sts, SentenceModel};
 use embedrt_quant::fallback::AccuracyTarget;
@@ -39,20 +39,50 @@ pub struct CalibrationArgs {
     /// else exact, chosen by measurement]. Recorded in the table.
     #[arg(long)]
     pub gelu: Option<String>,
+    /// What attention reads: float Q, K, V, or fp8 (an fp8 QKV GEMM writes
+    /// them in e4m3 with a calibrated scale a layer; fp8 tables only)
+    /// [default: float]. Recorded in the table.
+    #[arg(long)]
+    pub attention_inputs: Option<String>,
+}
+
+/// The table forms given on the command line (None: not given).
+struct Forms {
+    weight_scales: Option<WeightScales>,
+    gelu: Option<GeluForm>,
+    attention_inputs: Option<AttentionInputs>,
 }
 
 impl CalibrationArgs {
-    /// `--weight-scales` and `--gelu`, parsed (None: not given).
-    pub fn forms(&self) -> Result<(Option<WeightScales>, Option<GeluForm>)> {
+    /// `--weight-scales`, `--gelu` and `--attention-inputs`, parsed.
+    fn forms(&self) -> Result<Forms> {
         let w = self.weight_scales.as_deref().map(str::parse).transpose();
         let g = self.gelu.as_deref().map(str::parse).transpose();
-        Ok((w.context("--weight-scales")?, g.context("--gelu")?))
+        let a = self.attention_inputs.as_deref().map(str::parse).transpose();
+        Ok(Forms {
+            weight_scales: w.context("--weight-scales")?,
+            gelu: g.context("--gelu")?,
+            attention_inputs: a.context("--attention-inputs")?,
+        })
     }
 
-    /// Refuses a `--weight-scales` or `--gelu` that contradicts a table made
-    /// earlier (its scales and accuracy were measured with the table's).
+    /// Refuses a form flag that contradicts a table made earlier (its scales
+    /// and accuracy were measured with the table's forms).
     pub fn check_table(&self, table: &CalibrationTable, path: &Path) -> Result<()> {
-        let (weight_scales, gelu) = self.forms()?;
+        let Forms {
+            weight_scales,
+            gelu,
+            attention_inputs,
+        } = self.forms()?;
+        if let Some(a) = attention_inputs.filter(|a| *a != table.attention_inputs) {
+            bail!(
+                "{}: the table's attention inputs are {}, --attention-inputs asks for {}; calibrate again with --attention-inputs {}",
+                path.display(),
+                table.attention_inputs.name(),
+                a.name(),
+                a.name()
+            );
+        }
         if let Some(w) = weight_scales.filter(|w| *w != table.weight_scales) {
             bail!(
                 "{}: the table scales weights per {}, --weight-scales asks for {}; calibrate again with --weight-scales {}",
@@ -209,7 +239,15 @@ pub fn make_table(
         .as_deref()
         .unwrap_or(embedrt_quant::default_calibrator(format))
         .parse()?;
-    let (weight_scales, gelu) = args.forms()?;
+    let forms = args.forms()?;
+    let attention_inputs = forms
+        .attention_inputs
+        .unwrap_or(AttentionInputs::default_for(format));
+    if attention_inputs == AttentionInputs::Fp8 && format != QuantFormat::Fp8 {
+        bail!(
+            "--attention-inputs fp8 needs --precision fp8 (int8 plans keep float Q, K, V); drop the flag or use fp8"
+        );
+    }
     let text = embedrt_quant::read_calibration_text(input, Some(args.calibration_size))?;
     let opts = CalibrateOptions {
         format,
@@ -232,8 +270,13 @@ pub fn make_table(
     bar.finish_and_clear();
     let mut table = stats?.table(&embedrt_quant::fingerprint(model)?, format, &opts.method);
     // Before the fallback search: it measures the model these forms make.
-    table.weight_scales = weight_scales.unwrap_or(WeightScales::default_for(format));
-    table.gelu = gelu.unwrap_or(GeluForm::default_for(format, table.weight_scales));
+    table.weight_scales = forms
+        .weight_scales
+        .unwrap_or(WeightScales::default_for(format));
+    table.gelu = forms
+        .gelu
+        .unwrap_or(GeluForm::default_for(format, table.weight_scales));
+    table.attention_inputs = attention_inputs;
     let Some((target, sts_set)) = target else {
         return Ok(table);
     };
@@ -279,5 +322,6 @@ pub fn read_table(
             format.name()
         );
     }
+    table.check_attention_inputs(model.config.num_hidden_layers)?;
     Ok(table)
 }

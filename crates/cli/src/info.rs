@@ -157,12 +157,13 @@ fn quant_lines(q: &QuantInfo, mib: impl Fn(usize) -> f64) {
     let gemms = q.activations.len() + q.fallback.len();
     println!(
         "quantization    {} GEMMs: {} of {gemms} in {} (per-{} weight scales, per-tensor \
-         activation scales, {} GELU), calibrator {} over {} sentences",
+         activation scales, {} GELU, {} attention inputs), calibrator {} over {} sentences",
         q.format.name(),
         gemms - q.fallback.len(),
         q.format.name(),
         q.weight_scales.name(),
         q.gelu.name(),
+        q.attention_inputs.name(),
         q.calibrator,
         q.calibration_sentences
     );

@@ -184,6 +184,51 @@ impl FromStr for GeluForm {
     }
 }
 
+/// What attention reads in the quantized model (`--attention-inputs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionInputs {
+    /// Q, K and V as the QKV GEMM computes them (fp16 on the GPU).
+    #[default]
+    Float,
+    /// Q, K and V in e4m3 with one calibrated scale a layer
+    /// (`layers.{l}.qkv.output`): an fp8 QKV GEMM writes them in 8 bits and
+    /// attention reads half the bytes. Softmax and both attention matmuls
+    /// still accumulate in fp32. fp8 tables only, where the layer's QKV GEMM
+    /// is quantized.
+    Fp8,
+}
+
+impl AttentionInputs {
+    pub const NAMES: &'static str = "float, fp8";
+
+    /// What a new table gets without `--attention-inputs`.
+    pub fn default_for(_format: QuantFormat) -> AttentionInputs {
+        AttentionInputs::Float
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionInputs::Float => "float",
+            AttentionInputs::Fp8 => "fp8",
+        }
+    }
+}
+
+impl FromStr for AttentionInputs {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "float" => Ok(AttentionInputs::Float),
+            "fp8" => Ok(AttentionInputs::Fp8),
+            other => Err(Error::Input(format!(
+                "unknown attention inputs {other:?}; supported: {}",
+                AttentionInputs::NAMES
+            ))),
+        }
+    }
+}
+
 /// Largest finite FP8 e4m3fn value.
 pub const FP8_E4M3_MAX: f32 = 448.0;
 
@@ -341,6 +386,29 @@ impl GemmSite {
     }
 }
 
+/// A calibrated activation: a GEMM's input, or a layer's QKV GEMM output
+/// (Q, K and V as attention reads them in an `attention_inputs: fp8` table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Activation {
+    Input(GemmSite),
+    QkvOutput(usize),
+}
+
+impl Activation {
+    /// `layers.{l}.{kind}.input` or `layers.{l}.qkv.output`.
+    pub fn name(&self) -> String {
+        match self {
+            Activation::Input(site) => site.input_name(),
+            Activation::QkvOutput(layer) => qkv_output_name(*layer),
+        }
+    }
+}
+
+/// Name of a layer's QKV GEMM output in a calibration table.
+pub fn qkv_output_name(layer: usize) -> String {
+    format!("layers.{layer}.qkv.output")
+}
+
 /// How a tensor's clipping range (`amax`) is chosen from its statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
@@ -399,7 +467,7 @@ impl FromStr for CalibrationMethod {
 /// One calibrated activation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorScale {
-    /// `layers.{l}.{kind}.input`.
+    /// `layers.{l}.{kind}.input`, or `layers.{l}.qkv.output`.
     pub name: String,
     /// Clipping range: values beyond ±amax saturate.
     pub amax: f32,
@@ -455,6 +523,9 @@ pub struct CalibrationTable {
     /// The FFN's GELU in the quantized model (absent in older tables: exact).
     #[serde(default)]
     pub gelu: GeluForm,
+    /// What attention reads (absent in older tables: float Q, K, V).
+    #[serde(default)]
+    pub attention_inputs: AttentionInputs,
 }
 
 pub const CALIBRATION_TABLE_VERSION: u32 = 1;
@@ -504,6 +575,54 @@ impl CalibrationTable {
             .iter()
             .find(|t| t.name == name)
             .map(|t| t.scale)
+    }
+
+    /// The scale of a layer's QKV GEMM output (Q, K, V in 8 bits).
+    pub fn qkv_output_scale(&self, layer: usize) -> Option<f32> {
+        let name = qkv_output_name(layer);
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.scale)
+    }
+
+    /// Whether attention of `layer` reads 8-bit Q, K, V: an `fp8` table whose
+    /// QKV GEMM of that layer is quantized.
+    pub fn attention_reads_fp8(&self, layer: usize) -> bool {
+        self.attention_inputs == AttentionInputs::Fp8
+            && !self.is_fallback(GemmSite {
+                layer,
+                kind: GemmKind::Qkv,
+            })
+    }
+
+    /// Refuses `attention_inputs: fp8` where it cannot hold: in a table
+    /// that is not fp8, or without a positive `layers.{l}.qkv.output` scale
+    /// for a layer whose QKV GEMM is quantized.
+    pub fn check_attention_inputs(&self, layers: usize) -> Result<()> {
+        if self.attention_inputs != AttentionInputs::Fp8 {
+            return Ok(());
+        }
+        if self.precision != QuantFormat::Fp8 {
+            return Err(Error::Input(format!(
+                "calibration table: attention_inputs fp8 needs an fp8 table, this one is {}; \
+                 calibrate with --attention-inputs float",
+                self.precision.name()
+            )));
+        }
+        for layer in (0..layers).filter(|&l| self.attention_reads_fp8(l)) {
+            match self.qkv_output_scale(layer) {
+                Some(s) if s > 0.0 && s.is_finite() => {}
+                _ => {
+                    return Err(Error::Input(format!(
+                        "calibration table: attention_inputs is fp8 but {} has no positive \
+                         scale; calibrate this model again",
+                        qkv_output_name(layer)
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether a GEMM stays in float.
@@ -685,5 +804,23 @@ mod tests {
             GeluForm::default_for(QuantFormat::Fp8, chan),
             GeluForm::Exact
         );
+    }
+
+    #[test]
+    fn attention_inputs_parse_and_name_their_scales() {
+        for a in [AttentionInputs::Float, AttentionInputs::Fp8] {
+            assert_eq!(a.name().parse::<AttentionInputs>().unwrap(), a);
+        }
+        let e = "int8".parse::<AttentionInputs>().unwrap_err().to_string();
+        assert!(e.contains("float, fp8"), "{e}");
+        assert_eq!(AttentionInputs::default(), AttentionInputs::Float);
+        assert_eq!(Activation::QkvOutput(3).name(), "layers.3.qkv.output");
+        let site = GemmSite {
+            layer: 1,
+            kind: GemmKind::FfnOut,
+        };
+        assert_eq!(Activation::Input(site).name(), "layers.1.ffn_out.input");
+        // An output name is not a GEMM input.
+        assert_eq!(GemmSite::parse("layers.3.qkv.output"), None);
     }
 }

@@ -1,13 +1,13 @@
 //! The encoder forward pass on the CPU, over unpadded batches.
 
-use embedrt_core::quant::{CalibrationTable, GeluForm, GemmKind, GemmSite};
+use embedrt_core::quant::{Activation, CalibrationTable, GeluForm, GemmKind, GemmSite};
 use embedrt_core::{
     Architecture, Backend, BackendInfo, Error, ModelConfig, PoolingMode, Result, TokenBatch,
     TransformerWeights,
 };
 use rayon::prelude::*;
 
-use crate::fake_quant::{fake_quant_into, fake_quant_weight_t, FakeQuant};
+use crate::fake_quant::{fake_quant_in_place, fake_quant_into, fake_quant_weight_t, FakeQuant};
 use crate::math::{
     gelu_in_place, gelu_tanh_in_place, layer_norm_rows, linear, matmul, softmax, transpose, View,
 };
@@ -16,8 +16,10 @@ use crate::math::{
 const ROWS_PER_TASK: usize = 16;
 
 /// Sees each GEMM's input activation, `[tokens, in]` row-major, before the
-/// GEMM runs (after fake quantization, if the engine quantizes).
-pub type GemmObserver<'a> = &'a mut dyn FnMut(GemmSite, &[f32]);
+/// GEMM runs (after fake quantization, if the engine quantizes), and each
+/// layer's QKV GEMM output `[tokens, 3H]` (bias added, before any fake
+/// quantization of it).
+pub type GemmObserver<'a> = &'a mut dyn FnMut(Activation, &[f32]);
 
 /// Weights are stored transposed, `[in, out]` (see `math::linear`).
 #[derive(Clone)]
@@ -184,32 +186,49 @@ impl CpuEngine {
         // The GEMM's input as the GEMM sees it: `x` itself, or its
         // fake-quantized copy. Only plain fp32 runs take the first branch
         // with no observer, which keeps that path exactly as it was.
-        let mut gemm_input = |site: GemmSite, x: &[f32], quantized: &mut Vec<f32>| -> bool {
+        let fake_quant = &self.fake_quant;
+        let gemm_input = |site: GemmSite,
+                          x: &[f32],
+                          quantized: &mut Vec<f32>,
+                          observer: &mut Option<GemmObserver<'_>>|
+         -> bool {
             let mut used_copy = false;
-            if let Some(fq) = &self.fake_quant {
+            if let Some(fq) = fake_quant {
                 if let Some(scale) = fq.input_scale(site) {
                     fake_quant_into(fq.format, scale, x, &mut quantized[..x.len()]);
                     used_copy = true;
                 }
             }
             if let Some(obs) = observer.as_mut() {
-                obs(site, if used_copy { &quantized[..x.len()] } else { x });
+                let x = if used_copy { &quantized[..x.len()] } else { x };
+                obs(Activation::Input(site), x);
             }
             used_copy
         };
         for (l, layer) in self.layers.iter().enumerate() {
             let site = |kind| GemmSite { layer: l, kind };
-            let x = if gemm_input(site(GemmKind::Qkv), &hidden, &mut quantized) {
+            let x = if gemm_input(site(GemmKind::Qkv), &hidden, &mut quantized, &mut observer) {
                 &quantized[..hidden.len()]
             } else {
                 &hidden[..]
             };
             linear(x, t, &layer.qkv_w, &layer.qkv_b, None, &mut qkv);
+            if let Some(obs) = observer.as_mut() {
+                obs(Activation::QkvOutput(l), &qkv);
+            }
+            // An `attention_inputs: fp8` table: attention reads Q, K, V in e4m3.
+            if let Some((fq, s)) = self
+                .fake_quant
+                .as_ref()
+                .and_then(|fq| fq.qkv_output_scale(l).map(|s| (fq, s)))
+            {
+                fake_quant_in_place(fq.format, s, &mut qkv);
+            }
             self.attention(batch, &qkv, &mut ctx);
             // ctx -> attention output + residual, normalized; reuse qkv's
             // first T*H floats as the scratch for it.
             let attn = &mut qkv[..t * h];
-            let x = if gemm_input(site(GemmKind::AttnOut), &ctx, &mut quantized) {
+            let x = if gemm_input(site(GemmKind::AttnOut), &ctx, &mut quantized, &mut observer) {
                 &quantized[..ctx.len()]
             } else {
                 &ctx[..]
@@ -217,7 +236,12 @@ impl CpuEngine {
             linear(x, t, &layer.o_w, &layer.o_b, Some(&hidden), attn);
             par_layer_norm(attn, &layer.attn_norm, h, c.layer_norm_eps);
             hidden.copy_from_slice(attn);
-            let x = if gemm_input(site(GemmKind::FfnIn), &hidden, &mut quantized) {
+            let x = if gemm_input(
+                site(GemmKind::FfnIn),
+                &hidden,
+                &mut quantized,
+                &mut observer,
+            ) {
                 &quantized[..hidden.len()]
             } else {
                 &hidden[..]
@@ -235,7 +259,12 @@ impl CpuEngine {
             inter
                 .par_chunks_mut(c.intermediate_size * ROWS_PER_TASK)
                 .for_each(gelu);
-            let x = if gemm_input(site(GemmKind::FfnOut), &inter, &mut quantized) {
+            let x = if gemm_input(
+                site(GemmKind::FfnOut),
+                &inter,
+                &mut quantized,
+                &mut observer,
+            ) {
                 &quantized[..inter.len()]
             } else {
                 &inter[..]

@@ -21,6 +21,9 @@ pub(crate) struct FakeQuant {
     /// Input scale of each GEMM, `None` where the GEMM stays fp32
     /// (fallback); indexed by `layer * 4 + kind`.
     input_scales: Vec<Option<f32>>,
+    /// Per layer: the scale Q, K and V are fake-quantized with before
+    /// attention (`attention_inputs: fp8` tables, quantized QKV GEMMs).
+    qkv_output_scales: Vec<Option<f32>>,
 }
 
 impl FakeQuant {
@@ -48,12 +51,26 @@ impl FakeQuant {
                 }
             }
         }
+        table.check_attention_inputs(layers)?;
+        let qkv_output_scales = (0..layers)
+            .map(|l| {
+                table
+                    .qkv_output_scale(l)
+                    .filter(|_| table.attention_reads_fp8(l))
+            })
+            .collect();
         Ok(FakeQuant {
             format: table.precision,
             weight_scales: table.weight_scales,
             gelu: table.gelu,
             input_scales,
+            qkv_output_scales,
         })
+    }
+
+    /// The scale of layer `layer`'s Q, K, V where attention reads them in 8 bits.
+    pub fn qkv_output_scale(&self, layer: usize) -> Option<f32> {
+        self.qkv_output_scales.get(layer).copied().flatten()
     }
 
     pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
@@ -70,6 +87,15 @@ pub(crate) fn fake_quant_into(format: QuantFormat, scale: f32, x: &[f32], out: &
                 *o = format.fake_quant(v, scale);
             }
         });
+}
+
+/// Quantize-dequantize `x` in place with one scale.
+pub(crate) fn fake_quant_in_place(format: QuantFormat, scale: f32, x: &mut [f32]) {
+    x.par_chunks_mut(1 << 14).for_each(|c| {
+        for v in c {
+            *v = format.fake_quant(*v, scale);
+        }
+    });
 }
 
 /// Quantize-dequantize a weight stored transposed, `[in, out]`, with one

@@ -131,11 +131,32 @@ __device__ __forceinline__ void att_tile(const unsigned (&qa)[HEAD_DIM / 16][4],
     }
 }
 
-// Two blocks of 8 warps per SM (registers capped at 128).
-extern "C" __global__ void __launch_bounds__(256, 2)
-attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
-             int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+#if EMBEDRT_QUANT == 2
+// cp.async of 8 bytes (fp8 rows: 8 elements), zero-filled when !valid.
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 8 : 0));
+}
+// Two e4m3 codes (element 0 in the low byte) as an fp16 pair: exact, no scale applied.
+__device__ __forceinline__ unsigned e4m3x2_to_half2(unsigned short codes) {
+    unsigned h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"(codes));
+    return h;
+}
+#endif
+
+// The body of attention_tc and, with Q8, of attention_tc_q8: Q, K, V as e4m3 codes (an fp8
+// plan's QKV GEMM writes them, `attention_inputs: fp8`), read at half the bytes. The codes
+// widen exactly to fp16 for the same mma; their one scale s (the layer's qkv.output scale)
+// folds into the softmax scale (s^2) and the final 1 / l (s). K and V tiles land in a
+// double-buffered 8-bit staging area by cp.async and are widened into one fp16 tile per
+// step (the static shared memory would not hold two fp16 tiles beside the staging).
+template <bool Q8>
+__device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_in, float qkv_scale,
+                                                  const int* __restrict__ offsets, int heads,
+                                                  float scale, const st_t* __restrict__ rel_bias,
+                                                  const int* __restrict__ bucket_of, int max_len,
+                                                  st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
@@ -147,24 +168,61 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
     const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
     const int g = lane >> 2, tig = lane & 3;
     const int stride = 3 * HIDDEN;
+    const st_t* qkv = (const st_t*)qkv_in;
+    const unsigned char* qkv8 = (const unsigned char*)qkv_in;
 
-    __shared__ __align__(16) unsigned short ks[2][ATT_KT][KPAD];
-    __shared__ __align__(16) unsigned short vs[2][ATT_KT][KPAD];
+    constexpr int TILES = Q8 ? 1 : 2;
+    __shared__ __align__(16) unsigned short ks[TILES][ATT_KT][KPAD];
+    __shared__ __align__(16) unsigned short vs[TILES][ATT_KT][KPAD];
     __shared__ float rel_s[ATT_REL_MAX];
+#if EMBEDRT_QUANT == 2
+    // 8-bit K and V rows as they arrive, two tiles.
+    constexpr int STAGES = Q8 ? 2 : 1;
+    constexpr int STAGE_KT = Q8 ? ATT_KT : 1;
+    __shared__ __align__(16) unsigned char ks8[STAGES][STAGE_KT][HEAD_DIM];
+    __shared__ __align__(16) unsigned char vs8[STAGES][STAGE_KT][HEAD_DIM];
+#endif
 
     // Keys [k0, k0 + rows) of a tile, rows rounded up to 16 (what the MMAs read); keys past
     // the sequence are zero-filled (cp.async src-size 0).
+    auto tile_rows = [&](int k0) { return min(ATT_KT, ((len - k0 + 15) / 16) * 16); };
     auto load_tile = [&](int k0, int buf) {
-        const int rows = min(ATT_KT, ((len - k0 + 15) / 16) * 16);
+        const int rows = tile_rows(k0);
         for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
             const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
             const bool valid = k0 + j < len;
-            const st_t* src = qkv + (size_t)(start + (valid ? k0 + j : 0)) * stride + HIDDEN +
-                              head * HEAD_DIM + d8;
-            cp_async16(&ks[buf][j][d8], src, valid);
-            cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
+            const size_t row = (size_t)(start + (valid ? k0 + j : 0)) * stride;
+            if constexpr (Q8) {
+#if EMBEDRT_QUANT == 2
+                const unsigned char* src = qkv8 + row + HIDDEN + head * HEAD_DIM + d8;
+                cp_async8(&ks8[buf][j][d8], src, valid);
+                cp_async8(&vs8[buf][j][d8], src + HIDDEN, valid);
+#endif
+            } else {
+                const st_t* src = qkv + row + HIDDEN + head * HEAD_DIM + d8;
+                cp_async16(&ks[buf][j][d8], src, valid);
+                cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
+            }
         }
         asm volatile("cp.async.commit_group;\n" ::);
+    };
+    // Q8: widens the chunks this thread copied (its own cp.async writes are visible to it
+    // after the wait) into the fp16 tile.
+    auto widen_tile = [&](int k0, int buf) {
+#if EMBEDRT_QUANT == 2
+        const int rows = tile_rows(k0);
+        for (int c = tid; c < rows * (HEAD_DIM / 8); c += blockDim.x) {
+            const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
+            const uint2 k8 = *(const uint2*)&ks8[buf][j][d8];
+            const uint2 v8 = *(const uint2*)&vs8[buf][j][d8];
+            *(uint4*)&ks[0][j][d8] =
+                make_uint4(e4m3x2_to_half2(k8.x & 0xffff), e4m3x2_to_half2(k8.x >> 16),
+                           e4m3x2_to_half2(k8.y & 0xffff), e4m3x2_to_half2(k8.y >> 16));
+            *(uint4*)&vs[0][j][d8] =
+                make_uint4(e4m3x2_to_half2(v8.x & 0xffff), e4m3x2_to_half2(v8.x >> 16),
+                           e4m3x2_to_half2(v8.y & 0xffff), e4m3x2_to_half2(v8.y >> 16));
+        }
+#endif
     };
     load_tile(0, 0);
 
@@ -181,23 +239,37 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
     const int r0 = qw + g, r1 = qw + g + 8;
     unsigned qa[HEAD_DIM / 16][4];
     {
-        const unsigned* q_0 =
-            (const unsigned*)(qkv + (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM);
-        const unsigned* q_1 =
-            (const unsigned*)(qkv + (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM);
+        const size_t row0 = (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM;
+        const size_t row1 = (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM;
+        if constexpr (Q8) {
+#if EMBEDRT_QUANT == 2
+            const unsigned short* q_0 = (const unsigned short*)(qkv8 + row0);
+            const unsigned short* q_1 = (const unsigned short*)(qkv8 + row1);
 #pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-            qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
-            qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
-            qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
-            qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
+            for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+                qa[kk][0] = r0 < len ? e4m3x2_to_half2(q_0[kk * 8 + tig]) : 0u;
+                qa[kk][1] = r1 < len ? e4m3x2_to_half2(q_1[kk * 8 + tig]) : 0u;
+                qa[kk][2] = r0 < len ? e4m3x2_to_half2(q_0[kk * 8 + 4 + tig]) : 0u;
+                qa[kk][3] = r1 < len ? e4m3x2_to_half2(q_1[kk * 8 + 4 + tig]) : 0u;
+            }
+#endif
+        } else {
+            const unsigned* q_0 = (const unsigned*)(qkv + row0);
+            const unsigned* q_1 = (const unsigned*)(qkv + row1);
+#pragma unroll
+            for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+                qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
+                qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
+                qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
+                qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
+            }
         }
     }
     float o[HEAD_DIM / 8][4];
 #pragma unroll
     for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
     AttRows st = {ATT_MASKED, ATT_MASKED, 0.f, 0.f};
-    const float qk_scale = scale * ATT_LOG2E;
+    const float qk_scale = scale * ATT_LOG2E * (Q8 ? qkv_scale * qkv_scale : 1.f);
 
     for (int k0 = 0, it = 0; k0 < len; k0 += ATT_KT, ++it) {
         const int buf = it & 1;
@@ -207,20 +279,23 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
         }
+        // The fp16 tile is free: the previous step ended in a barrier.
+        if constexpr (Q8) widen_tile(k0, buf);
         __syncthreads();
+        const int tb = Q8 ? 0 : buf;
         if (qw < len) {
             const float* rel0 = rel_s + (k0 + 2 * tig - r0 + q0 + qspan - 1);
             const int left = len - k0;
             if (rel_bias) {
                 if (left >= ATT_KT)
-                    att_tile<true, true>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                    att_tile<true, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
                 else
-                    att_tile<false, true>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                    att_tile<false, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
             } else {
                 if (left >= ATT_KT)
-                    att_tile<true, false>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                    att_tile<true, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
                 else
-                    att_tile<false, false>(qa, o, st, ks[buf], vs[buf], rel0, left, qk_scale, lane);
+                    att_tile<false, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
             }
         }
         __syncthreads();
@@ -232,7 +307,8 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    const float vs_scale = Q8 ? qkv_scale : 1.f;
+    const float i0 = vs_scale / l0, i1 = vs_scale / l1;
 #if EMBEDRT_QUANT
     if (ctx_q) {
 #pragma unroll
@@ -255,6 +331,30 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
         if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
     }
 }
+
+// Two blocks of 8 warps per SM (registers capped at 128).
+extern "C" __global__ void __launch_bounds__(256, 2)
+attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+             int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc_body<false>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
+#if EMBEDRT_QUANT
+                             , ctx_q, ctx_scale
+#endif
+    );
+}
+
+#if EMBEDRT_QUANT == 2
+// fp8 plans with `attention_inputs: fp8`: qkv8 holds e4m3 codes of Q, K, V with one scale.
+extern "C" __global__ void __launch_bounds__(256, 2)
+attention_tc_q8(const unsigned char* __restrict__ qkv8, float qkv_scale,
+                const int* __restrict__ offsets, int heads, float scale,
+                const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of, int max_len,
+                st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc_body<true>(qkv8, qkv_scale, offsets, heads, scale, rel_bias, bucket_of, max_len,
+                            ctx, ctx_q, ctx_scale);
+}
+#endif
 // ---------------------------------------------------------------------------
 // Occupancy variants (EMBEDRT_ATTENTION=tc2 / tc4; docs/arch/cuda.md): the same FlashAttention-2
 // algorithm, fp32 online softmax in the exp2 domain and masking as attention_tc, with fewer

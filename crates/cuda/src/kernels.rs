@@ -45,6 +45,9 @@ pub enum Built {
     /// Programs for quantized plans on sm_80+ with a head size that is a
     /// multiple of 16.
     QuantSm80Head16,
+    /// Programs for fp8 plans (`EMBEDRT_QUANT=2`, sm_89+) with a head size
+    /// that is a multiple of 16.
+    Fp8Head16,
 }
 
 /// One table of every kernel the engine looks up: its id, its `extern "C"`
@@ -95,6 +98,7 @@ kernel_table! {
     AttentionTc = "attention_tc" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTc2 = "attention_tc2" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTc4 = "attention_tc4" in "attention_tc.cu" when Fp16Sm80Head16,
+    AttentionTcQ8 = "attention_tc_q8" in "attention_tc.cu" when Fp8Head16,
     SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,

@@ -4,7 +4,8 @@
 //! calibration table, the GEMMs kept in fp16, the accuracy measured at build.
 
 use embedrt_core::quant::{
-    quantize_weight, CalibrationTable, GeluForm, MeasuredAccuracy, TensorScale, WeightScales,
+    qkv_output_name, quantize_weight, AttentionInputs, CalibrationTable, GeluForm,
+    MeasuredAccuracy, TensorScale, WeightScales,
 };
 use embedrt_core::{Error, GemmKind, GemmSite, QuantFormat, Result, TransformerWeights};
 use serde::{Deserialize, Serialize};
@@ -109,7 +110,20 @@ pub fn check_gemm_output(
 /// Refuses a table form the GEMM output cannot give: with fp16 output the
 /// tanh GELU is cuBLASLt's epilogue, which cuBLASLt has for scalar-scaled
 /// fp8 GEMMs only (H200 run 25: no algorithm with outer-vector scales).
-pub fn check_table_forms(output: GemmOutput, scales: WeightScales, gelu: GeluForm) -> Result<()> {
+pub fn check_table_forms(
+    output: GemmOutput,
+    scales: WeightScales,
+    gelu: GeluForm,
+    attention: AttentionInputs,
+) -> Result<()> {
+    if attention == AttentionInputs::Fp8 && !output.is_fp16() {
+        return Err(Error::Input(
+            "--attention-inputs fp8 needs fp16 GEMM output (the fp8 QKV GEMM then writes Q, K, V \
+             in e4m3 itself); build with --quant-gemm-output auto|fp16|fp16-fast, or calibrate \
+             with --attention-inputs float"
+                .into(),
+        ));
+    }
     if output.is_fp16() && gelu == GeluForm::Tanh && scales == WeightScales::Channel {
         return Err(Error::Input(
             "--gelu tanh with fp16 GEMM output needs --weight-scales tensor: cuBLASLt has no GELU \
@@ -150,6 +164,13 @@ pub struct QuantInfo {
     /// The GELU after quantized FFN-in GEMMs (absent in older plans: exact).
     #[serde(default)]
     pub gelu: GeluForm,
+    /// What attention reads (absent in older plans: float Q, K, V).
+    #[serde(default)]
+    pub attention_inputs: AttentionInputs,
+    /// With fp8 attention inputs: the scale of each layer's QKV output
+    /// (`layers.{l}.qkv.output`) whose QKV GEMM is quantized.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qkv_outputs: Vec<TensorScale>,
 }
 
 impl QuantInfo {
@@ -169,6 +190,19 @@ impl QuantInfo {
     /// Whether a GEMM runs in fp16.
     pub fn is_fallback(&self, site: GemmSite) -> bool {
         self.fallback.contains(&site.name())
+    }
+
+    /// The scale of layer `layer`'s Q, K, V where attention reads them in
+    /// fp8 (None: float Q, K, V).
+    pub fn qkv_output_scale(&self, layer: usize) -> Option<f32> {
+        if self.attention_inputs != AttentionInputs::Fp8 {
+            return None;
+        }
+        let name = qkv_output_name(layer);
+        self.qkv_outputs
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.scale)
     }
 
     /// What the GEMM weights would take in fp32 (4 bytes a parameter).
@@ -210,6 +244,7 @@ pub fn check_table(table: &CalibrationTable, layers: usize) -> Result<()> {
             }
         }
     }
+    table.check_attention_inputs(layers)?;
     for site in GemmSite::all(layers) {
         if table.is_fallback(site) {
             continue;
@@ -286,6 +321,13 @@ pub fn pack_quantized(
                 .cloned()
         })
         .collect();
+    let qkv_outputs = (0..layers)
+        .filter(|&l| table.attention_reads_fp8(l))
+        .filter_map(|l| {
+            let name = qkv_output_name(l);
+            table.tensors.iter().find(|t| t.name == name).cloned()
+        })
+        .collect();
     let info = QuantInfo {
         format,
         calibrator: table.calibrator.clone(),
@@ -299,6 +341,8 @@ pub fn pack_quantized(
         gemm_algos: Vec::new(),
         weight_scales: table.weight_scales,
         gelu: table.gelu,
+        attention_inputs: table.attention_inputs,
+        qkv_outputs,
     };
     Ok((entries, blob, info))
 }

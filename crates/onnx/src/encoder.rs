@@ -257,9 +257,27 @@ impl Encoder<'_> {
                 .max(amax(&l.value.weight));
         }
         let q = self.linear(&xl, &l.query, GemmKind::Qkv);
-        let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
         let k = self.linear(&xl, &l.key, GemmKind::Qkv);
         let v = self.linear(&xl, &l.value, GemmKind::Qkv);
+        // An `attention_inputs: fp8` table: attention reads Q, K, V after one trip
+        // through e4m3 with the layer's one scale (as the GPU's fp8 QKV GEMM writes them).
+        let qkv8 = self.quant.and_then(|t| {
+            t.attention_reads_fp8(self.layer)
+                .then(|| t.qkv_output_scale(self.layer))
+                .flatten()
+        });
+        let (q, k, v) = match qkv8 {
+            Some(s) => {
+                let hint = format!("layers_{}_qkv_output", self.layer);
+                (
+                    self.qdq(&q, s, &format!("{hint}_q")),
+                    self.qdq(&k, s, &format!("{hint}_k")),
+                    self.qdq(&v, s, &format!("{hint}_v")),
+                )
+            }
+            None => (q, k, v),
+        };
+        let q = self.g.op("Mul", &[&q, &scale], vec![], "q_scaled");
         let split = self.g.const_i64(&[0, 0, heads, d], "heads_shape");
         let q = self.g.op("Reshape", &[&q, &split], vec![], "q_heads");
         let k = self.g.op("Reshape", &[&k, &split], vec![], "k_heads");
@@ -422,6 +440,12 @@ impl Encoder<'_> {
             return x.to_string();
         };
         let hint = format!("{}_input", site.name().replace('.', "_"));
+        self.qdq(x, scale, &hint)
+    }
+
+    /// `x` after QuantizeLinear/DequantizeLinear in the table's 8-bit format
+    /// with one scale (zero point 0).
+    fn qdq(&mut self, x: &str, scale: f32, hint: &str) -> String {
         let s = self.g.scalar(scale, Elem::F32, &format!("{hint}_scale"));
         let zp_name = self.g.fresh(&format!("{hint}_zero_point"));
         let zp = self.g.init_bytes(&zp_name, &[], self.code_elem(), vec![0]);

@@ -13,8 +13,8 @@ pub mod trt_cache;
 use std::collections::BTreeMap;
 
 use embedrt_core::quant::{
-    CalibrationMethod, CalibrationTable, GemmSite, ModelFingerprint, QuantFormat, TensorScale,
-    CALIBRATION_TABLE_VERSION,
+    Activation, CalibrationMethod, CalibrationTable, GemmSite, ModelFingerprint, QuantFormat,
+    TensorScale, CALIBRATION_TABLE_VERSION,
 };
 use embedrt_core::{Error, Result, SentenceModel, TokenBatch};
 use embedrt_cpu::CpuEngine;
@@ -62,11 +62,12 @@ impl Default for CalibrateOptions {
     }
 }
 
-/// The statistics of every GEMM input over the calibration sentences.
+/// The statistics of every GEMM input over the calibration sentences (and,
+/// for fp8, of every QKV GEMM output: what fp8 attention reads).
 #[derive(Clone, Debug)]
 pub struct ActivationStats {
     pub sentences: usize,
-    pub histograms: BTreeMap<GemmSite, AbsHistogram>,
+    pub histograms: BTreeMap<Activation, AbsHistogram>,
 }
 
 impl ActivationStats {
@@ -80,10 +81,10 @@ impl ActivationStats {
         let tensors = self
             .histograms
             .iter()
-            .map(|(site, hist)| {
+            .map(|(activation, hist)| {
                 let amax = calibrators::amax(hist, method, format);
                 TensorScale {
-                    name: site.input_name(),
+                    name: activation.name(),
                     amax,
                     scale: format.scale_for(amax),
                     method: method.name(),
@@ -101,6 +102,7 @@ impl ActivationStats {
             accuracy: None,
             weight_scales: Default::default(),
             gelu: Default::default(),
+            attention_inputs: Default::default(),
         }
     }
 }
@@ -142,9 +144,18 @@ pub fn collect_stats(
         return Err(Error::Input("no calibration sentences".into()));
     }
     let encoded = model.tokenizer.encode_all(sentences)?;
-    let mut histograms: BTreeMap<GemmSite, AbsHistogram> = GemmSite::all(engine.num_layers())
+    let layers = engine.num_layers();
+    let mut watched: Vec<Activation> = GemmSite::all(layers)
         .into_iter()
-        .map(|s| (s, AbsHistogram::new(opts.bins)))
+        .map(Activation::Input)
+        .collect();
+    if opts.format == QuantFormat::Fp8 {
+        // Q, K, V ranges: what an `attention_inputs: fp8` table scales them by.
+        watched.extend((0..layers).map(Activation::QkvOutput));
+    }
+    let mut histograms: BTreeMap<Activation, AbsHistogram> = watched
+        .into_iter()
+        .map(|a| (a, AbsHistogram::new(opts.bins)))
         .collect();
     let batch_size = opts.batch_size.max(1);
     let mut done = 0;
@@ -152,8 +163,8 @@ pub fn collect_stats(
     for chunk in encoded.chunks(batch_size) {
         let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
         let batch = TokenBatch::from_sequences(&ids);
-        let mut observe = |site: GemmSite, x: &[f32]| {
-            if let Some(h) = histograms.get_mut(&site) {
+        let mut observe = |activation: Activation, x: &[f32]| {
+            if let Some(h) = histograms.get_mut(&activation) {
                 h.add(x);
             }
         };
@@ -223,7 +234,10 @@ pub fn dump_activations(
         let ids: Vec<&[u32]> = chunk.iter().map(|e| e.ids.as_slice()).collect();
         let batch = TokenBatch::from_sequences(&ids);
         let mut failed = None;
-        let mut observe = |site: GemmSite, x: &[f32]| {
+        let mut observe = |activation: Activation, x: &[f32]| {
+            let Activation::Input(site) = activation else {
+                return;
+            };
             if failed.is_some() || !sites.contains(&site) {
                 return;
             }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use embedrt_core::quant::{GemmSite, QuantFormat};
+use embedrt_core::quant::{qkv_output_name, Activation, AttentionInputs, GemmSite, QuantFormat};
 use embedrt_core::{Backend, SentenceModel, TokenBatch};
 use embedrt_quant::{calibrate, fp32_engine, with_fallback, CalibrateOptions};
 
@@ -36,7 +36,9 @@ fn fallback_everywhere_is_fp32_and_quantized_is_close() {
         };
         let table = calibrate(&model, &texts, &opts, &|_, _| {}).unwrap();
         let layers = model.config.num_hidden_layers;
-        assert_eq!(table.tensors.len(), 4 * layers);
+        // fp8 tables also carry each layer's QKV output range (fp8 attention).
+        let per_layer = if format == QuantFormat::Fp8 { 5 } else { 4 };
+        assert_eq!(table.tensors.len(), per_layer * layers);
         let ids: Vec<Vec<u32>> = model
             .tokenizer
             .encode_all(&texts[..8])
@@ -59,11 +61,93 @@ fn fallback_everywhere_is_fp32_and_quantized_is_close() {
             assert!(cos > 0.98, "{format:?}: cosine {cos}");
         }
         let mut seen = Vec::new();
-        let mut observe = |site: GemmSite, x: &[f32]| seen.push((site, x.len()));
+        let mut observe = |a: Activation, x: &[f32]| seen.push((a, x.len()));
         fp32.token_embeddings_observed(&batch, &mut observe)
             .unwrap();
-        let sites: Vec<GemmSite> = seen.iter().map(|s| s.0).collect();
+        let sites: Vec<GemmSite> = seen
+            .iter()
+            .filter_map(|s| match s.0 {
+                Activation::Input(site) => Some(site),
+                Activation::QkvOutput(_) => None,
+            })
+            .collect();
         assert_eq!(sites, GemmSite::all(layers));
         assert_eq!(seen[0].1, batch.total_tokens() * h);
+        // Each layer's QKV output follows its QKV input.
+        assert_eq!(
+            seen[1],
+            (Activation::QkvOutput(0), batch.total_tokens() * 3 * h)
+        );
     }
+}
+
+#[test]
+fn fp8_attention_inputs_change_the_reference_and_need_their_scales() {
+    let model = fixture();
+    let texts = sentences();
+    let opts = CalibrateOptions {
+        format: QuantFormat::Fp8,
+        method: "minmax".parse().unwrap(),
+        ..Default::default()
+    };
+    let table = calibrate(&model, &texts, &opts, &|_, _| {}).unwrap();
+    let layers = model.config.num_hidden_layers;
+    for l in 0..layers {
+        let s = table.qkv_output_scale(l).unwrap();
+        assert!(s > 0.0 && s.is_finite(), "layer {l}: {s}");
+    }
+    let ids: Vec<Vec<u32>> = model
+        .tokenizer
+        .encode_all(&texts[..8])
+        .unwrap()
+        .into_iter()
+        .map(|e| e.ids)
+        .collect();
+    let batch = TokenBatch::from_sequences(&ids);
+    let fp32 = fp32_engine(&model).unwrap();
+    let reference = fp32.embed(&batch).unwrap();
+    let float_qkv = fp32.clone().with_calibration(&table).unwrap();
+    let float_qkv = float_qkv.embed(&batch).unwrap();
+    let mut fp8_table = table.clone();
+    fp8_table.attention_inputs = AttentionInputs::Fp8;
+    let fp8_qkv = fp32.clone().with_calibration(&fp8_table).unwrap();
+    let fp8_qkv = fp8_qkv.embed(&batch).unwrap();
+    assert_ne!(fp8_qkv, float_qkv, "8-bit Q, K, V must change the result");
+    let h = model.config.hidden_size;
+    for (a, b) in reference.chunks(h).zip(fp8_qkv.chunks(h)) {
+        let cos = embedrt_core::sts::cosine(a, b);
+        assert!(cos > 0.98, "cosine {cos}");
+    }
+    // Every QKV GEMM in fallback: attention reads float Q, K, V again.
+    let qkv_sites: Vec<GemmSite> = GemmSite::all(layers)
+        .into_iter()
+        .filter(|s| s.kind == embedrt_core::quant::GemmKind::Qkv)
+        .collect();
+    let no_qkv = with_fallback(&fp8_table, &qkv_sites);
+    let mut no_qkv_float = no_qkv.clone();
+    no_qkv_float.attention_inputs = AttentionInputs::Float;
+    let a = fp32.clone().with_calibration(&no_qkv).unwrap();
+    let b = fp32.clone().with_calibration(&no_qkv_float).unwrap();
+    assert_eq!(a.embed(&batch).unwrap(), b.embed(&batch).unwrap());
+    // A missing range is one clear error.
+    let mut missing = fp8_table.clone();
+    missing.tensors.retain(|t| t.name != qkv_output_name(1));
+    let e = fp32
+        .clone()
+        .with_calibration(&missing)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layers.1.qkv.output"), "{e}");
+    // int8 tables have no 8-bit attention.
+    let mut int8 = fp8_table.clone();
+    int8.precision = QuantFormat::Int8;
+    let e = fp32
+        .clone()
+        .with_calibration(&int8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs an fp8 table"), "{e}");
+    let _ = Activation::QkvOutput(0);
 }

@@ -58,6 +58,11 @@ pub(super) struct QuantState {
     acc: u64,
     /// The GELU after quantized FFN-in GEMMs (the plan's table).
     gelu: GeluForm,
+    /// Per layer: the scale of the e4m3 Q, K, V its fp8-output QKV GEMM
+    /// writes for `attention_tc_q8` (None: fp16 Q, K, V).
+    qkv8_scales: Vec<Option<f32>>,
+    /// `attention_tc_q8`, where some layer reads fp8 Q, K, V.
+    attention_q8: Option<cu::CUfunction>,
     /// Device memory this state owns (fp16 output: the combined scale
     /// vectors and B's vector of ones), freed on drop.
     owned: Vec<u64>,
@@ -93,7 +98,12 @@ pub(super) fn check_plan(plan: &Plan, name: &str, cc: (i32, i32)) -> Result<()> 
         )));
     }
     crate::quant_plan::check_gemm_output(q.gemm_output, format, name, cc)?;
-    crate::quant_plan::check_table_forms(q.gemm_output, q.weight_scales, q.gelu)?;
+    crate::quant_plan::check_table_forms(
+        q.gemm_output,
+        q.weight_scales,
+        q.gelu,
+        q.attention_inputs,
+    )?;
     crate::qgemm::check_dims(&plan.header.config, format)
 }
 
@@ -103,6 +113,7 @@ impl QuantState {
         module: cu::CUmodule,
         weights: u64,
         (act, acc, gemm_ws): (u64, u64, u64),
+        tc_attention: bool,
     ) -> Result<Option<Self>> {
         let Some(q) = &plan.header.quant else {
             return Ok(None);
@@ -153,6 +164,26 @@ impl QuantState {
             }
             layers.push(row);
         }
+        let qkv8_scales: Vec<Option<f32>> = (0..layers.len())
+            .map(|l| q.qkv_output_scale(l).filter(|_| layers[l][0].is_some()))
+            .collect();
+        let attention_q8 = if qkv8_scales.iter().any(Option::is_some) {
+            if !tc_attention {
+                return Err(Error::Model(
+                    "this fp8 plan's attention reads fp8 Q, K, V, which only the tensor-core \
+                     attention kernel does (head size a multiple of 16, MPNet up to 768 tokens, \
+                     attention option not scalar); rebuild it from a table calibrated with \
+                     --attention-inputs float"
+                        .into(),
+                ));
+            }
+            // SAFETY: the module is loaded and outlives the state.
+            Some(unsafe {
+                crate::kernels::function(module, crate::kernels::Kernel::AttentionTcQ8)
+            }?)
+        } else {
+            None
+        };
         let output = q.gemm_output;
         if !output.is_fp16() && acc == 0 {
             // quant_workspace_layout allocates accumulators for acc32 plans only.
@@ -164,7 +195,7 @@ impl QuantState {
         let mut sites = vec![[None; 4]; layers.len()];
         let mut ones = 0u64;
         if output.is_fp16() {
-            let made = fp16_scales(plan, weights, &layers, q.gelu, &mut owned);
+            let made = fp16_scales(plan, weights, &layers, q.gelu, &qkv8_scales, &mut owned);
             match made {
                 Ok((s, o)) => {
                     sites = s;
@@ -200,6 +231,8 @@ impl QuantState {
             act,
             acc,
             gelu: q.gelu,
+            qkv8_scales,
+            attention_q8,
             owned,
         }))
     }
@@ -243,7 +276,8 @@ fn free_all(owned: &mut Vec<u64>) {
 /// as the padded token budget. With `gelu` tanh, a quantized FFN-in takes
 /// cuBLASLt's GELU epilogue, and where FFN-out is quantized too it writes
 /// FFN-out's fp8 input (scaled by `1 / act_scale`, uploaded after the
-/// vectors). Returns each site's pointers and the ones vector. The token
+/// vectors); a quantized QKV with a `qkv8_scales` entry writes e4m3 Q, K, V
+/// (D scaled by its inverse) for the fp8-input attention. Returns each site's pointers and the ones vector. The token
 /// budget must be a multiple of 16: the fp16 GEMMs write (and read the
 /// residual of) the padded rows in the fp16 activation buffers, which hold
 /// the budget's rows.
@@ -252,6 +286,7 @@ fn fp16_scales(
     weights: u64,
     layers: &[[Option<QuantGemm>; 4]],
     gelu: GeluForm,
+    qkv8_scales: &[Option<f32>],
     owned: &mut Vec<u64>,
 ) -> Result<(Vec<[Option<SitePointers>; 4]>, u64)> {
     let budget = plan.header.profile.token_budget();
@@ -292,10 +327,11 @@ fn fp16_scales(
                     .map(|c| s.act_scale * f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             );
             let gelu = gelu == GeluForm::Tanh && kind == GemmKind::FfnIn;
+            let qkv8 = kind == GemmKind::Qkv && qkv8_scales[li].is_some();
             forms[li][kind as usize] = SiteForm {
                 per_tensor: host[start..].iter().all(|&v| v == host[start]),
                 gelu,
-                fp8_out: gelu && row[GemmKind::FfnOut as usize].is_some(),
+                fp8_out: qkv8 || (gelu && row[GemmKind::FfnOut as usize].is_some()),
             };
         }
     }
@@ -303,10 +339,16 @@ fn fp16_scales(
     let mut d_scales = vec![[0usize; 4]; layers.len()];
     for (li, row) in layers.iter().enumerate() {
         let ffn_in = GemmKind::FfnIn as usize;
-        if let (true, Some(next)) = (forms[li][ffn_in].fp8_out, row[GemmKind::FfnOut as usize]) {
-            d_scales[li][ffn_in] = host.len();
-            host.push(1.0 / next.act_scale);
+        let mut d_scale = |kind: usize, s: f32| {
+            d_scales[li][kind] = host.len();
+            host.push(1.0 / s);
             host.extend([0.0; 15]);
+        };
+        if let (true, Some(next)) = (forms[li][ffn_in].fp8_out, row[GemmKind::FfnOut as usize]) {
+            d_scale(ffn_in, next.act_scale);
+        }
+        if let (true, Some(s)) = (forms[li][0].fp8_out, qkv8_scales[li]) {
+            d_scale(GemmKind::Qkv as usize, s);
         }
     }
     let alloc = |owned: &mut Vec<u64>, what: &str, values: &[f32]| -> Result<u64> {
@@ -473,7 +515,7 @@ impl CudaEngine {
             // The GELU after a quantized FFN-in: 1 exact, 2 the tanh form (epilogue_bias).
             let gelu_code = if q.gelu == GeluForm::Tanh { 2 } else { 1 };
             for (li, l) in g.layers.iter().enumerate() {
-                // QKV: fp16 out (attention reads fp16 Q, K, V).
+                // QKV: fp16 out, or e4m3 Q, K, V where the table says so.
                 match q.site(li, GemmKind::Qkv) {
                     Some(s) if !fp16_out => {
                         let w = s.weight;
@@ -487,7 +529,11 @@ impl CudaEngine {
                         let (w, out) = (s.weight, b.qkv);
                         q.gemms
                             .run(li, GemmKind::Qkv, tp, w, act, None, out, stream as _, None)?;
-                        mark("gemm qkv (8-bit, fp16 out)")?;
+                        mark(if q.qkv8_scales[li].is_some() {
+                            "gemm qkv (8-bit, fp8 out)"
+                        } else {
+                            "gemm qkv (8-bit, fp16 out)"
+                        })?;
                     }
                     None => {
                         gemms.run(
@@ -504,16 +550,40 @@ impl CudaEngine {
                     }
                 }
                 let (cq, cs) = q.sink(li, GemmKind::AttnOut);
-                cr::launch_kernel(
-                    attention,
-                    (query_blocks, heads as u32, np as u32),
-                    (attention_threads as u32, 1, 1),
-                    0,
-                    stream,
-                    kargs![b.qkv, offs, heads, att_scale, rb, bk, max_len, b.context, cq, cs],
-                )
-                .map_err(drv("attention kernel"))?;
-                mark("attention(+quantize)")?;
+                match (q.qkv8_scales[li], q.attention_q8) {
+                    (Some(qkv_s), Some(att_q8)) => {
+                        // attention_tc's shape: 16 queries a warp, at most 8 warps a block.
+                        let warps = max_len_batch.div_ceil(16).clamp(1, 8);
+                        let blocks = max_len_batch.div_ceil(16 * warps) as u32;
+                        cr::launch_kernel(
+                            att_q8,
+                            (blocks, heads as u32, np as u32),
+                            (32 * warps as u32, 1, 1),
+                            0,
+                            stream,
+                            kargs![
+                                b.qkv, qkv_s, offs, heads, att_scale, rb, bk, max_len, b.context,
+                                cq, cs
+                            ],
+                        )
+                        .map_err(drv("attention kernel (fp8 Q, K, V)"))?;
+                        mark("attention, fp8 in(+quantize)")?;
+                    }
+                    _ => {
+                        cr::launch_kernel(
+                            attention,
+                            (query_blocks, heads as u32, np as u32),
+                            (attention_threads as u32, 1, 1),
+                            0,
+                            stream,
+                            kargs![
+                                b.qkv, offs, heads, att_scale, rb, bk, max_len, b.context, cq, cs
+                            ],
+                        )
+                        .map_err(drv("attention kernel"))?;
+                        mark("attention(+quantize)")?;
+                    }
+                }
                 let ffn_in_sink = q.sink(li, GemmKind::FfnIn);
                 match q.site(li, GemmKind::AttnOut) {
                     Some(s) if !fp16_out => {

@@ -317,7 +317,8 @@ pub(super) fn make_slot(
         gpu.tanh_gelu,
     )?);
     let quant_buffers = (get("quant_act"), get("quant_acc"), gpu.b.gemm_ws);
-    gpu.quant = quantized::QuantState::new(plan, gpu.module, weights, quant_buffers)?;
+    let tc_attention = gpu.f.attention_tc.is_some() && gpu.use_tc_attention;
+    gpu.quant = quantized::QuantState::new(plan, gpu.module, weights, quant_buffers, tc_attention)?;
     gpu.weights = weights;
     Ok(gpu)
 }
