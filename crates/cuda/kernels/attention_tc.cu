@@ -46,86 +46,106 @@ struct AttRows {
     float m0, m1, l0, l1;  // running max (exp2 domain) and sum for rows g and g + 8
 };
 
-// One tile of up to 64 keys for one warp's 16 query rows. FULL: all 64 keys are in the
-// sequence (no masking); BIAS: add the relative position bias (rel0: bias of row g at the
-// tile's key 2 * tig, already times log2 e; row g + 8 is 8 entries lower).
-template <bool FULL, bool BIAS>
-__device__ __forceinline__ void att_tile(const unsigned (&qa)[HEAD_DIM / 16][4],
-                                         float (&o)[HEAD_DIM / 8][4], AttRows& st,
+// One tile of up to 64 keys for one warp's MT row tiles of 16 queries (MT = 1: attention_tc;
+// 2: attention_tc_mt2, where every K and V fragment loaded feeds two MMAs and the two tiles'
+// chains interleave). FULL: all 64 keys are in the sequence (no masking); BIAS: add the
+// relative position bias (rel0: bias of row g of tile 0 at the tile's key 2 * tig, already
+// times log2 e; row g + 8 is 8 entries lower, tile t 16 t lower).
+template <int MT, bool FULL, bool BIAS>
+__device__ __forceinline__ void att_tile(const unsigned (&qa)[MT][HEAD_DIM / 16][4],
+                                         float (&o)[MT][HEAD_DIM / 8][4], AttRows (&st)[MT],
                                          const unsigned short (*ks)[KPAD],
                                          const unsigned short (*vs)[KPAD], const float* rel0,
                                          int keys_left, float qk_scale, int lane) {
     const int tig = lane & 3, mi = lane >> 3, mr = lane & 7;
     const int nb = FULL ? 8 : min(8, (keys_left + 7) / 8);
-    float s[8][4];
+    float s[MT][8][4];
 #pragma unroll
     for (int j = 0; j < 8; j += 2) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-        s[j + 1][0] = s[j + 1][1] = s[j + 1][2] = s[j + 1][3] = 0.f;
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
+            s[t][j + 1][0] = s[t][j + 1][1] = s[t][j + 1][2] = s[t][j + 1][3] = 0.f;
+        }
         // Key blocks j and j + 1 lie in one 16-row group, loaded whole (zeros past the end).
         if (FULL || j < nb) {
 #pragma unroll
             for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
                 unsigned b[4];
                 ldsm_x4(b, &ks[(j + (mi >> 1)) * 8 + mr][kk * 16 + (mi & 1) * 8]);
-                mma16816(s[j], qa[kk], b[0], b[1]);
-                mma16816(s[j + 1], qa[kk], b[2], b[3]);
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    mma16816(s[t][j], qa[t][kk], b[0], b[1]);
+                    mma16816(s[t][j + 1], qa[t][kk], b[2], b[3]);
+                }
             }
         }
     }
-    float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int t = 0; t < MT; ++t) {
+        const float* rel = rel0 - 16 * t;
+        float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float v = s[j][e] * qk_scale;
-            if (BIAS) v += rel0[j * 8 + (e & 1) - (e < 2 ? 0 : 8)];
-            if (!FULL && j * 8 + tig * 2 + (e & 1) >= keys_left) v = ATT_MASKED;
-            s[j][e] = v;
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float v = s[t][j][e] * qk_scale;
+                if (BIAS) v += rel[j * 8 + (e & 1) - (e < 2 ? 0 : 8)];
+                if (!FULL && j * 8 + tig * 2 + (e & 1) >= keys_left) v = ATT_MASKED;
+                s[t][j][e] = v;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[t][j][0], s[t][j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[t][j][2], s[t][j][3]));
         }
-        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-    }
 #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-    }
-    const float mn0 = fmaxf(st.m0, mx0), mn1 = fmaxf(st.m1, mx1);
-    const float c0 = exp2_approx(st.m0 - mn0), c1 = exp2_approx(st.m1 - mn1);
-    st.l0 *= c0;
-    st.l1 *= c1;
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(st[t].m0, mx0), mn1 = fmaxf(st[t].m1, mx1);
+        const float c0 = exp2_approx(st[t].m0 - mn0), c1 = exp2_approx(st[t].m1 - mn1);
+        st[t].l0 *= c0;
+        st[t].l1 *= c1;
 #pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-        o[nd][0] *= c0;
-        o[nd][1] *= c0;
-        o[nd][2] *= c1;
-        o[nd][3] *= c1;
-    }
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            o[t][nd][0] *= c0;
+            o[t][nd][1] *= c0;
+            o[t][nd][2] *= c1;
+            o[t][nd][3] *= c1;
+        }
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        s[j][0] = exp2_approx(s[j][0] - mn0);
-        s[j][1] = exp2_approx(s[j][1] - mn0);
-        s[j][2] = exp2_approx(s[j][2] - mn1);
-        s[j][3] = exp2_approx(s[j][3] - mn1);
-        st.l0 += s[j][0] + s[j][1];
-        st.l1 += s[j][2] + s[j][3];
+        for (int j = 0; j < 8; ++j) {
+            s[t][j][0] = exp2_approx(s[t][j][0] - mn0);
+            s[t][j][1] = exp2_approx(s[t][j][1] - mn0);
+            s[t][j][2] = exp2_approx(s[t][j][2] - mn1);
+            s[t][j][3] = exp2_approx(s[t][j][3] - mn1);
+            st[t].l0 += s[t][j][0] + s[t][j][1];
+            st[t].l1 += s[t][j][2] + s[t][j][3];
+        }
+        st[t].m0 = mn0;
+        st[t].m1 = mn1;
     }
-    st.m0 = mn0;
-    st.m1 = mn1;
     // O += P V: P is the A operand straight from registers, 16 keys per MMA.
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-        if (FULL || 2 * t < nb) {
-            const unsigned pa[4] = {pack2(s[2 * t][0], s[2 * t][1]), pack2(s[2 * t][2], s[2 * t][3]),
-                                    pack2(s[2 * t + 1][0], s[2 * t + 1][1]),
-                                    pack2(s[2 * t + 1][2], s[2 * t + 1][3])};
+    for (int kt = 0; kt < 4; ++kt) {
+        if (FULL || 2 * kt < nb) {
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                pa[t][0] = pack2(s[t][2 * kt][0], s[t][2 * kt][1]);
+                pa[t][1] = pack2(s[t][2 * kt][2], s[t][2 * kt][3]);
+                pa[t][2] = pack2(s[t][2 * kt + 1][0], s[t][2 * kt + 1][1]);
+                pa[t][3] = pack2(s[t][2 * kt + 1][2], s[t][2 * kt + 1][3]);
+            }
 #pragma unroll
             for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
                 unsigned b[4];
-                ldsm_x4_trans(b, &vs[t * 16 + (mi & 1) * 8 + mr][(nd + (mi >> 1)) * 8]);
-                mma16816(o[nd], pa, b[0], b[1]);
-                mma16816(o[nd + 1], pa, b[2], b[3]);
+                ldsm_x4_trans(b, &vs[kt * 16 + (mi & 1) * 8 + mr][(nd + (mi >> 1)) * 8]);
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    mma16816(o[t][nd], pa[t], b[0], b[1]);
+                    mma16816(o[t][nd + 1], pa[t], b[2], b[3]);
+                }
             }
         }
     }
@@ -145,13 +165,14 @@ __device__ __forceinline__ unsigned e4m3x2_to_half2(unsigned short codes) {
 }
 #endif
 
-// The body of attention_tc and, with Q8, of attention_tc_q8: Q, K, V as e4m3 codes (an fp8
+// The body of attention_tc (MT = 1 row tile of 16 queries a warp), attention_tc_mt2 (MT = 2)
+// and, with Q8, of attention_tc_q8: Q, K, V as e4m3 codes (an fp8
 // plan's QKV GEMM writes them, `attention_inputs: fp8`), read at half the bytes. The codes
 // widen exactly to fp16 for the same mma; their one scale s (the layer's qkv.output scale)
 // folds into the softmax scale (s^2) and the final 1 / l (s). K and V tiles land in a
 // double-buffered 8-bit staging area by cp.async and are widened into one fp16 tile per
 // step (the static shared memory would not hold two fp16 tiles beside the staging).
-template <bool Q8>
+template <bool Q8, int MT>
 __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_in, float qkv_scale,
                                                   const int* __restrict__ offsets, int heads,
                                                   float scale, const st_t* __restrict__ rel_bias,
@@ -162,7 +183,7 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
     const int start = offsets[seq];
     const int len = offsets[seq + 1] - start;
     const int warps = blockDim.x / WARP;
-    const int qspan = 16 * warps;
+    const int qspan = 16 * MT * warps;
     const int q0 = blockIdx.x * qspan;
     if (q0 >= len) return;
     const int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP;
@@ -235,22 +256,27 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
         }
     }
 
-    const int qw = q0 + warp * 16;
-    const int r0 = qw + g, r1 = qw + g + 8;
-    unsigned qa[HEAD_DIM / 16][4];
-    {
-        const size_t row0 = (size_t)(start + min(r0, len - 1)) * stride + head * HEAD_DIM;
-        const size_t row1 = (size_t)(start + min(r1, len - 1)) * stride + head * HEAD_DIM;
+    const int qw = q0 + warp * 16 * MT;
+    // Rows g and g + 8 of each of the warp's MT row tiles.
+    int r0[MT], r1[MT];
+    unsigned qa[MT][HEAD_DIM / 16][4];
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        r0[t] = qw + 16 * t + g;
+        r1[t] = r0[t] + 8;
+        const size_t row0 = (size_t)(start + min(r0[t], len - 1)) * stride + head * HEAD_DIM;
+        const size_t row1 = (size_t)(start + min(r1[t], len - 1)) * stride + head * HEAD_DIM;
+        const bool in0 = r0[t] < len, in1 = r1[t] < len;
         if constexpr (Q8) {
 #if EMBEDRT_QUANT == 2
             const unsigned short* q_0 = (const unsigned short*)(qkv8 + row0);
             const unsigned short* q_1 = (const unsigned short*)(qkv8 + row1);
 #pragma unroll
             for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-                qa[kk][0] = r0 < len ? e4m3x2_to_half2(q_0[kk * 8 + tig]) : 0u;
-                qa[kk][1] = r1 < len ? e4m3x2_to_half2(q_1[kk * 8 + tig]) : 0u;
-                qa[kk][2] = r0 < len ? e4m3x2_to_half2(q_0[kk * 8 + 4 + tig]) : 0u;
-                qa[kk][3] = r1 < len ? e4m3x2_to_half2(q_1[kk * 8 + 4 + tig]) : 0u;
+                qa[t][kk][0] = in0 ? e4m3x2_to_half2(q_0[kk * 8 + tig]) : 0u;
+                qa[t][kk][1] = in1 ? e4m3x2_to_half2(q_1[kk * 8 + tig]) : 0u;
+                qa[t][kk][2] = in0 ? e4m3x2_to_half2(q_0[kk * 8 + 4 + tig]) : 0u;
+                qa[t][kk][3] = in1 ? e4m3x2_to_half2(q_1[kk * 8 + 4 + tig]) : 0u;
             }
 #endif
         } else {
@@ -258,17 +284,22 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
             const unsigned* q_1 = (const unsigned*)(qkv + row1);
 #pragma unroll
             for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-                qa[kk][0] = r0 < len ? q_0[kk * 8 + tig] : 0u;
-                qa[kk][1] = r1 < len ? q_1[kk * 8 + tig] : 0u;
-                qa[kk][2] = r0 < len ? q_0[kk * 8 + 4 + tig] : 0u;
-                qa[kk][3] = r1 < len ? q_1[kk * 8 + 4 + tig] : 0u;
+                qa[t][kk][0] = in0 ? q_0[kk * 8 + tig] : 0u;
+                qa[t][kk][1] = in1 ? q_1[kk * 8 + tig] : 0u;
+                qa[t][kk][2] = in0 ? q_0[kk * 8 + 4 + tig] : 0u;
+                qa[t][kk][3] = in1 ? q_1[kk * 8 + 4 + tig] : 0u;
             }
         }
     }
-    float o[HEAD_DIM / 8][4];
+    float o[MT][HEAD_DIM / 8][4];
+    AttRows st[MT];
 #pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-    AttRows st = {ATT_MASKED, ATT_MASKED, 0.f, 0.f};
+    for (int t = 0; t < MT; ++t) {
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd)
+            o[t][nd][0] = o[t][nd][1] = o[t][nd][2] = o[t][nd][3] = 0.f;
+        st[t] = {ATT_MASKED, ATT_MASKED, 0.f, 0.f};
+    }
     const float qk_scale = scale * ATT_LOG2E * (Q8 ? qkv_scale * qkv_scale : 1.f);
 
     for (int k0 = 0, it = 0; k0 < len; k0 += ATT_KT, ++it) {
@@ -284,51 +315,59 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
         __syncthreads();
         const int tb = Q8 ? 0 : buf;
         if (qw < len) {
-            const float* rel0 = rel_s + (k0 + 2 * tig - r0 + q0 + qspan - 1);
+            const float* rel0 = rel_s + (k0 + 2 * tig - r0[0] + q0 + qspan - 1);
             const int left = len - k0;
             if (rel_bias) {
                 if (left >= ATT_KT)
-                    att_tile<true, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, true, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
                 else
-                    att_tile<false, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, false, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
             } else {
                 if (left >= ATT_KT)
-                    att_tile<true, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, true, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
                 else
-                    att_tile<false, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, false, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
             }
         }
         __syncthreads();
     }
     if (qw >= len) return;
-    float l0 = st.l0, l1 = st.l1;
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
     const float vs_scale = Q8 ? qkv_scale : 1.f;
-    const float i0 = vs_scale / l0, i1 = vs_scale / l1;
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        float l0 = st[t].l0, l1 = st[t].l1;
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+        }
+        const float i0 = vs_scale / l0, i1 = vs_scale / l1;
+        const int a0 = r0[t], a1 = r1[t];
 #if EMBEDRT_QUANT
-    if (ctx_q) {
+        if (ctx_q) {
+#pragma unroll
+            for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+                const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+                if (a0 < len)
+                    *(unsigned short*)&ctx_q[(size_t)(start + a0) * HIDDEN + d] =
+                        (unsigned short)quant2(o[t][nd][0] * i0, o[t][nd][1] * i0, ctx_scale);
+                if (a1 < len)
+                    *(unsigned short*)&ctx_q[(size_t)(start + a1) * HIDDEN + d] =
+                        (unsigned short)quant2(o[t][nd][2] * i1, o[t][nd][3] * i1, ctx_scale);
+            }
+            continue;
+        }
+#endif
 #pragma unroll
         for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
             const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-            if (r0 < len)
-                *(unsigned short*)&ctx_q[(size_t)(start + r0) * HIDDEN + d] =
-                    (unsigned short)quant2(o[nd][0] * i0, o[nd][1] * i0, ctx_scale);
-            if (r1 < len)
-                *(unsigned short*)&ctx_q[(size_t)(start + r1) * HIDDEN + d] =
-                    (unsigned short)quant2(o[nd][2] * i1, o[nd][3] * i1, ctx_scale);
+            if (a0 < len)
+                *(unsigned*)&ctx[(size_t)(start + a0) * HIDDEN + d] =
+                    pack2(o[t][nd][0] * i0, o[t][nd][1] * i0);
+            if (a1 < len)
+                *(unsigned*)&ctx[(size_t)(start + a1) * HIDDEN + d] =
+                    pack2(o[t][nd][2] * i1, o[t][nd][3] * i1);
         }
-        return;
-    }
-#endif
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
-        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
     }
 }
 
@@ -337,9 +376,24 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
+    attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
 #if EMBEDRT_QUANT
                              , ctx_q, ctx_scale
+#endif
+    );
+}
+
+// Two row tiles (32 queries) a warp, up to 4 warps a block, 2 blocks an SM with up to 255
+// registers: fewer warps in flight than attention_tc, but every K and V fragment read from
+// shared memory feeds two MMAs and each warp has two independent MMA chains
+// (EMBEDRT_ATTENTION=mt2).
+extern "C" __global__ void __launch_bounds__(128, 2)
+attention_tc_mt2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+                 float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+                 int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc_body<false, 2>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
+#if EMBEDRT_QUANT
+                                , ctx_q, ctx_scale
 #endif
     );
 }
@@ -351,7 +405,7 @@ attention_tc_q8(const unsigned char* __restrict__ qkv8, float qkv_scale,
                 const int* __restrict__ offsets, int heads, float scale,
                 const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of, int max_len,
                 st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<true>(qkv8, qkv_scale, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc_body<true, 1>(qkv8, qkv_scale, offsets, heads, scale, rel_bias, bucket_of, max_len,
                             ctx, ctx_q, ctx_scale);
 }
 #endif

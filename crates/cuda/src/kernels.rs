@@ -98,6 +98,7 @@ kernel_table! {
     AttentionTc = "attention_tc" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTc2 = "attention_tc2" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTc4 = "attention_tc4" in "attention_tc.cu" when Fp16Sm80Head16,
+    AttentionTcMt2 = "attention_tc_mt2" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTcQ8 = "attention_tc_q8" in "attention_tc.cu" when Fp8Head16,
     SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,

@@ -239,13 +239,13 @@ struct Pass {
 impl Pass {
     fn new(e: &CudaEngine, g: &Gpu, tp: usize, np: usize, max_len_batch: usize) -> Pass {
         let c = &e.config;
-        // Both attention kernels take the same arguments: tensor cores with up to 8
-        // warps of 16 queries a block, else one thread a query, 32 a block.
+        // Both attention kernels take the same arguments: tensor cores with warps of
+        // 16 (or 32) queries a block, else one thread a query, 32 a block.
         let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
         let (attention, threads, queries_per_block) = match tc {
-            Some((f, most)) => {
-                let warps = max_len_batch.div_ceil(16).clamp(1, most);
-                (f, 32 * warps, 16 * warps)
+            Some(k) => {
+                let (threads, queries) = k.block(max_len_batch);
+                (k.f, threads, queries)
             }
             None => (g.f.attention, 32, 32),
         };

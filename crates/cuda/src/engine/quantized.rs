@@ -427,9 +427,9 @@ impl CudaEngine {
         let (rb, bk) = (g.rel_bias, b.bucket);
         let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
         let (attention, attention_threads, queries_per_block) = match tc {
-            Some((f, most)) => {
-                let warps = max_len_batch.div_ceil(16).clamp(1, most);
-                (f, 32 * warps, 16 * warps)
+            Some(k) => {
+                let (threads, queries) = k.block(max_len_batch);
+                (k.f, threads, queries)
             }
             None => (g.f.attention, 32, 32),
         };

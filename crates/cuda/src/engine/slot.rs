@@ -39,10 +39,9 @@ pub(super) struct Functions {
     pub(super) layernorm: cu::CUfunction,
     pub(super) gelu: cu::CUfunction,
     pub(super) attention: cu::CUfunction,
-    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16).
-    /// The tensor-core attention kernel the options chose and the most warps
-    /// (16 queries each) a block of it takes.
-    pub(super) attention_tc: Option<(cu::CUfunction, usize)>,
+    /// Tensor-core attention (fp16, sm_80+, head size a multiple of 16):
+    /// the kernel the options chose and its block shape.
+    pub(super) attention_tc: Option<TcAttention>,
     pub(super) pool: cu::CUfunction,
     /// Small-token linear layers with fused epilogues, for 16, 32, 48, 64
     /// tokens (fp16, sm_80+); empty where they do not apply.
@@ -55,6 +54,25 @@ pub(super) struct Functions {
     /// Each with the dynamic shared memory its x rows take (set at load).
     pub(super) small_attn_out: Option<(cu::CUfunction, u32)>,
     pub(super) small_attn_out_q: Option<(cu::CUfunction, u32)>,
+}
+
+/// A tensor-core attention kernel and its block shape: warps of
+/// `16 * row_tiles` queries, at most `most_warps` a block.
+#[derive(Clone, Copy)]
+pub(super) struct TcAttention {
+    pub(super) f: cu::CUfunction,
+    pub(super) most_warps: usize,
+    pub(super) row_tiles: usize,
+}
+
+impl TcAttention {
+    /// (threads a block, queries a block) for a batch whose longest
+    /// sequence has `max_len` tokens.
+    pub(super) fn block(&self, max_len: usize) -> (usize, usize) {
+        let rows = 16 * self.row_tiles;
+        let warps = max_len.div_ceil(rows).clamp(1, self.most_warps);
+        (32 * warps, rows * warps)
+    }
 }
 
 /// One small-token linear kernel (one token bucket).
@@ -436,12 +454,17 @@ fn load_kernels(
             && config.head_dim().is_multiple_of(16)
             && (config.architecture != Architecture::Mpnet || max.seq <= 768)
         {
-            let (kernel, most_warps) = match options.attention {
-                Attention::TensorCores2 => (Kernel::AttentionTc2, 8),
-                Attention::TensorCores4 => (Kernel::AttentionTc4, 4),
-                Attention::TensorCores | Attention::Scalar => (Kernel::AttentionTc, 8),
+            let (kernel, most_warps, row_tiles) = match options.attention {
+                Attention::TensorCores2 => (Kernel::AttentionTc2, 8, 1),
+                Attention::TensorCores4 => (Kernel::AttentionTc4, 4, 1),
+                Attention::TensorCoresMt2 => (Kernel::AttentionTcMt2, 4, 2),
+                Attention::TensorCores | Attention::Scalar => (Kernel::AttentionTc, 8, 1),
             };
-            func(kernel).ok().map(|f| (f, most_warps))
+            func(kernel).ok().map(|f| TcAttention {
+                f,
+                most_warps,
+                row_tiles,
+            })
         } else {
             None
         },
