@@ -166,6 +166,21 @@ def test_fp8_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixture
         assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, (level, cos)
 
 
+def form_matches_reference_and_changes_the_model(embedrt_bin, model, export_dir, table, base,
+                                                 tmp_path):
+    """ONNX Runtime on the QDQ export of `table` matches the CPU fake-quant reference of the
+    same table, and that reference differs from (while staying close to) `base`'s."""
+    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
+    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
+    got = ort_embed(session(export_dir, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+                    tokenizer(export_dir), texts)
+    cos = cosine_rows(ref, got)
+    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
+    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
+    assert np.abs(plain - ref).max() > 1e-6
+    assert cosine_rows(plain, ref).min() >= 0.99
+
+
 @pytest.mark.parametrize("scales,gelu", [("tensor", "exact"), ("channel", "tanh"),
                                          ("tensor", "tanh")])
 @pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
@@ -208,15 +223,7 @@ def test_weight_scaling_and_gelu_forms_agree_between_onnxruntime_and_cpu_referen
         assert all(len(s) == 1 for s in scale_sets)
     else:
         assert any(len(s) > 1 for s in scale_sets)
-    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
-    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
-    got = ort_embed(session(d, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), tokenizer(d),
-                    texts)
-    cos = cosine_rows(ref, got)
-    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
-    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
-    assert np.abs(plain - ref).max() > 1e-6
-    assert cosine_rows(plain, ref).min() >= 0.99
+    form_matches_reference_and_changes_the_model(embedrt_bin, model, d, table, base, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
@@ -244,17 +251,9 @@ def test_fp8_attention_inputs_agree_between_onnxruntime_and_cpu_reference(
     # Three QuantizeLinear more a layer (Q, K, V) than the float-attention export.
     d0 = export_ok(embedrt_bin, model, tmp_path / "x0", "--precision", "fp8",
                    "--calibration-table", base)
-    count = lambda g: [n.op_type for n in g.graph.node].count("QuantizeLinear")  # noqa: E731
+    count = lambda g: [n.op_type for n in g.graph.node].count("QuantizeLinear")
     assert count(m) - count(onnx.load(str(d0 / "model.onnx"))) == 3 * layers
-    texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
-    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
-    got = ort_embed(session(d, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), tokenizer(d),
-                    texts)
-    cos = cosine_rows(ref, got)
-    assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
-    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
-    assert np.abs(plain - ref).max() > 1e-6
-    assert cosine_rows(plain, ref).min() >= 0.99
+    form_matches_reference_and_changes_the_model(embedrt_bin, model, d, table, base, tmp_path)
     # int8 keeps float attention: asking for fp8 Q, K, V there is one clear line.
     one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", calib_text,
                        "-o", tmp_path / "i8.json", "--precision", "int8",

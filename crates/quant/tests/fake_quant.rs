@@ -25,6 +25,18 @@ fn sentences() -> Vec<String> {
         .collect()
 }
 
+/// The first eight sentences as one batch.
+fn first_eight(model: &SentenceModel, texts: &[String]) -> TokenBatch {
+    let ids: Vec<Vec<u32>> = model
+        .tokenizer
+        .encode_all(&texts[..8])
+        .unwrap()
+        .into_iter()
+        .map(|e| e.ids)
+        .collect();
+    TokenBatch::from_sequences(&ids)
+}
+
 #[test]
 fn fallback_everywhere_is_fp32_and_quantized_is_close() {
     let model = fixture();
@@ -39,14 +51,7 @@ fn fallback_everywhere_is_fp32_and_quantized_is_close() {
         // fp8 tables also carry each layer's QKV output range (fp8 attention).
         let per_layer = if format == QuantFormat::Fp8 { 5 } else { 4 };
         assert_eq!(table.tensors.len(), per_layer * layers);
-        let ids: Vec<Vec<u32>> = model
-            .tokenizer
-            .encode_all(&texts[..8])
-            .unwrap()
-            .into_iter()
-            .map(|e| e.ids)
-            .collect();
-        let batch = TokenBatch::from_sequences(&ids);
+        let batch = first_eight(&model, &texts);
         let fp32 = fp32_engine(&model).unwrap();
         let reference = fp32.embed(&batch).unwrap();
         let all_float = with_fallback(&table, &GemmSite::all(layers));
@@ -96,14 +101,7 @@ fn fp8_attention_inputs_change_the_reference_and_need_their_scales() {
         let s = table.qkv_output_scale(l).unwrap();
         assert!(s > 0.0 && s.is_finite(), "layer {l}: {s}");
     }
-    let ids: Vec<Vec<u32>> = model
-        .tokenizer
-        .encode_all(&texts[..8])
-        .unwrap()
-        .into_iter()
-        .map(|e| e.ids)
-        .collect();
-    let batch = TokenBatch::from_sequences(&ids);
+    let batch = first_eight(&model, &texts);
     let fp32 = fp32_engine(&model).unwrap();
     let reference = fp32.embed(&batch).unwrap();
     let float_qkv = fp32.clone().with_calibration(&table).unwrap();
