@@ -240,9 +240,7 @@ pub fn make_table(
         .unwrap_or(embedrt_quant::default_calibrator(format))
         .parse()?;
     let forms = args.forms()?;
-    let attention_inputs = forms
-        .attention_inputs
-        .unwrap_or(AttentionInputs::default_for(format));
+    let attention_inputs = forms.attention_inputs.unwrap_or_default();
     if attention_inputs == AttentionInputs::Fp8 && format != QuantFormat::Fp8 {
         bail!(
             "--attention-inputs fp8 needs --precision fp8 (int8 plans keep float Q, K, V); drop the flag or use fp8"

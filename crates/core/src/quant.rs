@@ -202,11 +202,6 @@ pub enum AttentionInputs {
 impl AttentionInputs {
     pub const NAMES: &'static str = "float, fp8";
 
-    /// What a new table gets without `--attention-inputs`.
-    pub fn default_for(_format: QuantFormat) -> AttentionInputs {
-        AttentionInputs::Float
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             AttentionInputs::Float => "float",
@@ -568,22 +563,19 @@ impl CalibrationTable {
         Ok(())
     }
 
+    /// The calibrated activation named `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorScale> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
     /// The scale of a GEMM's input activation.
     pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
-        let name = site.input_name();
-        self.tensors
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.scale)
+        self.tensor(&site.input_name()).map(|t| t.scale)
     }
 
     /// The scale of a layer's QKV GEMM output (Q, K, V in 8 bits).
     pub fn qkv_output_scale(&self, layer: usize) -> Option<f32> {
-        let name = qkv_output_name(layer);
-        self.tensors
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.scale)
+        self.tensor(&qkv_output_name(layer)).map(|t| t.scale)
     }
 
     /// Whether attention of `layer` reads 8-bit Q, K, V: an `fp8` table whose

@@ -217,12 +217,10 @@ impl CpuEngine {
                 obs(Activation::QkvOutput(l), &qkv);
             }
             // An `attention_inputs: fp8` table: attention reads Q, K, V in e4m3.
-            if let Some((fq, s)) = self
-                .fake_quant
-                .as_ref()
-                .and_then(|fq| fq.qkv_output_scale(l).map(|s| (fq, s)))
-            {
-                fake_quant_in_place(fq.format, s, &mut qkv);
+            if let Some(fq) = fake_quant {
+                if let Some(s) = fq.qkv_output_scale(l) {
+                    fake_quant_in_place(fq.format, s, &mut qkv);
+                }
             }
             self.attention(batch, &qkv, &mut ctx);
             // ctx -> attention output + residual, normalized; reuse qkv's

@@ -376,11 +376,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
-#if EMBEDRT_QUANT
-                             , ctx_q, ctx_scale
-#endif
-    );
+    attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len,
+                                ctx ATT_QUANT_ARGS);
 }
 
 // Two row tiles (32 queries) a warp, up to 4 warps a block, 2 blocks an SM with up to 255
@@ -391,11 +388,8 @@ extern "C" __global__ void __launch_bounds__(128, 2)
 attention_tc_mt2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
                  float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
                  int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false, 2>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
-#if EMBEDRT_QUANT
-                                , ctx_q, ctx_scale
-#endif
-    );
+    attention_tc_body<false, 2>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len,
+                                ctx ATT_QUANT_ARGS);
 }
 
 #if EMBEDRT_QUANT == 2
@@ -406,7 +400,7 @@ attention_tc_q8(const unsigned char* __restrict__ qkv8, float qkv_scale,
                 const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of, int max_len,
                 st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     attention_tc_body<true, 1>(qkv8, qkv_scale, offsets, heads, scale, rel_bias, bucket_of, max_len,
-                            ctx, ctx_q, ctx_scale);
+                            ctx ATT_QUANT_ARGS);
 }
 #endif
 // ---------------------------------------------------------------------------
@@ -653,11 +647,8 @@ extern "C" __global__ void __launch_bounds__(256, 3)
 attention_tc2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
               float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
               int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc2_body<8>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
-#if EMBEDRT_QUANT
-                          , ctx_q, ctx_scale
-#endif
-    );
+    attention_tc2_body<8>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len,
+                          ctx ATT_QUANT_ARGS);
 }
 
 // Up to 4 warps a block, 6 blocks an SM (<= 85 registers): 24 warps in flight; a sequence
@@ -666,10 +657,7 @@ extern "C" __global__ void __launch_bounds__(128, 6)
 attention_tc4(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
               float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
               int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc2_body<4>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len, ctx
-#if EMBEDRT_QUANT
-                          , ctx_q, ctx_scale
-#endif
-    );
+    attention_tc2_body<4>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len,
+                          ctx ATT_QUANT_ARGS);
 }
 #endif

@@ -46,6 +46,9 @@ __device__ __forceinline__ unsigned quant4(const float* v, float scale) {
 // The attention kernels' extra arguments: with ctx_q set, the context goes out quantized
 // (the attn_out GEMM's input) instead of fp16.
 #define ATT_QUANT_PARAMS , unsigned char* __restrict__ ctx_q, float ctx_scale
+// The same arguments passed on, from a kernel to the body it wraps.
+#define ATT_QUANT_ARGS , ctx_q, ctx_scale
 #else
 #define ATT_QUANT_PARAMS
+#define ATT_QUANT_ARGS
 #endif

@@ -313,20 +313,11 @@ pub fn pack_quantized(
     let activations = GemmSite::all(layers)
         .into_iter()
         .filter(|s| !table.is_fallback(*s))
-        .filter_map(|s| {
-            table
-                .tensors
-                .iter()
-                .find(|t| t.name == s.input_name())
-                .cloned()
-        })
+        .filter_map(|s| table.tensor(&s.input_name()).cloned())
         .collect();
     let qkv_outputs = (0..layers)
         .filter(|&l| table.attention_reads_fp8(l))
-        .filter_map(|l| {
-            let name = qkv_output_name(l);
-            table.tensors.iter().find(|t| t.name == name).cloned()
-        })
+        .filter_map(|l| table.tensor(&qkv_output_name(l)).cloned())
         .collect();
     let info = QuantInfo {
         format,

@@ -25,6 +25,7 @@
 
 use embedrt_core::quant::{GeluForm, GemmSite, QuantFormat};
 
+use super::slot::TcAttention;
 use super::*;
 use crate::gemm::algo_to_hex;
 use crate::plan::GemmChoice;
@@ -61,8 +62,9 @@ pub(super) struct QuantState {
     /// Per layer: the scale of the e4m3 Q, K, V its fp8-output QKV GEMM
     /// writes for `attention_tc_q8` (None: fp16 Q, K, V).
     qkv8_scales: Vec<Option<f32>>,
-    /// `attention_tc_q8`, where some layer reads fp8 Q, K, V.
-    attention_q8: Option<cu::CUfunction>,
+    /// `attention_tc_q8` (attention_tc's block shape), where some layer
+    /// reads fp8 Q, K, V.
+    attention_q8: Option<TcAttention>,
     /// Device memory this state owns (fp16 output: the combined scale
     /// vectors and B's vector of ones), freed on drop.
     owned: Vec<u64>,
@@ -165,7 +167,10 @@ impl QuantState {
             layers.push(row);
         }
         let qkv8_scales: Vec<Option<f32>> = (0..layers.len())
-            .map(|l| q.qkv_output_scale(l).filter(|_| layers[l][0].is_some()))
+            .map(|l| {
+                q.qkv_output_scale(l)
+                    .filter(|_| layers[l][GemmKind::Qkv as usize].is_some())
+            })
             .collect();
         let attention_q8 = if qkv8_scales.iter().any(Option::is_some) {
             if !tc_attention {
@@ -178,9 +183,13 @@ impl QuantState {
                 ));
             }
             // SAFETY: the module is loaded and outlives the state.
-            Some(unsafe {
-                crate::kernels::function(module, crate::kernels::Kernel::AttentionTcQ8)
-            }?)
+            let f =
+                unsafe { crate::kernels::function(module, crate::kernels::Kernel::AttentionTcQ8) }?;
+            Some(TcAttention {
+                f,
+                most_warps: 8,
+                row_tiles: 1,
+            })
         } else {
             None
         };
@@ -347,8 +356,9 @@ fn fp16_scales(
         if let (true, Some(next)) = (forms[li][ffn_in].fp8_out, row[GemmKind::FfnOut as usize]) {
             d_scale(ffn_in, next.act_scale);
         }
-        if let (true, Some(s)) = (forms[li][0].fp8_out, qkv8_scales[li]) {
-            d_scale(GemmKind::Qkv as usize, s);
+        let qkv = GemmKind::Qkv as usize;
+        if let (true, Some(s)) = (forms[li][qkv].fp8_out, qkv8_scales[li]) {
+            d_scale(qkv, s);
         }
     }
     let alloc = |owned: &mut Vec<u64>, what: &str, values: &[f32]| -> Result<u64> {
@@ -435,6 +445,11 @@ impl CudaEngine {
         };
         let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
         let plain_gelu = g.f.gelu;
+        // fp8 Q, K, V: (kernel, threads, query blocks) for this batch.
+        let q8_attention = g.quant.as_ref().and_then(|q| q.attention_q8).map(|k| {
+            let (threads, queries) = k.block(max_len_batch);
+            (k.f, threads as u32, max_len_batch.div_ceil(queries) as u32)
+        });
         let q = g
             .quant
             .as_mut()
@@ -550,15 +565,12 @@ impl CudaEngine {
                     }
                 }
                 let (cq, cs) = q.sink(li, GemmKind::AttnOut);
-                match (q.qkv8_scales[li], q.attention_q8) {
-                    (Some(qkv_s), Some(att_q8)) => {
-                        // attention_tc's shape: 16 queries a warp, at most 8 warps a block.
-                        let warps = max_len_batch.div_ceil(16).clamp(1, 8);
-                        let blocks = max_len_batch.div_ceil(16 * warps) as u32;
+                match (q.qkv8_scales[li], q8_attention) {
+                    (Some(qkv_s), Some((att_q8, threads, blocks))) => {
                         cr::launch_kernel(
                             att_q8,
                             (blocks, heads as u32, np as u32),
-                            (32 * warps as u32, 1, 1),
+                            (threads, 1, 1),
                             0,
                             stream,
                             kargs![
