@@ -47,19 +47,11 @@ impl Embedder {
         self.embed_ids(&ids, batch_size, normalize_output, progress)
     }
 
-    /// Embeds already tokenized sequences. Longest first, so each batch
-    /// holds sequences of similar length; results come back in input order.
-    /// When the backend takes several batches at once, that many worker
-    /// threads drive it while this thread normalizes and places results.
-    pub fn embed_ids(
-        &self,
-        seqs: &[&[u32]],
-        batch_size: usize,
-        normalize_output: bool,
-        progress: &dyn Fn(usize),
-    ) -> Result<Vec<Vec<f32>>> {
+    /// How [`Embedder::embed_ids`] cuts a job into engine calls: sequence
+    /// indices per batch, longest first, each batch within the engine's
+    /// limits and, with several slots, small enough that the batches overlap.
+    pub fn plan_batches(&self, seqs: &[&[u32]], batch_size: usize) -> Vec<Vec<usize>> {
         let info = self.backend.info();
-        let hidden = self.backend.hidden_size();
         let max_seqs = batch_size.clamp(1, info.max_batch_size.max(1));
         let slots = self.backend.concurrency().max(1);
         let len_of = |i: usize| seqs[i].len().min(info.max_seq_len);
@@ -71,7 +63,6 @@ impl Embedder {
         } else {
             usize::MAX
         };
-        // Batch membership first (cheap), then the engine calls.
         let mut batches: Vec<Vec<usize>> = Vec::new();
         let mut start = 0;
         while start < order.len() {
@@ -91,6 +82,25 @@ impl Embedder {
             start += members.len();
             batches.push(members);
         }
+        batches
+    }
+
+    /// Embeds already tokenized sequences. Longest first, so each batch
+    /// holds sequences of similar length; results come back in input order.
+    /// When the backend takes several batches at once, that many worker
+    /// threads drive it while this thread normalizes and places results.
+    pub fn embed_ids(
+        &self,
+        seqs: &[&[u32]],
+        batch_size: usize,
+        normalize_output: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let info = self.backend.info();
+        let hidden = self.backend.hidden_size();
+        let slots = self.backend.concurrency().max(1);
+        let len_of = |i: usize| seqs[i].len().min(info.max_seq_len);
+        let batches = self.plan_batches(seqs, batch_size);
         let make_batch = |members: &[usize]| {
             let mut b = TokenBatch::new();
             for &i in members {

@@ -151,6 +151,46 @@ __device__ __forceinline__ void att_tile(const unsigned (&qa)[MT][HEAD_DIM / 16]
     }
 }
 
+// Rows a0 and a1 (g and g + 8 of a row tile) of a warp's finished output: the row sums
+// reduced over the quad, O / l (times vs_scale) written to ctx as fp16, or to ctx_q as 8-bit
+// codes where a quantized plan's attn-out GEMM reads them.
+__device__ __forceinline__ void att_store(const float (&o)[HEAD_DIM / 8][4], const AttRows& st,
+                                          int a0, int a1, int len, int start, int head, int tig,
+                                          float vs_scale, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    float l0 = st.l0, l1 = st.l1;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = vs_scale / l0, i1 = vs_scale / l1;
+#if EMBEDRT_QUANT
+    if (ctx_q) {
+#pragma unroll
+        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+            const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+            if (a0 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + a0) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][0] * i0, o[nd][1] * i0, ctx_scale);
+            if (a1 < len)
+                *(unsigned short*)&ctx_q[(size_t)(start + a1) * HIDDEN + d] =
+                    (unsigned short)quant2(o[nd][2] * i1, o[nd][3] * i1, ctx_scale);
+        }
+        return;
+    }
+#endif
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
+        if (a0 < len)
+            *(unsigned*)&ctx[(size_t)(start + a0) * HIDDEN + d] =
+                pack2(o[nd][0] * i0, o[nd][1] * i0);
+        if (a1 < len)
+            *(unsigned*)&ctx[(size_t)(start + a1) * HIDDEN + d] =
+                pack2(o[nd][2] * i1, o[nd][3] * i1);
+    }
+}
+
 #if EMBEDRT_QUANT == 2
 // cp.async of 8 bytes (fp8 rows: 8 elements), zero-filled when !valid.
 __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
@@ -334,41 +374,8 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
     if (qw >= len) return;
     const float vs_scale = Q8 ? qkv_scale : 1.f;
 #pragma unroll
-    for (int t = 0; t < MT; ++t) {
-        float l0 = st[t].l0, l1 = st[t].l1;
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-        }
-        const float i0 = vs_scale / l0, i1 = vs_scale / l1;
-        const int a0 = r0[t], a1 = r1[t];
-#if EMBEDRT_QUANT
-        if (ctx_q) {
-#pragma unroll
-            for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-                const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-                if (a0 < len)
-                    *(unsigned short*)&ctx_q[(size_t)(start + a0) * HIDDEN + d] =
-                        (unsigned short)quant2(o[t][nd][0] * i0, o[t][nd][1] * i0, ctx_scale);
-                if (a1 < len)
-                    *(unsigned short*)&ctx_q[(size_t)(start + a1) * HIDDEN + d] =
-                        (unsigned short)quant2(o[t][nd][2] * i1, o[t][nd][3] * i1, ctx_scale);
-            }
-            continue;
-        }
-#endif
-#pragma unroll
-        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-            const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-            if (a0 < len)
-                *(unsigned*)&ctx[(size_t)(start + a0) * HIDDEN + d] =
-                    pack2(o[t][nd][0] * i0, o[t][nd][1] * i0);
-            if (a1 < len)
-                *(unsigned*)&ctx[(size_t)(start + a1) * HIDDEN + d] =
-                    pack2(o[t][nd][2] * i1, o[t][nd][3] * i1);
-        }
-    }
+    for (int t = 0; t < MT; ++t)
+        att_store(o[t], st[t], r0[t], r1[t], len, start, head, tig, vs_scale, ctx ATT_QUANT_ARGS);
 }
 
 // Two blocks of 8 warps per SM (registers capped at 128).
@@ -612,34 +619,7 @@ __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
         __syncthreads();
     }
     if (qw >= len) return;
-    float l0 = st.l0, l1 = st.l1;
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
-#if EMBEDRT_QUANT
-    if (ctx_q) {
-#pragma unroll
-        for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-            const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-            if (r0 < len)
-                *(unsigned short*)&ctx_q[(size_t)(start + r0) * HIDDEN + d] =
-                    (unsigned short)quant2(o[nd][0] * i0, o[nd][1] * i0, ctx_scale);
-            if (r1 < len)
-                *(unsigned short*)&ctx_q[(size_t)(start + r1) * HIDDEN + d] =
-                    (unsigned short)quant2(o[nd][2] * i1, o[nd][3] * i1, ctx_scale);
-        }
-        return;
-    }
-#endif
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-        const int d = head * HEAD_DIM + nd * 8 + tig * 2;
-        if (r0 < len) *(unsigned*)&ctx[(size_t)(start + r0) * HIDDEN + d] = pack2(o[nd][0] * i0, o[nd][1] * i0);
-        if (r1 < len) *(unsigned*)&ctx[(size_t)(start + r1) * HIDDEN + d] = pack2(o[nd][2] * i1, o[nd][3] * i1);
-    }
+    att_store(o, st, r0, r1, len, start, head, tig, 1.f, ctx ATT_QUANT_ARGS);
 }
 
 // Up to 8 warps a block, 3 blocks an SM (<= 85 registers): 24 warps in flight.

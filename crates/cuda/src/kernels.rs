@@ -20,6 +20,7 @@ pub const ENCODER_SOURCE: &str = concat!(
     include_str!("../kernels/quant_io.cu"),
     include_str!("../kernels/encoder.cu"),
     include_str!("../kernels/attention_tc.cu"),
+    include_str!("../kernels/attention_pipe.cu"),
     include_str!("../kernels/small_linear.cu"),
     include_str!("../kernels/ffn_gemm_sm90.cu"),
     include_str!("../kernels/quant.cu"),
@@ -100,6 +101,7 @@ kernel_table! {
     AttentionTc4 = "attention_tc4" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTcMt2 = "attention_tc_mt2" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTcQ8 = "attention_tc_q8" in "attention_tc.cu" when Fp8Head16,
+    AttentionTcPipe = "attention_tc_pipe" in "attention_pipe.cu" when Fp16Sm80Head16,
     SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,
@@ -315,6 +317,10 @@ mod tests {
             (
                 "attention_tc.cu",
                 include_str!("../kernels/attention_tc.cu"),
+            ),
+            (
+                "attention_pipe.cu",
+                include_str!("../kernels/attention_pipe.cu"),
             ),
             (
                 "small_linear.cu",

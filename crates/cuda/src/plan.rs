@@ -542,7 +542,10 @@ pub fn workspace_layout(
         ("gemm_workspace", GEMM_WORKSPACE_BYTES),
     ];
     if config.architecture == Architecture::Mpnet {
-        v.push(("bucket_table", (2 * max.seq).saturating_sub(1) * 4));
+        let span = (2 * max.seq).saturating_sub(1);
+        v.push(("bucket_table", span * 4));
+        // The bias of every key - query and head as fp32 (attention_pipe.cu).
+        v.push(("bias_table", config.num_attention_heads * span * 4));
     }
     v
 }

@@ -16,6 +16,7 @@
 use cudarc::driver::{result as cr, sys as cu};
 use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
 
+use super::attention::{AttentionArgs, AttentionLaunch};
 use super::launch::{launch, launch_with_shared};
 use super::slot::{Buffers, Gpu, LayerPtrs, SmallLinear};
 use super::timing::Marks;
@@ -211,8 +212,8 @@ struct Pass {
     embed_fn: cu::CUfunction,
     layernorm_fn: cu::CUfunction,
     gelu_fn: cu::CUfunction,
-    /// The attention kernel, its threads per block and query blocks per head.
-    attention: (cu::CUfunction, u32, u32),
+    /// The attention kernel and its shape for this batch.
+    attention: AttentionLaunch,
     heads: i32,
     scale: f32,
     max_len: i32,
@@ -239,17 +240,13 @@ struct Pass {
 impl Pass {
     fn new(e: &CudaEngine, g: &Gpu, tp: usize, np: usize, max_len_batch: usize) -> Pass {
         let c = &e.config;
-        // Both attention kernels take the same arguments: tensor cores with warps of
-        // 16 (or 32) queries a block, else one thread a query, 32 a block.
-        let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
-        let (attention, threads, queries_per_block) = match tc {
-            Some(k) => {
-                let (threads, queries) = k.block(max_len_batch);
-                (k.f, threads, queries)
-            }
-            None => (g.f.attention, 32, 32),
-        };
-        let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
+        let attention = AttentionLaunch::new(
+            g.f.attention_tc.filter(|_| g.use_tc_attention),
+            g.f.attention,
+            np,
+            max_len_batch,
+            c.num_attention_heads,
+        );
         // Small batches (graph buckets of 16..64 tokens): linear layers with the bias,
         // GELU, residual and LayerNorm fused in (kernels/small_linear.cu).
         let bucket = match tp {
@@ -284,7 +281,7 @@ impl Pass {
             embed_fn: g.f.embed,
             layernorm_fn: g.f.layernorm,
             gelu_fn: g.f.gelu,
-            attention: (attention, threads as u32, query_blocks),
+            attention,
             heads: c.num_attention_heads as i32,
             scale: 1.0f32 / (c.head_dim() as f32).sqrt(),
             max_len: e.max.seq as i32,
@@ -346,25 +343,25 @@ impl Pass {
 
     /// qkv → context: one kernel over all sequences (query tiles × heads × sequences).
     fn attention(&self) -> Result<()> {
-        let (f, threads, query_blocks) = self.attention;
         let b = self.b;
-        let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
-        let (rb, bk) = (self.rel_bias, b.bucket);
-        let grid = (query_blocks, heads as u32, self.np as u32);
-        let (ctx_q, ctx_scale) = (0u64, 1f32);
-        // SAFETY: see Pass; both attention kernels take these arguments (and
-        // ATT_QUANT_PARAMS in a quantized plan's program: no quantized copy).
-        unsafe {
-            if self.quant_program {
-                let args =
-                    kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context, ctx_q, ctx_scale];
-                launch(f, grid, (threads, 1, 1), self.stream, args, self.early)
-            } else {
-                let args = kargs![b.qkv, offs, heads, scale, rb, bk, max_len, b.context];
-                launch(f, grid, (threads, 1, 1), self.stream, args, self.early)
-            }
-        }
-        .map_err(drv("attention kernel"))
+        let args = AttentionArgs {
+            qkv: b.qkv,
+            offsets: self.offs,
+            heads: self.heads,
+            scale: self.scale,
+            rel_bias: self.rel_bias,
+            bucket: b.bucket,
+            bias_table: b.bias_table,
+            max_len: self.max_len,
+            ctx: b.context,
+            counter: b.attention_counter,
+            // A quantized plan's program: its kernels take the 8-bit context
+            // arguments (none here: fp16 context).
+            quant: self.quant_program.then_some((0, 1.0)),
+        };
+        // SAFETY: see Pass; the launch was made for this batch.
+        unsafe { self.attention.launch(&args, self.stream, self.early) }
+            .map_err(drv("attention kernel"))
     }
 
     /// context → scratch = attn_out(context) + bias + hidden (the residual).

@@ -46,6 +46,7 @@ macro_rules! kargs {
 }
 
 // After kargs!: macro_rules are in scope only textually below them.
+mod attention;
 mod forward;
 mod graphs;
 pub(crate) mod launch;

@@ -36,6 +36,10 @@ pub enum Attention {
     /// `attention_tc_mt2`: 32 queries (two MMA row tiles) a warp, up to 4
     /// warps a block, 255 registers: each K/V fragment feeds two MMAs; `mt2`.
     TensorCoresMt2,
+    /// `attention_tc_pipe` (`attention_pipe.cu`): attention_tc's arithmetic
+    /// in resident blocks that walk (sequence, head) items, loading the next
+    /// key tile, Q rows and bias values while computing the current; `pipe`.
+    TensorCoresPipe,
     /// Always the CUDA-core kernel (an ablation).
     Scalar,
 }
@@ -154,7 +158,7 @@ impl EngineOptions {
     pub const KEYS: &'static [(&'static str, &'static str)] = &[
         ("slots", "1 to 4"),
         ("graphs", "on or off (1 or 0)"),
-        ("attention", "tc, tc2, tc4, mt2 or scalar"),
+        ("attention", "tc, tc2, tc4, mt2, pipe or scalar"),
         ("gelu", "exact or tanh"),
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
@@ -225,6 +229,7 @@ impl EngineOptions {
                     "tc2" => Attention::TensorCores2,
                     "tc4" => Attention::TensorCores4,
                     "mt2" => Attention::TensorCoresMt2,
+                    "pipe" => Attention::TensorCoresPipe,
                     "scalar" => Attention::Scalar,
                     _ => return Err(expected()),
                 }
@@ -359,7 +364,7 @@ mod tests {
         assert!(e.contains("expected 1 to 4"), "{e}");
         let e = one("EMBEDRT_ATTENTION", "flash");
         assert!(
-            e.contains("EMBEDRT_ATTENTION=flash: expected tc, tc2, tc4, mt2 or scalar"),
+            e.contains("EMBEDRT_ATTENTION=flash: expected tc, tc2, tc4, mt2, pipe or scalar"),
             "{e}"
         );
         let e = one("EMBEDRT_CUDA_GRAPHS", "maybe");

@@ -25,7 +25,7 @@
 
 use embedrt_core::quant::{GeluForm, GemmSite, QuantFormat};
 
-use super::slot::TcAttention;
+use super::attention::{AttentionArgs, AttentionLaunch, TcAttention};
 use super::*;
 use crate::gemm::algo_to_hex;
 use crate::plan::GemmChoice;
@@ -189,6 +189,7 @@ impl QuantState {
                 f,
                 most_warps: 8,
                 row_tiles: 1,
+                pipe: None,
             })
         } else {
             None
@@ -435,15 +436,13 @@ impl CudaEngine {
         let att_scale = 1.0f32 / (c.head_dim() as f32).sqrt();
         let max_len = self.max.seq as i32;
         let (rb, bk) = (g.rel_bias, b.bucket);
-        let tc = g.f.attention_tc.filter(|_| g.use_tc_attention);
-        let (attention, attention_threads, queries_per_block) = match tc {
-            Some(k) => {
-                let (threads, queries) = k.block(max_len_batch);
-                (k.f, threads, queries)
-            }
-            None => (g.f.attention, 32, 32),
-        };
-        let query_blocks = max_len_batch.div_ceil(queries_per_block) as u32;
+        let attention = AttentionLaunch::new(
+            g.f.attention_tc.filter(|_| g.use_tc_attention),
+            g.f.attention,
+            np,
+            max_len_batch,
+            c.num_attention_heads,
+        );
         let plain_gelu = g.f.gelu;
         // fp8 Q, K, V: (kernel, threads, query blocks) for this batch.
         let q8_attention = g.quant.as_ref().and_then(|q| q.attention_q8).map(|k| {
@@ -582,17 +581,22 @@ impl CudaEngine {
                         mark("attention, fp8 in(+quantize)")?;
                     }
                     _ => {
-                        cr::launch_kernel(
-                            attention,
-                            (query_blocks, heads as u32, np as u32),
-                            (attention_threads as u32, 1, 1),
-                            0,
-                            stream,
-                            kargs![
-                                b.qkv, offs, heads, att_scale, rb, bk, max_len, b.context, cq, cs
-                            ],
-                        )
-                        .map_err(drv("attention kernel"))?;
+                        let args = AttentionArgs {
+                            qkv: b.qkv,
+                            offsets: offs,
+                            heads,
+                            scale: att_scale,
+                            rel_bias: rb,
+                            bucket: bk,
+                            bias_table: b.bias_table,
+                            max_len,
+                            ctx: b.context,
+                            counter: b.attention_counter,
+                            quant: Some((cq, cs)),
+                        };
+                        attention
+                            .launch(&args, stream, false)
+                            .map_err(drv("attention kernel"))?;
                         mark("attention(+quantize)")?;
                     }
                 }

@@ -11,6 +11,7 @@ use cudarc::driver::{result as cr, sys as cu, CudaContext};
 use embedrt_core::quant::GemmSite;
 use embedrt_core::{Architecture, Error, Result};
 
+use super::attention::{pipe_batch_len, pipe_shared_bytes, PipeGrid, TcAttention, PIPE_MOST_WARPS};
 use super::options::{Attention, EngineOptions, Gelu, SmallLayerNorm};
 use super::{drv, quantized, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
@@ -56,25 +57,6 @@ pub(super) struct Functions {
     pub(super) small_attn_out_q: Option<(cu::CUfunction, u32)>,
 }
 
-/// A tensor-core attention kernel and its block shape: warps of
-/// `16 * row_tiles` queries, at most `most_warps` a block.
-#[derive(Clone, Copy)]
-pub(super) struct TcAttention {
-    pub(super) f: cu::CUfunction,
-    pub(super) most_warps: usize,
-    pub(super) row_tiles: usize,
-}
-
-impl TcAttention {
-    /// (threads a block, queries a block) for a batch whose longest
-    /// sequence has `max_len` tokens.
-    pub(super) fn block(&self, max_len: usize) -> (usize, usize) {
-        let rows = 16 * self.row_tiles;
-        let warps = max_len.div_ceil(rows).clamp(1, self.most_warps);
-        (32 * warps, rows * warps)
-    }
-}
-
 /// One small-token linear kernel (one token bucket).
 #[derive(Clone, Copy)]
 pub(super) struct SmallLinear {
@@ -98,6 +80,12 @@ pub(super) struct Buffers {
     pub(super) pooled: u64,
     pub(super) gemm_ws: u64,
     pub(super) bucket: u64,
+    /// MPNet: `[heads, 2 max_seq - 1]` fp32, the relative position bias of
+    /// every key - query times log2 e (what attention_tc_pipe copies).
+    pub(super) bias_table: u64,
+    /// attention_tc_pipe's work counter (two ints; outside the layout, as the
+    /// LayerNorm ticket).
+    pub(super) attention_counter: u64,
 }
 
 /// One execution slot.
@@ -272,7 +260,13 @@ pub(super) fn make_slot(
         pooled: get("pooled"),
         gemm_ws: get("gemm_workspace"),
         bucket: get("bucket_table"),
+        bias_table: get("bias_table"),
+        attention_counter: 0,
     };
+    // attention_tc_pipe's work counter: zero at rest (each launch's last block resets it).
+    gpu.b.attention_counter = gpu.alloc("attention work counter", 8)?;
+    // SAFETY: an allocation of at least 8 bytes.
+    unsafe { cr::memset_d8_sync(gpu.b.attention_counter, 0, 8) }.map_err(drv("memset"))?;
     if config.architecture == Architecture::Mpnet {
         let table: Vec<i32> = config
             .relative_bucket_table(max.seq)
@@ -281,6 +275,9 @@ pub(super) fn make_slot(
             .collect();
         // SAFETY: the buffer holds 2*max.seq-1 ints.
         unsafe { cr::memcpy_htod_sync(gpu.b.bucket, &table) }.map_err(drv("upload"))?;
+        let bias = relative_bias_table(plan, &table)?;
+        // SAFETY: the buffer holds heads * (2*max.seq-1) floats.
+        unsafe { cr::memcpy_htod_sync(gpu.b.bias_table, &bias) }.map_err(drv("upload"))?;
     }
     let biases = weight_pointers(&mut gpu, plan, weights)?;
     // Pinned host staging.
@@ -458,13 +455,30 @@ fn load_kernels(
                 Attention::TensorCores2 => (Kernel::AttentionTc2, 8, 1),
                 Attention::TensorCores4 => (Kernel::AttentionTc4, 4, 1),
                 Attention::TensorCoresMt2 => (Kernel::AttentionTcMt2, 4, 2),
-                Attention::TensorCores | Attention::Scalar => (Kernel::AttentionTc, 8, 1),
+                Attention::TensorCores | Attention::Scalar | Attention::TensorCoresPipe => {
+                    (Kernel::AttentionTc, 8, 1)
+                }
             };
-            func(kernel).ok().map(|f| TcAttention {
-                f,
-                most_warps,
-                row_tiles,
-            })
+            match func(kernel) {
+                Ok(f) => {
+                    let pipe = if options.attention == Attention::TensorCoresPipe {
+                        let p = func(Kernel::AttentionTcPipe)?;
+                        // SAFETY: a function of the module loaded above.
+                        Some(unsafe {
+                            pipe_grid(gpu, p, max.seq, config.head_dim(), shared_optin)
+                        }?)
+                    } else {
+                        None
+                    };
+                    Some(TcAttention {
+                        f,
+                        most_warps,
+                        row_tiles,
+                        pipe,
+                    })
+                }
+                Err(_) => None,
+            }
         } else {
             None
         },
@@ -608,4 +622,92 @@ unsafe fn small_x_shared(
     )
     .map_err(attr)?;
     Ok(Some(bytes as u32))
+}
+
+/// `attention_tc_pipe`'s shapes for this GPU: for each block size, the
+/// dynamic shared memory of the largest batch it serves (set on `f` as its
+/// limit) and the blocks that stay resident on all multiprocessors at once.
+///
+/// # Safety
+/// `f` is a function of a loaded module.
+unsafe fn pipe_grid(
+    gpu: &Gpu,
+    f: cu::CUfunction,
+    max_seq: usize,
+    head_dim: usize,
+    shared_optin: usize,
+) -> Result<PipeGrid> {
+    let attr = |e| Error::Backend(format!("CUDA kernel attribute: {e}"));
+    let sms = gpu
+        .ctx
+        .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(drv("device attribute"))? as u32;
+    let most = pipe_shared_bytes(
+        PIPE_MOST_WARPS,
+        pipe_batch_len(PIPE_MOST_WARPS, max_seq),
+        head_dim,
+    );
+    if most > shared_optin {
+        return Err(Error::Backend(format!(
+            "attention_tc_pipe needs {most} bytes of shared memory a block; this GPU allows \
+             {shared_optin}: use another EMBEDRT_ATTENTION"
+        )));
+    }
+    cr::function::set_function_attribute(
+        f,
+        cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        most as i32,
+    )
+    .map_err(attr)?;
+    let mut by_warps = [(0u32, 0u32); PIPE_MOST_WARPS];
+    for (i, slot) in by_warps.iter_mut().enumerate() {
+        let warps = i + 1;
+        let bytes = pipe_shared_bytes(warps, pipe_batch_len(warps, max_seq), head_dim);
+        let per_sm = cr::occupancy::max_active_block_per_multiprocessor(f, 32 * warps as i32, bytes)
+            .map_err(attr)?
+            .max(1) as u32;
+        *slot = (bytes as u32, per_sm * sms);
+    }
+    Ok(PipeGrid { f, by_warps })
+}
+
+/// MPNet's relative position bias for every key - query (the bucket table's
+/// index) and head, `[heads, 2 max_seq - 1]`, times log2 e: the attention
+/// kernels' exp2-domain scores add it as is.
+fn relative_bias_table(plan: &Plan, buckets: &[i32]) -> Result<Vec<f32>> {
+    let heads = plan.header.config.num_attention_heads;
+    let t = plan.tensor("relative_attention_bias")?;
+    let raw = plan
+        .weights
+        .get(t.offset..t.offset + t.bytes)
+        .ok_or_else(|| {
+            Error::Model("plan: relative_attention_bias lies outside the weights".into())
+        })?;
+    let n: usize = t.shape.iter().product();
+    let values: Vec<f32> = match raw.len().checked_div(n) {
+        Some(2) => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Some(4) => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        _ => {
+            return Err(Error::Model(format!(
+                "plan: relative_attention_bias has {} bytes for {n} values",
+                raw.len()
+            )))
+        }
+    };
+    let mut table = Vec::with_capacity(heads * buckets.len());
+    for h in 0..heads {
+        for &b in buckets {
+            let v = values.get(b as usize * heads + h).ok_or_else(|| {
+                Error::Model(format!("plan: relative_attention_bias has no bucket {b}"))
+            })?;
+            table.push(v * std::f32::consts::LOG2_E);
+        }
+    }
+    Ok(table)
 }

@@ -1,0 +1,66 @@
+#!/bin/bash
+# One device call (~5 minutes) for the attention kernel (issue 14 item 2, issue 11's fp8 W1):
+# attention_tc_pipe (EMBEDRT_ATTENTION=pipe: resident blocks walking (sequence, head) items,
+# the next key tile, Q rows and bias values loading while the current tile computes) against
+# attention_tc, whose loads and arithmetic add up at 128 tokens (run 26).
+#   part 1, fp16 MPNet-base: bench/gpu/fp16_variants.sh (parity against the default on mixed
+#           lengths 1..512 tokens, W1/W2/W3, W1 attention time);
+#   part 2, MiniLM (BERT, head size 32, no bias) `parity` with pipe: GPU vs CPU, fp16 vs fp32;
+#   part 3, the fp8 MPNet-base plan with no flag: bench-plan (cosine to the fp32 plan over
+#           STS-B dev, W1/W2/W3, stages, W2's engine calls one at a time) with each kernel.
+# Binaries prebuilt in .gpu/ (bench/gpu/prepare_carry.sh); device call with carry [".gpu"]:
+#   bash bench/gpu/attention_pipe.sh
+set -uo pipefail
+RESULTS=${OUT:-}
+mkdir -p /tmp/att-fp16
+OUT=/tmp/att-fp16 VARIANTS=${VARIANTS:-"default pipe"} bash bench/gpu/fp16_variants.sh \
+  | tee /tmp/att-fp16/summary.txt
+O=/tmp/att-fp8; BUDGET=${BUDGET:-300}
+source "$(dirname "$0")/steps.sh"
+D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
+step minilm-parity-pipe 90 env EMBEDRT_ATTENTION=pipe $C parity $G/minilm "$STS"
+[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
+step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
+  --calibration-size 512 --no-fallback -o $Q/t.table.json
+step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
+step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+step bench-fp16-tc 60 $C bench-plan $D "$STS" /tmp/mpnet-fp16.plan
+step bench-fp16-pipe 60 env EMBEDRT_ATTENTION=pipe $C bench-plan $D "$STS" /tmp/mpnet-fp16.plan
+step bench-fp8-tc 60 $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan
+step bench-fp8-pipe 60 env EMBEDRT_ATTENTION=pipe $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan
+python3 - "$O" <<'PY' | tee "$O/summary.txt"
+import json, os, sys
+d = sys.argv[1]
+print(open(os.path.join(d, "steps.txt")).read())
+def rec(name):
+    r = {}
+    path = os.path.join(d, f"{name}.log")
+    for line in open(path, errors="replace") if os.path.exists(path) else []:
+        if line.strip().startswith("{"):
+            try:
+                r.update(json.loads(line))
+            except ValueError:
+                pass
+    return r
+m = rec("minilm-parity-pipe")
+print("minilm parity (pipe):", {k: v for k, v in m.items() if "cos" in k or "diff" in k or "spearman" in k})
+for p in ("fp16-tc", "fp16-pipe", "fp8-tc", "fp8-pipe"):
+    r = rec(f"bench-{p}")
+    att = sum(ms for n, ms in r.get("stages_w1_ms", []) if n.startswith("attention"))
+    tot = sum(ms for n, ms in r.get("stages_w1_ms", []))
+    print(f"{p:10} cos {r.get('cos_vs_reference_mean', float('nan')):.5f} / {r.get('cos_vs_reference_min', float('nan')):.5f}"
+          f"  W1 {r.get('w1_seq_per_s', float('nan')):8.0f}  W2 {r.get('w2_sent_per_s', float('nan')):8.0f}"
+          f" ({r.get('w2_ms', float('nan')):.2f} ms)  W3 {r.get('w3_p50_ms', float('nan')):.3f}  W1 attention {att:.3f} of {tot:.2f} ms")
+    calls = r.get("w2_calls_alone", [])
+    print(f"  W2 calls alone: {' + '.join(f'{c["ms"]:.2f}' for c in calls)} = {sum(c['ms'] for c in calls):.2f} ms"
+          f" ({', '.join(f'{c["seqs"]}x<={c["longest"]} {c["tokens"]} tok' for c in calls)})")
+    for k, st in enumerate(r.get("stages_w2_calls_ms", [])):
+        print(f"  W2 call {k + 1} stages (sum {sum(ms for _, ms in st):.2f}):",
+              ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(st, key=lambda x: -x[1])[:6]))
+PY
+if [ -n "$RESULTS" ]; then
+  rm -f /tmp/att-fp16/emb-*.jsonl
+  tar czf "$RESULTS/attention-pipe.tgz" -C /tmp att-fp16 att-fp8
+  cat /tmp/att-fp16/summary.txt "$O/summary.txt" > "$RESULTS/summary.txt"
+fi
+exit 0

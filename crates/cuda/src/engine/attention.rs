@@ -1,0 +1,259 @@
+//! The attention launch: which kernel a batch takes, its grid and block, and
+//! the arguments, for the float encoder and a quantized plan's loop alike.
+
+use cudarc::driver::{sys as cu, DriverError};
+
+use super::launch::launch_with_shared;
+
+/// A tensor-core attention kernel and its block shape: warps of
+/// `16 * row_tiles` queries, at most `most_warps` a block.
+#[derive(Clone, Copy)]
+pub(super) struct TcAttention {
+    pub(super) f: cu::CUfunction,
+    pub(super) most_warps: usize,
+    pub(super) row_tiles: usize,
+    /// `attention_tc_pipe`, where chosen: it takes the batches of at most
+    /// 128 tokens with more (sequence, head) items than one wave of `f`.
+    pub(super) pipe: Option<PipeGrid>,
+}
+
+impl TcAttention {
+    /// (threads a block, queries a block) for a batch whose longest
+    /// sequence has `max_len` tokens.
+    pub(super) fn block(&self, max_len: usize) -> (usize, usize) {
+        let rows = 16 * self.row_tiles;
+        let warps = max_len.div_ceil(rows).clamp(1, self.most_warps);
+        (32 * warps, rows * warps)
+    }
+}
+
+/// Most warps a block of `attention_tc_pipe` (its `__launch_bounds__`).
+pub(super) const PIPE_MOST_WARPS: usize = 8;
+
+/// `attention_tc_pipe` and its launch shapes, fixed at load: for 1..=8
+/// warps a block, the dynamic shared memory of the largest batch that block
+/// size serves, and how many such blocks the GPU holds at once (its grid:
+/// the blocks stay resident and take items from a counter).
+#[derive(Clone, Copy)]
+pub(super) struct PipeGrid {
+    pub(super) f: cu::CUfunction,
+    pub(super) by_warps: [(u32, u32); PIPE_MOST_WARPS],
+}
+
+/// Bytes of dynamic shared memory `attention_tc_pipe` lays out for a batch
+/// whose longest sequence is `max_len` tokens, with `warps` warps a block
+/// (the layout at the top of attention_pipe.cu): K and V tiles (2 stages of
+/// up to 64 keys), Q rows for 2 items, bias values for 2 items.
+pub(super) fn pipe_shared_bytes(warps: usize, max_len: usize, head_dim: usize) -> usize {
+    let row = (head_dim + 8) * 2;
+    let kt_rows = max_len.div_ceil(16).saturating_mul(16).min(64);
+    let qspan = 16 * warps;
+    let rel_stride = (max_len + qspan + 64 + 3) & !3;
+    2 * 2 * kt_rows * row + 2 * qspan * row + 2 * rel_stride * 4
+}
+
+/// The largest batch (longest sequence) a pipe block of `warps` warps
+/// serves: 16 queries a warp, one block a (sequence, head).
+pub(super) fn pipe_batch_len(warps: usize, max_seq: usize) -> usize {
+    (16 * warps).min(max_seq)
+}
+
+/// What one attention launch needs besides the buffers.
+#[derive(Debug)]
+pub(super) struct AttentionLaunch {
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    threads: u32,
+    shared: u32,
+    /// `attention_tc_pipe`'s two extra arguments: sequences and this batch's
+    /// longest sequence.
+    pipe: Option<(i32, i32)>,
+}
+
+/// The buffers and model constants every attention kernel takes.
+#[derive(Clone, Copy)]
+pub(super) struct AttentionArgs {
+    pub(super) qkv: u64,
+    pub(super) offsets: u64,
+    pub(super) heads: i32,
+    pub(super) scale: f32,
+    pub(super) rel_bias: u64,
+    pub(super) bucket: u64,
+    /// MPNet's bias per key - query and head (Buffers::bias_table); 0: none.
+    pub(super) bias_table: u64,
+    pub(super) max_len: i32,
+    pub(super) ctx: u64,
+    /// attention_tc_pipe's work counter (two ints, zero between launches).
+    pub(super) counter: u64,
+    /// The program is a quantized plan's: (8-bit context or 0, its scale),
+    /// the two arguments its attention kernels take (ATT_QUANT_PARAMS).
+    pub(super) quant: Option<(u64, f32)>,
+}
+
+impl AttentionLaunch {
+    /// The kernel for a batch of `np` sequences, the longest `max_len`
+    /// tokens: `tc` where it applies, else the CUDA-core `scalar` kernel (one
+    /// thread a query, 32 a block).
+    pub(super) fn new(
+        tc: Option<TcAttention>,
+        scalar: cu::CUfunction,
+        np: usize,
+        max_len: usize,
+        heads: usize,
+    ) -> AttentionLaunch {
+        let Some(k) = tc else {
+            let blocks = max_len.div_ceil(32) as u32;
+            return AttentionLaunch {
+                f: scalar,
+                grid: (blocks, heads as u32, np as u32),
+                threads: 32,
+                shared: 0,
+                pipe: None,
+            };
+        };
+        let (threads, queries) = k.block(max_len);
+        let query_blocks = max_len.div_ceil(queries);
+        let warps = threads / 32;
+        let pipe = k
+            .pipe
+            .filter(|_| max_len <= 16 * PIPE_MOST_WARPS)
+            .and_then(|p| {
+                let (shared, resident) = p.by_warps[warps - 1];
+                // One wave or less: nothing to overlap; attention_tc's own blocks serve.
+                (np * heads > resident as usize).then_some((p.f, shared, resident))
+            });
+        match pipe {
+            Some((f, shared, resident)) => AttentionLaunch {
+                f,
+                grid: (resident, 1, 1),
+                threads: threads as u32,
+                shared,
+                pipe: Some((np as i32, max_len as i32)),
+            },
+            None => AttentionLaunch {
+                f: k.f,
+                grid: (query_blocks as u32, heads as u32, np as u32),
+                threads: threads as u32,
+                shared: 0,
+                pipe: None,
+            },
+        }
+    }
+
+    /// Launches it on `stream` (early where `early` is set).
+    ///
+    /// # Safety
+    /// The buffers in `a` are live and sized for the batch this launch was
+    /// made for; `a.quant` is Some exactly when the program is a quantized
+    /// plan's; with `early`, as [`launch_with_shared`].
+    pub(super) unsafe fn launch(
+        &self,
+        a: &AttentionArgs,
+        stream: cu::CUstream,
+        early: bool,
+    ) -> Result<(), DriverError> {
+        let (block, shared) = ((self.threads, 1, 1), self.shared);
+        let AttentionArgs {
+            qkv,
+            offsets,
+            heads,
+            scale,
+            rel_bias,
+            bucket,
+            bias_table,
+            max_len,
+            ctx,
+            counter,
+            quant,
+        } = *a;
+        let l = |args: &mut [*mut std::ffi::c_void]| {
+            launch_with_shared(self.f, self.grid, block, shared, stream, args, early)
+        };
+        match (self.pipe, quant) {
+            // attention_tc_pipe reads the bias table instead of the bias and buckets.
+            (Some((np, batch_len)), Some((cq, cs))) => l(kargs![
+                qkv, offsets, np, batch_len, heads, scale, bias_table, max_len, ctx, counter, cq,
+                cs
+            ]),
+            (Some((np, batch_len)), None) => l(kargs![
+                qkv, offsets, np, batch_len, heads, scale, bias_table, max_len, ctx, counter
+            ]),
+            (None, Some((cq, cs))) => l(kargs![
+                qkv, offsets, heads, scale, rel_bias, bucket, max_len, ctx, cq, cs
+            ]),
+            (None, None) => l(kargs![
+                qkv, offsets, heads, scale, rel_bias, bucket, max_len, ctx
+            ]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tc(pipe: bool) -> TcAttention {
+        let mut by_warps = [(0, 0); PIPE_MOST_WARPS];
+        for (i, s) in by_warps.iter_mut().enumerate() {
+            *s = (1000 + i as u32, 264);
+        }
+        TcAttention {
+            f: std::ptr::null_mut(),
+            most_warps: 8,
+            row_tiles: 1,
+            pipe: pipe.then_some(PipeGrid {
+                f: std::ptr::NonNull::dangling().as_ptr(),
+                by_warps,
+            }),
+        }
+    }
+
+    #[test]
+    fn pipe_takes_batches_of_many_short_sequences_on_a_resident_grid() {
+        // W1: 256 sequences of 128 tokens, 12 heads: 8 warps, 264 resident blocks.
+        let w1 = AttentionLaunch::new(Some(tc(true)), std::ptr::null_mut(), 256, 128, 12);
+        assert!(!w1.f.is_null());
+        assert_eq!((w1.grid, w1.threads, w1.shared), ((264, 1, 1), 256, 1007));
+        assert_eq!(w1.pipe, Some((256, 128)));
+        // 1,024 sentences of at most 14 tokens: one warp a block.
+        let short = AttentionLaunch::new(Some(tc(true)), std::ptr::null_mut(), 1024, 14, 12);
+        assert_eq!(
+            (short.grid, short.threads, short.shared),
+            ((264, 1, 1), 32, 1000)
+        );
+    }
+
+    #[test]
+    fn one_wave_and_long_sequences_stay_with_attention_tc() {
+        // One 16-token sentence: 12 items, less than a wave.
+        let w3 = AttentionLaunch::new(Some(tc(true)), std::ptr::null_mut(), 1, 16, 12);
+        assert!(w3.f.is_null() && w3.pipe.is_none());
+        assert_eq!((w3.grid, w3.threads), ((1, 12, 1), 32));
+        // 300 tokens: more than one block's queries.
+        let long = AttentionLaunch::new(Some(tc(true)), std::ptr::null_mut(), 64, 300, 12);
+        assert!(long.pipe.is_none());
+        assert_eq!((long.grid, long.threads), ((3, 12, 64), 256));
+        let plain = AttentionLaunch::new(Some(tc(false)), std::ptr::null_mut(), 256, 128, 12);
+        assert_eq!(
+            (plain.grid, plain.threads, plain.shared, plain.pipe),
+            ((1, 12, 256), 256, 0, None)
+        );
+        let scalar = AttentionLaunch::new(None, std::ptr::null_mut(), 3, 100, 12);
+        assert_eq!((scalar.grid, scalar.threads), ((4, 12, 3), 32));
+    }
+
+    #[test]
+    fn pipe_shared_memory_fits_two_blocks_an_h200_multiprocessor() {
+        // K, V: 2 stages x 64 rows x 144 bytes each; Q: 2 x 128 rows; bias: 2 x 320 floats.
+        assert_eq!(pipe_shared_bytes(8, 128, 64), 36_864 + 36_864 + 2_560);
+        assert!(2 * (pipe_shared_bytes(8, 128, 64) + 1024) <= 228 * 1024);
+        // Short batches take short tiles: a block for 16-token sentences is small.
+        assert_eq!(
+            pipe_shared_bytes(1, 16, 64),
+            4 * 16 * 144 + 2 * 16 * 144 + 2 * 96 * 4
+        );
+        assert_eq!(pipe_batch_len(3, 512), 48);
+        assert_eq!(pipe_batch_len(8, 384), 128);
+        assert_eq!(pipe_batch_len(8, 100), 100);
+    }
+}
