@@ -12,7 +12,7 @@
 // The bias values come from a table made once at load (rel_table: [heads, 2 max_len - 1]
 // floats, the bias of every key - query already times log2 e), so an item's are one
 // contiguous slice, copied like the rest instead of gathered through the bucket table.
-// Dynamic shared memory (pipe_layout on the host, engine/slot.rs, computes the same):
+// Dynamic shared memory (pipe_shared_bytes in engine/attention.rs computes the same):
 //   K, V   2 stages x kt_rows rows (kt_rows = min(64, batch_max_len rounded up to 16))
 //   Q      2 items (by item parity) x 16 * warps rows
 //   bias   2 items x rel_stride floats

@@ -36,9 +36,12 @@ pub enum Attention {
     /// `attention_tc_mt2`: 32 queries (two MMA row tiles) a warp, up to 4
     /// warps a block, 255 registers: each K/V fragment feeds two MMAs; `mt2`.
     TensorCoresMt2,
-    /// `attention_tc_pipe` (`attention_pipe.cu`): attention_tc's arithmetic
-    /// in resident blocks that walk (sequence, head) items, loading the next
-    /// key tile, Q rows and bias values while computing the current; `pipe`.
+    /// `attention_tc_pipe` (`attention_pipe.cu`) for batches of at most 128
+    /// tokens and more than a wave of (sequence, head) items, attention_tc
+    /// for the rest: attention_tc's arithmetic in resident blocks that take
+    /// items from a counter, loading the next key tile, Q rows and bias values
+    /// while computing the current; `pipe`. Faster alone, not in the
+    /// two-slot W2 job for fp8 plans (docs/PERFORMANCE.md run 27): opt-in.
     TensorCoresPipe,
     /// Always the CUDA-core kernel (an ablation).
     Scalar,
