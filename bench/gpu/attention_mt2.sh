@@ -30,18 +30,13 @@ for p in fp8 fp8-qkv8; do
   step bench-$p-mt2 60 env EMBEDRT_ATTENTION=mt2 $C bench-plan $D "$STS" $Q/$p.plan $Q/fp32.plan
 done
 python3 - "$O" <<'PY' | tee "$O/summary.txt"
-import json, os, sys
+import os, sys
+sys.path.insert(0, "bench/gpu")
+from bench_log import merged
 d = sys.argv[1]
 print(open(os.path.join(d, "steps.txt")).read())
 for p in ("fp8-tc", "fp8-mt2", "fp8-qkv8-tc", "fp8-qkv8-mt2"):
-    r = {}
-    path = os.path.join(d, f"bench-{p}.log")
-    for line in open(path, errors="replace") if os.path.exists(path) else []:
-        if line.strip().startswith("{"):
-            try:
-                r.update(json.loads(line))
-            except ValueError:
-                pass
+    r = merged(os.path.join(d, f"bench-{p}.log"))
     att = sum(ms for n, ms in r.get("stages_w1_ms", []) if n.startswith("attention"))
     tot = sum(ms for n, ms in r.get("stages_w1_ms", []))
     print(f"{p:14} cos {r.get('cos_vs_reference_mean', float('nan')):.5f} / {r.get('cos_vs_reference_min', float('nan')):.5f}"

@@ -29,19 +29,13 @@ step bench-fp16-pipe 60 env EMBEDRT_ATTENTION=pipe $C bench-plan $D "$STS" /tmp/
 step bench-fp8-tc 60 $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan
 step bench-fp8-pipe 60 env EMBEDRT_ATTENTION=pipe $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan
 python3 - "$O" <<'PY' | tee "$O/summary.txt"
-import json, os, sys
+import os, sys
+sys.path.insert(0, "bench/gpu")
+from bench_log import merged
 d = sys.argv[1]
 print(open(os.path.join(d, "steps.txt")).read())
 def rec(name):
-    r = {}
-    path = os.path.join(d, f"{name}.log")
-    for line in open(path, errors="replace") if os.path.exists(path) else []:
-        if line.strip().startswith("{"):
-            try:
-                r.update(json.loads(line))
-            except ValueError:
-                pass
-    return r
+    return merged(os.path.join(d, f"{name}.log"))
 m = rec("minilm-parity-pipe")
 print("minilm parity (pipe):", {k: v for k, v in m.items() if "cos" in k or "diff" in k or "spearman" in k})
 for p in ("fp16-tc", "fp16-pipe", "fp8-tc", "fp8-pipe"):
@@ -52,8 +46,9 @@ for p in ("fp16-tc", "fp16-pipe", "fp8-tc", "fp8-pipe"):
           f"  W1 {r.get('w1_seq_per_s', float('nan')):8.0f}  W2 {r.get('w2_sent_per_s', float('nan')):8.0f}"
           f" ({r.get('w2_ms', float('nan')):.2f} ms)  W3 {r.get('w3_p50_ms', float('nan')):.3f}  W1 attention {att:.3f} of {tot:.2f} ms")
     calls = r.get("w2_calls_alone", [])
-    print(f"  W2 calls alone: {' + '.join(f'{c["ms"]:.2f}' for c in calls)} = {sum(c['ms'] for c in calls):.2f} ms"
-          f" ({', '.join(f'{c["seqs"]}x<={c["longest"]} {c["tokens"]} tok' for c in calls)})")
+    parts = " + ".join("%.2f" % c["ms"] for c in calls)
+    shapes = ", ".join("%dx<=%d %d tok" % (c["seqs"], c["longest"], c["tokens"]) for c in calls)
+    print(f"  W2 calls alone: {parts} = {sum(c['ms'] for c in calls):.2f} ms ({shapes})")
     for k, st in enumerate(r.get("stages_w2_calls_ms", [])):
         print(f"  W2 call {k + 1} stages (sum {sum(ms for _, ms in st):.2f}):",
               ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(st, key=lambda x: -x[1])[:6]))

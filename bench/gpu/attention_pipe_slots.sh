@@ -24,20 +24,15 @@ for p in fp8 fp16; do
   done
 done
 python3 - "$O" <<'PY' | tee "$O/summary.txt"
-import json, os, sys
+import os, sys
+sys.path.insert(0, "bench/gpu")
+from bench_log import merged
 d = sys.argv[1]
 print(open(os.path.join(d, "steps.txt")).read())
 for p in ("fp8", "fp16"):
     for a in ("tc", "pipe"):
         for s in (1, 2):
-            r = {}
-            path = os.path.join(d, f"bench-{p}-{a}-s{s}.log")
-            for line in open(path, errors="replace") if os.path.exists(path) else []:
-                if line.strip().startswith("{"):
-                    try:
-                        r.update(json.loads(line))
-                    except ValueError:
-                        pass
+            r = merged(os.path.join(d, f"bench-{p}-{a}-s{s}.log"))
             alone = sum(c["ms"] for c in r.get("w2_calls_alone", []))
             print(f"{p:5} {a:5} slots {s}: W1 {r.get('w1_seq_per_s', float('nan')):8.0f}  W2 {r.get('w2_sent_per_s', float('nan')):8.0f}"
                   f" ({r.get('w2_ms', float('nan')):.2f} ms; calls alone {alone:.2f} ms)  W3 {r.get('w3_p50_ms', float('nan')):.3f}")

@@ -8,19 +8,7 @@ import json
 import os
 import sys
 
-
-def merged(path):
-    out = {}
-    if os.path.exists(path):
-        with open(path, errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        out.update(json.loads(line))
-                    except ValueError:
-                        pass
-    return out
+from bench_log import merged
 
 
 def fmt(v, spec):

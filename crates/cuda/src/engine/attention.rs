@@ -4,6 +4,7 @@
 use cudarc::driver::{sys as cu, DriverError};
 
 use super::launch::launch_with_shared;
+use super::slot::Gpu;
 
 /// A tensor-core attention kernel and its block shape: warps of
 /// `16 * row_tiles` queries, at most `most_warps` a block.
@@ -88,6 +89,20 @@ pub(super) struct AttentionArgs {
     /// The program is a quantized plan's: (8-bit context or 0, its scale),
     /// the two arguments its attention kernels take (ATT_QUANT_PARAMS).
     pub(super) quant: Option<(u64, f32)>,
+}
+
+impl Gpu {
+    /// The attention launch for a batch on this slot: its tensor-core kernel
+    /// where the options and the model allow it, else the CUDA-core one.
+    pub(super) fn attention_launch(
+        &self,
+        np: usize,
+        max_len: usize,
+        heads: usize,
+    ) -> AttentionLaunch {
+        let tc = self.f.attention_tc.filter(|_| self.use_tc_attention);
+        AttentionLaunch::new(tc, self.f.attention, np, max_len, heads)
+    }
 }
 
 impl AttentionLaunch {

@@ -25,7 +25,7 @@
 
 use embedrt_core::quant::{GeluForm, GemmSite, QuantFormat};
 
-use super::attention::{AttentionArgs, AttentionLaunch, TcAttention};
+use super::attention::{AttentionArgs, TcAttention};
 use super::*;
 use crate::gemm::algo_to_hex;
 use crate::plan::GemmChoice;
@@ -436,13 +436,7 @@ impl CudaEngine {
         let att_scale = 1.0f32 / (c.head_dim() as f32).sqrt();
         let max_len = self.max.seq as i32;
         let (rb, bk) = (g.rel_bias, b.bucket);
-        let attention = AttentionLaunch::new(
-            g.f.attention_tc.filter(|_| g.use_tc_attention),
-            g.f.attention,
-            np,
-            max_len_batch,
-            c.num_attention_heads,
-        );
+        let attention = g.attention_launch(np, max_len_batch, c.num_attention_heads);
         let plain_gelu = g.f.gelu;
         // fp8 Q, K, V: (kernel, threads, query blocks) for this batch.
         let q8_attention = g.quant.as_ref().and_then(|q| q.attention_q8).map(|k| {
