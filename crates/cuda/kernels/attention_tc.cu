@@ -212,7 +212,7 @@ __device__ __forceinline__ unsigned e4m3x2_to_half2(unsigned short codes) {
 // folds into the softmax scale (s^2) and the final 1 / l (s). K and V tiles land in a
 // double-buffered 8-bit staging area by cp.async and are widened into one fp16 tile per
 // step (the static shared memory would not hold two fp16 tiles beside the staging).
-template <bool Q8, int MT>
+template <bool Q8, int MT, bool SHORT = false>
 __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_in, float qkv_scale,
                                                   const int* __restrict__ offsets, int heads,
                                                   float scale, const st_t* __restrict__ rel_bias,
@@ -232,10 +232,32 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
     const st_t* qkv = (const st_t*)qkv_in;
     const unsigned char* qkv8 = (const unsigned char*)qkv_in;
 
-    constexpr int TILES = Q8 ? 1 : 2;
-    __shared__ __align__(16) unsigned short ks[TILES][ATT_KT][KPAD];
-    __shared__ __align__(16) unsigned short vs[TILES][ATT_KT][KPAD];
-    __shared__ float rel_s[ATT_REL_MAX];
+    // K and V tiles (two each, one for Q8) and the bias values. SHORT (attention_tc_short)
+    // takes them from dynamic shared memory cut to the batch (the host's
+    // tc_short_shared_bytes): it runs blocks of fewer than 8 warps, which serve batches of at
+    // most qspan tokens, so its tiles need at most qspan rows. attention_tc's 41 KB of static
+    // tiles keep batches of one-warp blocks (sentences <= 16 tokens) at five blocks an SM.
+    typedef unsigned short KRow[KPAD];
+    KRow* ks;
+    KRow* vs;
+    float* rel_s;
+    int kt_rows;
+    if constexpr (SHORT) {
+        extern __shared__ __align__(16) unsigned char att_smem[];
+        kt_rows = min(ATT_KT, qspan);
+        ks = (KRow*)att_smem;
+        vs = ks + 2 * kt_rows;
+        rel_s = (float*)(vs + 2 * kt_rows);
+    } else {
+        constexpr int TILES = Q8 ? 1 : 2;
+        __shared__ __align__(16) unsigned short ks_s[TILES * ATT_KT][KPAD];
+        __shared__ __align__(16) unsigned short vs_s[TILES * ATT_KT][KPAD];
+        __shared__ float rel_st[ATT_REL_MAX];
+        ks = ks_s;
+        vs = vs_s;
+        rel_s = rel_st;
+        kt_rows = ATT_KT;
+    }
 #if EMBEDRT_QUANT == 2
     // 8-bit K and V rows as they arrive, two tiles.
     constexpr int STAGES = Q8 ? 2 : 1;
@@ -261,8 +283,8 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
 #endif
             } else {
                 const st_t* src = qkv + row + HIDDEN + head * HEAD_DIM + d8;
-                cp_async16(&ks[buf][j][d8], src, valid);
-                cp_async16(&vs[buf][j][d8], src + HIDDEN, valid);
+                cp_async16(&ks[buf * kt_rows + j][d8], src, valid);
+                cp_async16(&vs[buf * kt_rows + j][d8], src + HIDDEN, valid);
             }
         }
         asm volatile("cp.async.commit_group;\n" ::);
@@ -276,10 +298,10 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
             const int j = c / (HEAD_DIM / 8), d8 = (c % (HEAD_DIM / 8)) * 8;
             const uint2 k8 = *(const uint2*)&ks8[buf][j][d8];
             const uint2 v8 = *(const uint2*)&vs8[buf][j][d8];
-            *(uint4*)&ks[0][j][d8] =
+            *(uint4*)&ks[j][d8] =
                 make_uint4(e4m3x2_to_half2(k8.x & 0xffff), e4m3x2_to_half2(k8.x >> 16),
                            e4m3x2_to_half2(k8.y & 0xffff), e4m3x2_to_half2(k8.y >> 16));
-            *(uint4*)&vs[0][j][d8] =
+            *(uint4*)&vs[j][d8] =
                 make_uint4(e4m3x2_to_half2(v8.x & 0xffff), e4m3x2_to_half2(v8.x >> 16),
                            e4m3x2_to_half2(v8.y & 0xffff), e4m3x2_to_half2(v8.y >> 16));
         }
@@ -359,14 +381,14 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
             const int left = len - k0;
             if (rel_bias) {
                 if (left >= ATT_KT)
-                    att_tile<MT, true, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, true, true>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
                 else
-                    att_tile<MT, false, true>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, false, true>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
             } else {
                 if (left >= ATT_KT)
-                    att_tile<MT, true, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, true, false>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
                 else
-                    att_tile<MT, false, false>(qa, o, st, ks[tb], vs[tb], rel0, left, qk_scale, lane);
+                    att_tile<MT, false, false>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
             }
         }
         __syncthreads();
@@ -385,6 +407,17 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len,
                                 ctx ATT_QUANT_ARGS);
+}
+
+// attention_tc for batches whose longest sequence is at most 16 * 7 tokens (fewer than 8
+// warps a block), with shared memory sized to the batch: more blocks an SM where sentences are
+// short (engine/attention.rs picks it).
+extern "C" __global__ void __launch_bounds__(256, 2)
+attention_tc_short(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
+                   float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+                   int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+    attention_tc_body<false, 1, true>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of,
+                                      max_len, ctx ATT_QUANT_ARGS);
 }
 
 // Two row tiles (32 queries) a warp, up to 4 warps a block, 2 blocks an SM with up to 255

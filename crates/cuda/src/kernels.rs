@@ -102,6 +102,7 @@ kernel_table! {
     AttentionTcMt2 = "attention_tc_mt2" in "attention_tc.cu" when Fp16Sm80Head16,
     AttentionTcQ8 = "attention_tc_q8" in "attention_tc.cu" when Fp8Head16,
     AttentionTcPipe = "attention_tc_pipe" in "attention_pipe.cu" when Fp16Sm80Head16,
+    AttentionTcShort = "attention_tc_short" in "attention_tc.cu" when Fp16Sm80Head16,
     SmallLinearM16 = "small_linear_m16" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM32 = "small_linear_m32" in "small_linear.cu" when Fp16Sm80,
     SmallLinearM48 = "small_linear_m48" in "small_linear.cu" when Fp16Sm80,

@@ -13,6 +13,10 @@ pub(super) struct TcAttention {
     pub(super) f: cu::CUfunction,
     pub(super) most_warps: usize,
     pub(super) row_tiles: usize,
+    /// `attention_tc_short` (and the profile's longest sequence, the head
+    /// size), where chosen: the batches whose blocks have fewer than
+    /// `most_warps` warps, with shared memory cut to the batch.
+    pub(super) short: Option<(cu::CUfunction, usize, usize)>,
     /// `attention_tc_pipe`, where chosen: it takes the batches of at most
     /// 128 tokens with more (sequence, head) items than one wave of `f`.
     pub(super) pipe: Option<PipeGrid>,
@@ -51,6 +55,15 @@ pub(super) fn pipe_shared_bytes(warps: usize, max_len: usize, head_dim: usize) -
     let qspan = 16 * warps;
     let rel_stride = (max_len + qspan + 64 + 3) & !3;
     2 * 2 * kt_rows * row + 2 * qspan * row + 2 * rel_stride * 4
+}
+
+/// Bytes of dynamic shared memory `attention_tc_short` lays out (the top of
+/// `attention_tc_body`) for blocks of `qspan` queries, which serve batches of
+/// at most `qspan` tokens: two K and two V tiles of min(64, qspan) rows, and
+/// the bias values a block reads (len + qspan + 62 at most).
+pub(super) fn tc_short_shared_bytes(qspan: usize, head_dim: usize) -> usize {
+    let row = (head_dim + 8) * 2;
+    4 * qspan.min(64) * row + ((2 * qspan + 64 + 3) & !3) * 4
 }
 
 /// The largest batch (longest sequence) a pipe block of `warps` warps
@@ -94,13 +107,25 @@ pub(super) struct AttentionArgs {
 impl Gpu {
     /// The attention launch for a batch on this slot: its tensor-core kernel
     /// where the options and the model allow it, else the CUDA-core one.
+    /// `early`: it will be launched early (programmatic dependent launch).
+    /// Then short batches keep `attention_tc`: run 27 measured
+    /// `attention_tc_short` launched early slower (fp16 W2 -5%, W3 +0.02 ms)
+    /// where launched plainly (the quantized loop) it is faster (fp8 W2 +7%).
     pub(super) fn attention_launch(
         &self,
         np: usize,
         max_len: usize,
         heads: usize,
+        early: bool,
     ) -> AttentionLaunch {
-        let tc = self.f.attention_tc.filter(|_| self.use_tc_attention);
+        let tc = self
+            .f
+            .attention_tc
+            .filter(|_| self.use_tc_attention)
+            .map(|k| TcAttention {
+                short: k.short.filter(|_| !early),
+                ..k
+            });
         AttentionLaunch::new(tc, self.f.attention, np, max_len, heads)
     }
 }
@@ -145,13 +170,21 @@ impl AttentionLaunch {
                 shared,
                 pipe: Some((np as i32, max_len as i32)),
             },
-            None => AttentionLaunch {
-                f: k.f,
-                grid: (query_blocks as u32, heads as u32, np as u32),
-                threads: threads as u32,
-                shared: 0,
-                pipe: None,
-            },
+            None => {
+                // Fewer warps than the most: a batch of at most `queries` tokens.
+                let short = k.short.filter(|_| warps < k.most_warps);
+                let (f, shared) = match short {
+                    Some((f, _, head_dim)) => (f, tc_short_shared_bytes(queries, head_dim) as u32),
+                    None => (k.f, 0),
+                };
+                AttentionLaunch {
+                    f,
+                    grid: (query_blocks as u32, heads as u32, np as u32),
+                    threads: threads as u32,
+                    shared,
+                    pipe: None,
+                }
+            }
         }
     }
 
@@ -216,6 +249,7 @@ mod tests {
             f: std::ptr::null_mut(),
             most_warps: 8,
             row_tiles: 1,
+            short: None,
             pipe: pipe.then_some(PipeGrid {
                 f: std::ptr::NonNull::dangling().as_ptr(),
                 by_warps,
@@ -255,6 +289,26 @@ mod tests {
         );
         let scalar = AttentionLaunch::new(None, std::ptr::null_mut(), 3, 100, 12);
         assert_eq!((scalar.grid, scalar.threads), ((4, 12, 3), 32));
+    }
+
+    #[test]
+    fn short_batches_take_attention_tc_short_with_shared_memory_cut_to_them() {
+        let short_f = std::ptr::NonNull::dangling().as_ptr();
+        let k = TcAttention {
+            short: Some((short_f, 512, 64)),
+            ..tc(false)
+        };
+        // Sentences of at most 14 tokens: one-warp blocks, 16-row tiles.
+        let s = AttentionLaunch::new(Some(k), std::ptr::null_mut(), 1024, 14, 12);
+        assert_eq!((s.f, s.grid, s.threads), (short_f, (1, 12, 1024), 32));
+        assert_eq!(s.shared as usize, 4 * 16 * 144 + 96 * 4);
+        // 4 warps (<= 64 tokens): full 64-row tiles, under the 48 KB static limit.
+        let s = AttentionLaunch::new(Some(k), std::ptr::null_mut(), 574, 53, 12);
+        assert_eq!(s.shared as usize, 4 * 64 * 144 + 192 * 4);
+        assert!(tc_short_shared_bytes(16 * 7, 64) <= 48 * 1024);
+        // A full block (W1) keeps attention_tc and its static memory.
+        let w1 = AttentionLaunch::new(Some(k), std::ptr::null_mut(), 256, 128, 12);
+        assert!(w1.f.is_null() && w1.shared == 0);
     }
 
     #[test]

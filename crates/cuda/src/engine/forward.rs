@@ -240,7 +240,8 @@ struct Pass {
 impl Pass {
     fn new(e: &CudaEngine, g: &Gpu, tp: usize, np: usize, max_len_batch: usize) -> Pass {
         let c = &e.config;
-        let attention = g.attention_launch(np, max_len_batch, c.num_attention_heads);
+        let attention =
+            g.attention_launch(np, max_len_batch, c.num_attention_heads, g.early_launch);
         // Small batches (graph buckets of 16..64 tokens): linear layers with the bias,
         // GELU, residual and LayerNorm fused in (kernels/small_linear.cu).
         let bucket = match tp {

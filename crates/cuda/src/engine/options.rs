@@ -24,9 +24,16 @@ pub const SMALL_LINEAR_MAX_TOKENS: usize = 64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Attention {
     /// The tensor-core kernel (`attention_tc.cu`) where it applies (fp16,
-    /// sm_80+, head size a multiple of 16), else the CUDA-core one.
+    /// sm_80+, head size a multiple of 16), else the CUDA-core one; in a
+    /// quantized plan's 8-bit loop (plain launches), batches of at most 112
+    /// tokens take `attention_tc_short`, the same kernel with shared memory
+    /// cut to the batch (more blocks an SM for short sentences; fp8 W2 +7%,
+    /// run 27). Launched early (the float loop on sm_90) it was slower.
     #[default]
     TensorCores,
+    /// `attention_tc` for every batch, its static shared memory too (the
+    /// default before run 27); `tc-static`.
+    TensorCoresStatic,
     /// The occupancy variant `attention_tc2` (Q in shared memory, 32-key
     /// tiles, 80 registers: 3 blocks of 8 warps an SM); `tc2`.
     TensorCores2,
@@ -161,7 +168,7 @@ impl EngineOptions {
     pub const KEYS: &'static [(&'static str, &'static str)] = &[
         ("slots", "1 to 4"),
         ("graphs", "on or off (1 or 0)"),
-        ("attention", "tc, tc2, tc4, mt2, pipe or scalar"),
+        ("attention", "tc, tc-static, tc2, tc4, mt2, pipe or scalar"),
         ("gelu", "exact or tanh"),
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
@@ -229,6 +236,7 @@ impl EngineOptions {
             "attention" => {
                 self.attention = match value {
                     "tc" => Attention::TensorCores,
+                    "tc-static" => Attention::TensorCoresStatic,
                     "tc2" => Attention::TensorCores2,
                     "tc4" => Attention::TensorCores4,
                     "mt2" => Attention::TensorCoresMt2,
@@ -367,7 +375,9 @@ mod tests {
         assert!(e.contains("expected 1 to 4"), "{e}");
         let e = one("EMBEDRT_ATTENTION", "flash");
         assert!(
-            e.contains("EMBEDRT_ATTENTION=flash: expected tc, tc2, tc4, mt2, pipe or scalar"),
+            e.contains(
+                "EMBEDRT_ATTENTION=flash: expected tc, tc-static, tc2, tc4, mt2, pipe or scalar"
+            ),
             "{e}"
         );
         let e = one("EMBEDRT_CUDA_GRAPHS", "maybe");

@@ -189,6 +189,7 @@ impl QuantState {
                 f,
                 most_warps: 8,
                 row_tiles: 1,
+                short: None,
                 pipe: None,
             })
         } else {
@@ -436,7 +437,7 @@ impl CudaEngine {
         let att_scale = 1.0f32 / (c.head_dim() as f32).sqrt();
         let max_len = self.max.seq as i32;
         let (rb, bk) = (g.rel_bias, b.bucket);
-        let attention = g.attention_launch(np, max_len_batch, c.num_attention_heads);
+        let attention = g.attention_launch(np, max_len_batch, c.num_attention_heads, false);
         let plain_gelu = g.f.gelu;
         // fp8 Q, K, V: (kernel, threads, query blocks) for this batch.
         let q8_attention = g.quant.as_ref().and_then(|q| q.attention_q8).map(|k| {

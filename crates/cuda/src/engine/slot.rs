@@ -455,12 +455,19 @@ fn load_kernels(
                 Attention::TensorCores2 => (Kernel::AttentionTc2, 8, 1),
                 Attention::TensorCores4 => (Kernel::AttentionTc4, 4, 1),
                 Attention::TensorCoresMt2 => (Kernel::AttentionTcMt2, 4, 2),
-                Attention::TensorCores | Attention::Scalar | Attention::TensorCoresPipe => {
-                    (Kernel::AttentionTc, 8, 1)
-                }
+                Attention::TensorCores
+                | Attention::TensorCoresStatic
+                | Attention::Scalar
+                | Attention::TensorCoresPipe => (Kernel::AttentionTc, 8, 1),
             };
             match func(kernel) {
                 Ok(f) => {
+                    let short = match options.attention {
+                        Attention::TensorCores | Attention::TensorCoresPipe => {
+                            Some(func(Kernel::AttentionTcShort)?)
+                        }
+                        _ => None,
+                    };
                     let pipe = if options.attention == Attention::TensorCoresPipe {
                         let p = func(Kernel::AttentionTcPipe)?;
                         // SAFETY: a function of the module loaded above.
@@ -474,6 +481,7 @@ fn load_kernels(
                         f,
                         most_warps,
                         row_tiles,
+                        short: short.map(|f| (f, max.seq, config.head_dim())),
                         pipe,
                     })
                 }
