@@ -13,10 +13,10 @@ pub(super) struct TcAttention {
     pub(super) f: cu::CUfunction,
     pub(super) most_warps: usize,
     pub(super) row_tiles: usize,
-    /// `attention_tc_short` (and the profile's longest sequence, the head
-    /// size), where chosen: the batches whose blocks have fewer than
-    /// `most_warps` warps, with shared memory cut to the batch.
-    pub(super) short: Option<(cu::CUfunction, usize, usize)>,
+    /// `attention_tc_short` and the head size, where chosen: the batches
+    /// whose blocks have fewer than `most_warps` warps, with shared memory
+    /// cut to the batch.
+    pub(super) short: Option<(cu::CUfunction, usize)>,
     /// `attention_tc_pipe`, where chosen: it takes the batches of at most
     /// 128 tokens with more (sequence, head) items than one wave of `f`.
     pub(super) pipe: Option<PipeGrid>,
@@ -174,7 +174,7 @@ impl AttentionLaunch {
                 // Fewer warps than the most: a batch of at most `queries` tokens.
                 let short = k.short.filter(|_| warps < k.most_warps);
                 let (f, shared) = match short {
-                    Some((f, _, head_dim)) => (f, tc_short_shared_bytes(queries, head_dim) as u32),
+                    Some((f, head_dim)) => (f, tc_short_shared_bytes(queries, head_dim) as u32),
                     None => (k.f, 0),
                 };
                 AttentionLaunch {
@@ -295,7 +295,7 @@ mod tests {
     fn short_batches_take_attention_tc_short_with_shared_memory_cut_to_them() {
         let short_f = std::ptr::NonNull::dangling().as_ptr();
         let k = TcAttention {
-            short: Some((short_f, 512, 64)),
+            short: Some((short_f, 64)),
             ..tc(false)
         };
         // Sentences of at most 14 tokens: one-warp blocks, 16-row tiles.

@@ -481,7 +481,7 @@ fn load_kernels(
                         f,
                         most_warps,
                         row_tiles,
-                        short: short.map(|f| (f, max.seq, config.head_dim())),
+                        short: short.map(|f| (f, config.head_dim())),
                         pipe,
                     })
                 }
