@@ -144,8 +144,8 @@ __device__ __forceinline__ void attention_pipe_body(
         asm volatile("cp.async.wait_group 0;\n" ::);
         // Tile t (and Q, bias values) landed for every thread; tile t - 1's stage is free.
         __syncthreads();
-        // Item j + 2's claim goes where item j's was: both cursors are past item j's start
-        // (it was read before this step's barrier), and item j + 2 is needed from the next
+        // Item j + 2's claim goes where item j's was: item j's was read (by the tile loaded
+        // ahead and by cc) before this step's barrier, and item j + 2 is needed from the next
         // step on at the earliest (when this step's item j ends in one tile and j + 1 too).
         if (tid == 0 && cc.k0 == 0) claims[cc.j & 1] = claim_base + atomicAdd(counter, 1);
         const int qw = warp * 16, r0 = qw + g;

@@ -375,20 +375,21 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
         // The fp16 tile is free: the previous step ended in a barrier.
         if constexpr (Q8) widen_tile(k0, buf);
         __syncthreads();
-        const int tb = Q8 ? 0 : buf;
         if (qw < len) {
             const float* rel0 = rel_s + (k0 + 2 * tig - r0[0] + q0 + qspan - 1);
             const int left = len - k0;
+            const KRow* kt = ks + (Q8 ? 0 : buf) * kt_rows;
+            const KRow* vt = vs + (Q8 ? 0 : buf) * kt_rows;
             if (rel_bias) {
                 if (left >= ATT_KT)
-                    att_tile<MT, true, true>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
+                    att_tile<MT, true, true>(qa, o, st, kt, vt, rel0, left, qk_scale, lane);
                 else
-                    att_tile<MT, false, true>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
+                    att_tile<MT, false, true>(qa, o, st, kt, vt, rel0, left, qk_scale, lane);
             } else {
                 if (left >= ATT_KT)
-                    att_tile<MT, true, false>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
+                    att_tile<MT, true, false>(qa, o, st, kt, vt, rel0, left, qk_scale, lane);
                 else
-                    att_tile<MT, false, false>(qa, o, st, ks + tb * kt_rows, vs + tb * kt_rows, rel0, left, qk_scale, lane);
+                    att_tile<MT, false, false>(qa, o, st, kt, vt, rel0, left, qk_scale, lane);
             }
         }
         __syncthreads();

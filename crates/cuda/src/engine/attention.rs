@@ -2,6 +2,7 @@
 //! the arguments, for the float encoder and a quantized plan's loop alike.
 
 use cudarc::driver::{sys as cu, DriverError};
+use embedrt_core::ModelConfig;
 
 use super::launch::launch_with_shared;
 use super::slot::Gpu;
@@ -82,6 +83,9 @@ pub(super) struct AttentionLaunch {
     /// `attention_tc_pipe`'s two extra arguments: sequences and this batch's
     /// longest sequence.
     pipe: Option<(i32, i32)>,
+    /// Launched early (programmatic dependent launch); the kernel choice
+    /// depends on it (`Gpu::attention_launch`).
+    early: bool,
 }
 
 /// The buffers and model constants every attention kernel takes.
@@ -126,7 +130,34 @@ impl Gpu {
                 short: k.short.filter(|_| !early),
                 ..k
             });
-        AttentionLaunch::new(tc, self.f.attention, np, max_len, heads)
+        AttentionLaunch {
+            early,
+            ..AttentionLaunch::new(tc, self.f.attention, np, max_len, heads)
+        }
+    }
+
+    /// The attention kernels' arguments for a batch staged with its offsets
+    /// at `offsets`, on this slot's buffers (no quantized context).
+    pub(super) fn attention_args(
+        &self,
+        config: &ModelConfig,
+        max_seq: usize,
+        offsets: u64,
+    ) -> AttentionArgs {
+        let b = &self.b;
+        AttentionArgs {
+            qkv: b.qkv,
+            offsets,
+            heads: config.num_attention_heads as i32,
+            scale: 1.0 / (config.head_dim() as f32).sqrt(),
+            rel_bias: self.rel_bias,
+            bucket: b.bucket,
+            bias_table: b.bias_table,
+            max_len: max_seq as i32,
+            ctx: b.context,
+            counter: b.attention_counter,
+            quant: None,
+        }
     }
 }
 
@@ -149,6 +180,7 @@ impl AttentionLaunch {
                 threads: 32,
                 shared: 0,
                 pipe: None,
+                early: false,
             };
         };
         let (threads, queries) = k.block(max_len);
@@ -169,6 +201,7 @@ impl AttentionLaunch {
                 threads: threads as u32,
                 shared,
                 pipe: Some((np as i32, max_len as i32)),
+                early: false,
             },
             None => {
                 // Fewer warps than the most: a batch of at most `queries` tokens.
@@ -183,24 +216,24 @@ impl AttentionLaunch {
                     threads: threads as u32,
                     shared,
                     pipe: None,
+                    early: false,
                 }
             }
         }
     }
 
-    /// Launches it on `stream` (early where `early` is set).
+    /// Launches it on `stream` (early where it was made so).
     ///
     /// # Safety
     /// The buffers in `a` are live and sized for the batch this launch was
     /// made for; `a.quant` is Some exactly when the program is a quantized
-    /// plan's; with `early`, as [`launch_with_shared`].
+    /// plan's; if early, as [`launch_with_shared`].
     pub(super) unsafe fn launch(
         &self,
         a: &AttentionArgs,
         stream: cu::CUstream,
-        early: bool,
     ) -> Result<(), DriverError> {
-        let (block, shared) = ((self.threads, 1, 1), self.shared);
+        let (block, shared, early) = ((self.threads, 1, 1), self.shared, self.early);
         let AttentionArgs {
             qkv,
             offsets,

@@ -204,20 +204,17 @@ struct Pass {
     eps: f32,
     hidden: usize,
     inter: usize,
-    /// ids, positions, offsets inside the staged tokens buffer.
+    /// ids and positions inside the staged tokens buffer (the offsets: `att`).
     ids: u64,
     pos: u64,
-    offs: u64,
     embeddings: (u64, u64, u64, (u64, u64)),
     embed_fn: cu::CUfunction,
     layernorm_fn: cu::CUfunction,
     gelu_fn: cu::CUfunction,
-    /// The attention kernel and its shape for this batch.
+    /// The attention kernel and its shape for this batch, and the arguments
+    /// the attention kernels take (the fused small attn-out kernel too).
     attention: AttentionLaunch,
-    heads: i32,
-    scale: f32,
-    max_len: i32,
-    rel_bias: u64,
+    att: AttentionArgs,
     /// The small-token linear kernel for this token bucket, if it runs.
     small: Option<SmallLinear>,
     /// Its 8-bit-weight twin (quantized plans).
@@ -225,9 +222,6 @@ struct Pass {
     /// Batches of 16 tokens: attention inside the attn-out kernel (fp16
     /// weights, 8-bit weights); no attention launch.
     small_attn: Option<(AttnOut, Option<AttnOut>)>,
-    /// The program is a quantized plan's: its attention kernels take two
-    /// more arguments (the quantized context, here unused).
-    quant_program: bool,
     ticket: u64,
     tanh_gelu: bool,
     /// A quantized plan whose table says `gelu: tanh`: its 8-bit FFN-in
@@ -271,20 +265,20 @@ impl Pass {
             inter: c.intermediate_size,
             ids: b.tokens,
             pos: b.tokens + 4 * tp as u64,
-            offs: b.tokens + 8 * tp as u64,
             embeddings: (g.word, g.position, g.type0, g.emb_norm),
             embed_fn: g.f.embed,
             layernorm_fn: g.f.layernorm,
             gelu_fn: g.f.gelu,
             attention,
-            heads: c.num_attention_heads as i32,
-            scale: 1.0f32 / (c.head_dim() as f32).sqrt(),
-            max_len: e.max.seq as i32,
-            rel_bias: g.rel_bias,
+            att: AttentionArgs {
+                // A quantized plan's program: its kernels take the 8-bit context
+                // arguments (none here: fp16 context).
+                quant: quant_program.then_some((0, 1.0)),
+                ..g.attention_args(c, e.max.seq, b.tokens + 8 * tp as u64)
+            },
             small,
             small_q,
             small_attn,
-            quant_program,
             ticket: g.ticket,
             tanh_gelu: g.tanh_gelu,
             quant_tanh_gelu: g
@@ -338,25 +332,8 @@ impl Pass {
 
     /// qkv → context: one kernel over all sequences (query tiles × heads × sequences).
     fn attention(&self) -> Result<()> {
-        let b = self.b;
-        let args = AttentionArgs {
-            qkv: b.qkv,
-            offsets: self.offs,
-            heads: self.heads,
-            scale: self.scale,
-            rel_bias: self.rel_bias,
-            bucket: b.bucket,
-            bias_table: b.bias_table,
-            max_len: self.max_len,
-            ctx: b.context,
-            counter: b.attention_counter,
-            // A quantized plan's program: its kernels take the 8-bit context
-            // arguments (none here: fp16 context).
-            quant: self.quant_program.then_some((0, 1.0)),
-        };
-        // SAFETY: see Pass; the launch was made for this batch.
-        unsafe { self.attention.launch(&args, self.stream, self.early) }
-            .map_err(drv("attention kernel"))
+        // SAFETY: see Pass; the launch and the arguments were made for this batch.
+        unsafe { self.attention.launch(&self.att, self.stream) }.map_err(drv("attention kernel"))
     }
 
     /// context → scratch = attn_out(context) + bias + hidden (the residual).
@@ -558,10 +535,11 @@ impl Pass {
         let (f, shared) = for_weights(fp16, q, w_scale)?;
         let hid = self.hidden;
         // A warp a head for the attention; the linear part splits K over them.
-        let warps = ((hid / 32).div_ceil(4).max(self.heads as usize)).clamp(4, 16) as u32;
+        let warps = ((hid / 32).div_ceil(4).max(self.att.heads as usize)).clamp(4, 16) as u32;
         let (n_i, k_i, np_i) = (hid as i32, hid as i32, self.np as i32);
-        let (offs, heads, scale, max_len) = (self.offs, self.heads, self.scale, self.max_len);
-        let (rb, bk, qkv) = (self.rel_bias, b.bucket, b.qkv);
+        let a = self.att;
+        let (offs, heads, scale, max_len) = (a.offsets, a.heads, a.scale, a.max_len);
+        let (rb, bk, qkv) = (a.rel_bias, a.bucket, a.qkv);
         let (eps, ticket, ln_out) = (self.eps, self.ticket, b.hidden);
         // SAFETY: see Pass; arguments match SMALL_ATTN_OUT in small_linear.cu;
         // `shared` is the limit set on both functions at load (slot.rs).

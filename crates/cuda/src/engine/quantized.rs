@@ -433,10 +433,7 @@ impl CudaEngine {
         let eps = c.layer_norm_eps;
         let tokens_i = tp as i32;
         let row_blocks = tp.div_ceil(4) as u32;
-        let heads = c.num_attention_heads as i32;
-        let att_scale = 1.0f32 / (c.head_dim() as f32).sqrt();
-        let max_len = self.max.seq as i32;
-        let (rb, bk) = (g.rel_bias, b.bucket);
+        let att = g.attention_args(c, self.max.seq, offs);
         let attention = g.attention_launch(np, max_len_batch, c.num_attention_heads, false);
         let plain_gelu = g.f.gelu;
         // fp8 Q, K, V: (kernel, threads, query blocks) for this batch.
@@ -563,13 +560,22 @@ impl CudaEngine {
                     (Some(qkv_s), Some((att_q8, threads, blocks))) => {
                         cr::launch_kernel(
                             att_q8,
-                            (blocks, heads as u32, np as u32),
+                            (blocks, att.heads as u32, np as u32),
                             (threads, 1, 1),
                             0,
                             stream,
                             kargs![
-                                b.qkv, qkv_s, offs, heads, att_scale, rb, bk, max_len, b.context,
-                                cq, cs
+                                b.qkv,
+                                qkv_s,
+                                offs,
+                                att.heads,
+                                att.scale,
+                                att.rel_bias,
+                                att.bucket,
+                                att.max_len,
+                                b.context,
+                                cq,
+                                cs
                             ],
                         )
                         .map_err(drv("attention kernel (fp8 Q, K, V)"))?;
@@ -577,20 +583,11 @@ impl CudaEngine {
                     }
                     _ => {
                         let args = AttentionArgs {
-                            qkv: b.qkv,
-                            offsets: offs,
-                            heads,
-                            scale: att_scale,
-                            rel_bias: rb,
-                            bucket: bk,
-                            bias_table: b.bias_table,
-                            max_len,
-                            ctx: b.context,
-                            counter: b.attention_counter,
                             quant: Some((cq, cs)),
+                            ..att
                         };
                         attention
-                            .launch(&args, stream, false)
+                            .launch(&args, stream)
                             .map_err(drv("attention kernel"))?;
                         mark("attention(+quantize)")?;
                     }
