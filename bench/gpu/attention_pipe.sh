@@ -34,7 +34,7 @@ done
 KERNELS=$KERNELS python3 - "$O" <<'PY' | tee "$O/summary.txt"
 import os, sys
 sys.path.insert(0, "bench/gpu")
-from bench_log import merged
+from bench_log import merged, report
 d = sys.argv[1]
 print(open(os.path.join(d, "steps.txt")).read())
 def rec(name):
@@ -42,19 +42,7 @@ def rec(name):
 m = rec("minilm-parity-pipe")
 print("minilm parity (pipe):", {k: v for k, v in m.items() if "cos" in k or "diff" in k or "spearman" in k})
 for p in [f"{p}-{a}" for p in ("fp16", "fp8") for a in os.environ.get("KERNELS", "tc tc-static pipe").split()]:
-    r = rec(f"bench-{p}")
-    att = sum(ms for n, ms in r.get("stages_w1_ms", []) if n.startswith("attention"))
-    tot = sum(ms for n, ms in r.get("stages_w1_ms", []))
-    print(f"{p:10} cos {r.get('cos_vs_reference_mean', float('nan')):.5f} / {r.get('cos_vs_reference_min', float('nan')):.5f}"
-          f"  W1 {r.get('w1_seq_per_s', float('nan')):8.0f}  W2 {r.get('w2_sent_per_s', float('nan')):8.0f}"
-          f" ({r.get('w2_ms', float('nan')):.2f} ms)  W3 {r.get('w3_p50_ms', float('nan')):.3f}  W1 attention {att:.3f} of {tot:.2f} ms")
-    calls = r.get("w2_calls_alone", [])
-    parts = " + ".join("%.2f" % c["ms"] for c in calls)
-    shapes = ", ".join("%dx<=%d %d tok" % (c["seqs"], c["longest"], c["tokens"]) for c in calls)
-    print(f"  W2 calls alone: {parts} = {sum(c['ms'] for c in calls):.2f} ms ({shapes})")
-    for k, st in enumerate(r.get("stages_w2_calls_ms", [])):
-        print(f"  W2 call {k + 1} stages (sum {sum(ms for _, ms in st):.2f}):",
-              ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(st, key=lambda x: -x[1])[:6]))
+    print(report(p, rec(f"bench-{p}")))
 PY
 if [ -n "$RESULTS" ]; then
   rm -f /tmp/att-fp16/emb-*.jsonl

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use embedrt_core::quant::GeluForm;
 use embedrt_core::SentenceModel;
 use embedrt_cuda::quant_plan::GemmOutput;
 use embedrt_cuda::{build_plan, BuildOptions, Precision, Profile};
@@ -176,12 +177,17 @@ pub fn run(args: BuildArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let gelu = (args.calibration_opts.gelu.as_deref())
+        .map(str::parse::<GeluForm>)
+        .transpose()
+        .context("--gelu")?;
     let opts = BuildOptions {
         ordinal,
         precision,
         profile,
         tune: true,
         engine: embedrt_runtime::engine_options_from_env()?,
+        gelu,
     };
     let result = build_plan(&model, &opts, &|step| bar.set_message(step.to_string()));
     bar.finish_and_clear();
@@ -200,6 +206,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
             "precision": h.precision.name(),
             "profile": h.profile.to_string(),
             "max_batch_tokens": h.profile.token_budget(),
+            "gelu": h.gelu.name(),
             "file_bytes": file_bytes,
             "weight_bytes": h.weight_bytes,
             "workspace_bytes": h.workspace_bytes,

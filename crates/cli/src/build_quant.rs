@@ -283,6 +283,7 @@ impl Reference {
             profile: Profile::DEFAULT.parse()?,
             tune: false,
             engine: embedrt_runtime::engine_options_from_env()?,
+            gelu: None,
         };
         let (plan, _) = build_plan(model, &opts, &|_| {})?;
         let fp32 = open(&plan, model, ordinal)?;

@@ -33,10 +33,11 @@ pub struct CalibrationArgs {
     /// int8, chosen by measurement]. Recorded in the table.
     #[arg(long)]
     pub weight_scales: Option<String>,
-    /// The GELU after quantized FFN-in GEMMs: exact, or tanh (cuBLASLt's
-    /// GELU epilogue: an fp8 FFN-in GEMM on sm_90 then writes FFN-out's
-    /// input itself) [default: tanh for fp8 with per-tensor weight scales,
-    /// else exact, chosen by measurement]. Recorded in the table.
+    /// The FFN's GELU: exact (erf), or tanh (cuBLASLt's GELU epilogue: no
+    /// GELU pass; an fp8 FFN-in GEMM on sm_90 then writes FFN-out's input
+    /// itself) [default: tanh for fp16 plans and for fp8 with per-tensor
+    /// weight scales, else exact, chosen by measurement]. Recorded in the
+    /// plan (quantized: in the table).
     #[arg(long)]
     pub gelu: Option<String>,
     /// What attention reads: float Q, K, V, or fp8 (an fp8 QKV GEMM writes

@@ -51,6 +51,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         h.pooling, h.normalize, h.max_seq_length
     );
     println!("precision       {}", h.precision_name());
+    if h.quant.is_none() {
+        println!("gelu            {}", h.gelu.name());
+    }
     if let Some(q) = &h.quant {
         quant_lines(q, mib);
     }

@@ -3,13 +3,15 @@
 
 use std::path::Path;
 
+use embedrt_core::quant::GeluForm;
 use embedrt_core::{
     CalibrationTable, Error, Result, SentenceModel, TextTokenizer, TransformerWeights,
 };
 
 use crate::engine::CudaEngine;
 use crate::plan::{
-    pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile, TensorEntry,
+    default_gelu, pack_weights, workspace_bytes, GpuTarget, Plan, PlanHeader, Precision, Profile,
+    TensorEntry,
 };
 use crate::probe;
 use crate::qgemm::quant_workspace_layout;
@@ -26,6 +28,8 @@ pub struct BuildOptions {
     pub tune: bool,
     /// How the engine that tunes (and is handed back) runs.
     pub engine: crate::engine::EngineOptions,
+    /// The FFN's GELU; None: [`default_gelu`] of the precision.
+    pub gelu: Option<GeluForm>,
 }
 
 /// A plan with no GEMM algorithms yet, for `gpu`. Needs no GPU.
@@ -72,6 +76,7 @@ fn plan_of(
         tokenizer_bytes: model.tokenizer_json.len(),
         weight_bytes: blob.len(),
         workspace_bytes,
+        gelu: default_gelu(precision),
         quant,
     };
     Plan {
@@ -110,7 +115,7 @@ pub fn assemble_quantized_plan(
             .iter()
             .map(|(_, b)| b)
             .sum::<usize>();
-    Ok(plan_of(
+    let mut plan = plan_of(
         model,
         precision,
         profile,
@@ -119,7 +124,9 @@ pub fn assemble_quantized_plan(
         blob,
         workspace,
         Some(info),
-    ))
+    );
+    plan.header.gelu = table.gelu;
+    Ok(plan)
 }
 
 /// The GPU in hand: name and compute capability.
@@ -230,6 +237,9 @@ pub fn build_plan(
         },
     );
     drop(weights);
+    if let Some(g) = opts.gelu {
+        plan.header.gelu = g;
+    }
     // SAFETY: a plain version query; the library was checked above.
     plan.header.cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
     if !opts.tune {

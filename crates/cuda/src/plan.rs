@@ -37,7 +37,21 @@ pub const TENSOR_ALIGN: usize = 16;
 pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
 
 pub use crate::quant_plan::QuantInfo;
+use embedrt_core::quant::GeluForm;
 pub use embedrt_core::Precision;
+
+/// The GELU a float plan gets without `--gelu`: tanh for fp16, where
+/// cuBLASLt's FFN-in epilogue then replaces the GELU pass (H200 run 28:
+/// MPNet-base W1 +9%, W2's calls -11%, cosine to the fp32 plan unchanged at
+/// 0.9999992; MiniLM STS-B dev Spearman 86.7107 against fp32's 86.7173; the
+/// tanh form is also what TensorRT's GELU plugin computes); exact for fp32,
+/// the accuracy reference.
+pub fn default_gelu(precision: Precision) -> GeluForm {
+    match precision {
+        Precision::Fp16 => GeluForm::Tanh,
+        Precision::Fp32 => GeluForm::Exact,
+    }
+}
 
 /// One `BATCHxSEQ` point of a profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +220,12 @@ pub struct PlanHeader {
     pub weight_bytes: usize,
     /// Device bytes besides the weights that loading the plan allocates.
     pub workspace_bytes: usize,
+    /// The FFN's GELU: exact (erf, the models' definition) or tanh, which
+    /// cuBLASLt's FFN-in epilogue computes in place of a GELU pass over the
+    /// intermediate tensor ([`default_gelu`]). A quantized plan's is its
+    /// table's. Plans written before this field: exact.
+    #[serde(default)]
+    pub gelu: GeluForm,
     /// Quantized plans only (format version 2): 8-bit GEMMs, their scales,
     /// what fell back to fp16 and the accuracy measured at build time.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -60,6 +60,7 @@ fn build(
         profile,
         tune,
         engine: engine.clone(),
+        gelu: None,
     };
     // The engine the tuning ran on is dropped (its memory freed) before the
     // caller loads the tuned plan: it runs cuBLASLt's heuristic choices.

@@ -301,3 +301,24 @@ fn each_outcome_is_one_note_line() {
     assert!(rebuilt_unstored.contains("not cached at /c/fp16-sm90-k.plan (disk full)"));
     assert!(!rebuilt_unstored.contains('\n'), "{rebuilt_unstored}");
 }
+
+#[test]
+fn fp16_plans_take_the_tanh_gelu_fp32_the_exact_one_and_old_headers_read_as_exact() {
+    use embedrt_core::quant::GeluForm;
+    let model = fixture("tiny-bert-mean-norm");
+    let plan = plan_for(&model, &h200());
+    assert_eq!(plan.header.gelu, GeluForm::Tanh);
+    let weights = model.load_weights().unwrap();
+    let fp32 = assemble_plan(&model, &weights, Precision::Fp32, profile(), h200().target);
+    assert_eq!(fp32.header.gelu, GeluForm::Exact);
+    // The field survives a write and a read; a header written before it had
+    // no such field and means the exact GELU.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.plan");
+    plan.write(&path).unwrap();
+    assert_eq!(Plan::read(&path).unwrap().header.gelu, GeluForm::Tanh);
+    let mut json = serde_json::to_value(&plan.header).unwrap();
+    json.as_object_mut().unwrap().remove("gelu");
+    let old: embedrt_cuda::plan::PlanHeader = serde_json::from_value(json).unwrap();
+    assert_eq!(old.gelu, GeluForm::Exact);
+}

@@ -59,6 +59,7 @@ fn engines(model: &SentenceModel, devices: &str, precision: Precision) -> Result
         profile: profile.parse()?,
         tune: false,
         engine: EngineOptions::default(),
+        gelu: None,
     };
     let (plan, _) = build_plan(model, &opts, &|_| {})?;
     let plan = &plan;

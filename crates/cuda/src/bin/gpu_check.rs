@@ -153,6 +153,7 @@ fn gpu_engine(
         profile: profile.parse()?,
         tune: true,
         engine: options(),
+        gelu: None,
     };
     let (plan, engine) = build_plan(model, &opts, &|_| {})?;
     let build_s = t0.elapsed().as_secs_f64();

@@ -111,10 +111,8 @@ pub(super) struct AttentionArgs {
 impl Gpu {
     /// The attention launch for a batch on this slot: its tensor-core kernel
     /// where the options and the model allow it, else the CUDA-core one.
-    /// `early`: it will be launched early (programmatic dependent launch).
-    /// Then short batches keep `attention_tc`: run 27 measured
-    /// `attention_tc_short` launched early slower (fp16 W2 -5%, W3 +0.02 ms)
-    /// where launched plainly (the quantized loop) it is faster (fp8 W2 +7%).
+    /// `early`: the loop launches its kernels early (programmatic dependent
+    /// launch); see [`AttentionLaunch::in_loop`].
     pub(super) fn attention_launch(
         &self,
         np: usize,
@@ -122,18 +120,8 @@ impl Gpu {
         heads: usize,
         early: bool,
     ) -> AttentionLaunch {
-        let tc = self
-            .f
-            .attention_tc
-            .filter(|_| self.use_tc_attention)
-            .map(|k| TcAttention {
-                short: k.short.filter(|_| !early),
-                ..k
-            });
-        AttentionLaunch {
-            early,
-            ..AttentionLaunch::new(tc, self.f.attention, np, max_len, heads)
-        }
+        let tc = self.f.attention_tc.filter(|_| self.use_tc_attention);
+        AttentionLaunch::in_loop(tc, self.f.attention, np, max_len, heads, early)
     }
 
     /// The attention kernels' arguments for a batch staged with its offsets
@@ -162,6 +150,26 @@ impl Gpu {
 }
 
 impl AttentionLaunch {
+    /// [`AttentionLaunch::new`] for a loop whose kernels launch `early` or
+    /// not. `attention_tc_short` is launched plainly in either: launched
+    /// early it was slower (run 27: fp16 W2 calls +4%, W3 +0.02 ms), plainly
+    /// faster (run 28: fp16 W2 calls -2%, W3 -0.005..-0.013 ms).
+    pub(super) fn in_loop(
+        tc: Option<TcAttention>,
+        scalar: cu::CUfunction,
+        np: usize,
+        max_len: usize,
+        heads: usize,
+        early: bool,
+    ) -> AttentionLaunch {
+        let launch = AttentionLaunch::new(tc, scalar, np, max_len, heads);
+        let short = tc.and_then(|k| k.short).is_some_and(|(f, _)| f == launch.f);
+        AttentionLaunch {
+            early: early && !short,
+            ..launch
+        }
+    }
+
     /// The kernel for a batch of `np` sequences, the longest `max_len`
     /// tokens: `tc` where it applies, else the CUDA-core `scalar` kernel (one
     /// thread a query, 32 a block).
@@ -342,6 +350,25 @@ mod tests {
         // A full block (W1) keeps attention_tc and its static memory.
         let w1 = AttentionLaunch::new(Some(k), std::ptr::null_mut(), 256, 128, 12);
         assert!(w1.f.is_null() && w1.shared == 0);
+    }
+
+    #[test]
+    fn the_short_kernel_is_launched_plainly_in_early_loops_too() {
+        let short_f = std::ptr::NonNull::dangling().as_ptr();
+        let k = TcAttention {
+            short: Some((short_f, 64)),
+            ..tc(false)
+        };
+        let null = std::ptr::null_mut();
+        for early in [true, false] {
+            let s = AttentionLaunch::in_loop(Some(k), null, 1024, 14, 12, early);
+            assert_eq!((s.f, s.early), (short_f, false));
+        }
+        // Full blocks keep attention_tc, launched as the loop launches.
+        let w1 = AttentionLaunch::in_loop(Some(k), null, 256, 128, 12, true);
+        assert!(w1.f.is_null() && w1.early);
+        let w1 = AttentionLaunch::in_loop(Some(k), null, 256, 128, 12, false);
+        assert!(w1.f.is_null() && !w1.early);
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl CudaEngine {
             let src = std::slice::from_raw_parts(g.pinned_in, staged);
             cr::memcpy_htod_async(g.b.tokens, src, stream).map_err(drv("copy in"))?;
         }
-        self.enqueue(g, tp, np, batch.max_seq_len(), None)?;
+        self.enqueue_large(g, tp, np, batch.max_seq_len())?;
         // SAFETY: pinned_out holds max.batch * h floats >= n * h.
         unsafe {
             let out = std::slice::from_raw_parts_mut(g.pinned_out, n * h);
@@ -102,6 +102,36 @@ impl CudaEngine {
             cr::stream::synchronize(stream).map_err(drv("batch"))?;
             Ok(out.to_vec())
         }
+    }
+
+    /// [`Self::enqueue`] for a batch too large for a graph. With
+    /// `large_batches=serial` its kernels wait for the previous large batch's
+    /// (whichever slot ran it): two such batches fill the GPU each, and
+    /// running them side by side only makes them contend. The copy in,
+    /// already queued, still overlaps the other batch.
+    fn enqueue_large(&self, g: &mut Gpu, tp: usize, np: usize, max_len: usize) -> Result<()> {
+        let Some(tail) = &self.large_tail else {
+            return self.enqueue(g, tp, np, max_len, None);
+        };
+        let mut tail = tail
+            .lock()
+            .map_err(|_| Error::Backend("the large-batch order lock is poisoned".into()))?;
+        if let Some(previous) = tail.0 {
+            // SAFETY: both are live handles of this engine's slots.
+            unsafe {
+                cr::stream::wait_event(
+                    g.stream,
+                    previous,
+                    cu::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+            }
+            .map_err(drv("wait for the previous batch"))?;
+        }
+        self.enqueue(g, tp, np, max_len, None)?;
+        // SAFETY: the event and the stream are this slot's.
+        unsafe { cr::event::record(g.done, g.stream) }.map_err(drv("record"))?;
+        tail.0 = Some(g.done);
+        Ok(())
     }
 
     /// Launches the whole encoder for `tp` tokens in `np` sequences (the
@@ -455,8 +485,9 @@ impl Pass {
             (b.hidden, (0, 0))
         };
         let io = (x, l.ffn_in_w, l.biases[2], 0, b.inter);
-        // Epilogue 4: the tanh GELU of an 8-bit FFN-in in a `gelu: tanh` plan.
-        let gelu = if ws[2] != 0 && self.quant_tanh_gelu {
+        // Epilogue 4: GELU's tanh form, in a float plan that runs it or for an
+        // 8-bit FFN-in in a `gelu: tanh` table's plan.
+        let gelu = if self.tanh_gelu || (ws[2] != 0 && self.quant_tanh_gelu) {
             4
         } else {
             1

@@ -31,7 +31,7 @@ use crate::probe;
 use slot::Gpu;
 
 pub use options::{
-    Attention, EngineOptions, FfnGemm, Gelu, SmallLayerNorm, DEFAULT_SLOTS, MAX_SLOTS,
+    Attention, EngineOptions, FfnGemm, Gelu, LargeBatches, SmallLayerNorm, DEFAULT_SLOTS, MAX_SLOTS,
 };
 
 fn drv(what: &str) -> impl Fn(cr::DriverError) -> Error + '_ {
@@ -83,7 +83,18 @@ pub struct CudaEngine {
     /// Slot 0 owns the weights; slots are dropped last to first.
     slots: Vec<Mutex<Gpu>>,
     next_slot: AtomicUsize,
+    /// Large batches one at a time (`EngineOptions::large_batches`): the
+    /// event after the last large batch's kernels.
+    large_tail: Option<Mutex<LargeTail>>,
 }
+
+/// The `done` event of the slot that launched the last large batch (None
+/// before the first). Only touched under its mutex.
+struct LargeTail(Option<cu::CUevent>);
+
+// SAFETY: the event belongs to a slot of the same engine, which outlives it;
+// it is only recorded and waited on under the mutex.
+unsafe impl Send for LargeTail {}
 
 /// Free memory left over after all slots, below which fewer slots are made.
 const SLOT_MARGIN_BYTES: usize = 512 << 20;
@@ -177,6 +188,9 @@ impl CudaEngine {
             report,
             slots: gpus.into_iter().map(Mutex::new).collect(),
             next_slot: AtomicUsize::new(0),
+            large_tail: (options.large_batches)
+                .serial(h.quant.is_some())
+                .then(|| Mutex::new(LargeTail(None))),
         };
         engine.capture_small_graphs()?;
         Ok(engine)

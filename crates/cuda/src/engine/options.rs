@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use embedrt_core::quant::GeluForm;
 use embedrt_core::{Error, Result};
 
 /// Execution slots made by default: two let one batch's copies and host work
@@ -24,15 +25,16 @@ pub const SMALL_LINEAR_MAX_TOKENS: usize = 64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Attention {
     /// The tensor-core kernel (`attention_tc.cu`) where it applies (fp16,
-    /// sm_80+, head size a multiple of 16), else the CUDA-core one; in a
-    /// quantized plan's 8-bit loop (plain launches), batches of at most 112
-    /// tokens take `attention_tc_short`, the same kernel with shared memory
-    /// cut to the batch (more blocks an SM for short sentences; fp8 W2 +7%,
-    /// run 27). Launched early (the float loop on sm_90) it was slower.
+    /// sm_80+, head size a multiple of 16), else the CUDA-core one; batches
+    /// of at most 112 tokens take `attention_tc_short`, the same kernel with
+    /// shared memory cut to the batch (more blocks an SM for short
+    /// sentences; fp8 W2's calls -7%, run 27), launched plainly where the
+    /// loop launches early (early, it was slower; plainly, fp16 W2's calls
+    /// -2% and W3 -0.005..-0.013 ms, run 28); `tc`.
     #[default]
     TensorCores,
-    /// `attention_tc` for every batch, its static shared memory too (the
-    /// default before run 27); `tc-static`.
+    /// `attention_tc` for every batch, its static shared memory too, launched
+    /// as the loop launches (the default before run 27); `tc-static`.
     TensorCoresStatic,
     /// The occupancy variant `attention_tc2` (Q in shared memory, 32-key
     /// tiles, 80 registers: 3 blocks of 8 warps an SM); `tc2`.
@@ -54,17 +56,31 @@ pub enum Attention {
     Scalar,
 }
 
-/// How the FFN-in activation is computed.
+/// How a float plan's FFN-in activation is computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Gelu {
-    /// The models' definition: exact-erf GELU, a pass after the GEMM (or fused
-    /// in the small-token and Hopper FFN-in kernels).
+    /// As the plan says (`PlanHeader::gelu`, chosen at build: tanh for fp16
+    /// by default, exact for fp32); `plan`.
     #[default]
+    Plan,
+    /// The models' definition whatever the plan says: exact-erf GELU, a pass
+    /// after the cuBLASLt GEMM (fused in the small-token and Hopper FFN-in
+    /// kernels); `exact`.
     Exact,
-    /// cuBLASLt's tanh-approximated `GELU_BIAS` epilogue: an experiment
-    /// measuring what a fused epilogue saves, not the models' definition
-    /// (docs/perf/gpu.md run 9). Float plans only.
+    /// cuBLASLt's tanh-approximated `GELU_BIAS` epilogue (and the tanh form
+    /// in the small-token kernels) whatever the plan says; `tanh`.
     Tanh,
+}
+
+impl Gelu {
+    /// The GELU a plan whose header says `plan` runs with.
+    pub fn resolve(self, plan: GeluForm) -> GeluForm {
+        match self {
+            Gelu::Plan => plan,
+            Gelu::Exact => GeluForm::Exact,
+            Gelu::Tanh => GeluForm::Tanh,
+        }
+    }
 }
 
 /// Which GEMM runs the FFN-in layer.
@@ -107,6 +123,36 @@ pub enum SmallLayerNorm {
     Ticket,
 }
 
+/// How batches that do not run as a graph (more than 2,048 tokens: each
+/// fills the GPU) share it when several slots hold one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LargeBatches {
+    /// `serial` for float plans, `concurrent` for quantized ones: what run 28
+    /// measured faster for each (fp16 W2 148k serial against 136-139k
+    /// concurrent, W1 -1%; fp8 W1 -6% serial, W2 191k serial against
+    /// 184-210k concurrent); `auto`.
+    #[default]
+    Auto,
+    /// A large batch's kernels start only after the previous large batch's
+    /// have finished, whichever slot ran it: slots then overlap copies and
+    /// host work with compute, not two batches' kernels with each other;
+    /// `serial`.
+    Serial,
+    /// Each slot's stream runs as soon as it can; `concurrent`.
+    Concurrent,
+}
+
+impl LargeBatches {
+    /// Whether large batches run one at a time for a plan (`quantized` or not).
+    pub fn serial(self, quantized: bool) -> bool {
+        match self {
+            LargeBatches::Auto => !quantized,
+            LargeBatches::Serial => true,
+            LargeBatches::Concurrent => false,
+        }
+    }
+}
+
 /// Tuning and ablation switches of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -141,6 +187,9 @@ pub struct EngineOptions {
     /// includes quantized plans' small batches, not their 8-bit GEMM loop.
     /// Elsewhere, ignored.
     pub early_launch: bool,
+    /// Whether batches too large for a graph may run their kernels side by
+    /// side on two slots.
+    pub large_batches: LargeBatches,
     /// Where compiled kernels are cached; None: [`crate::kernels::default_cache_dir`].
     pub kernel_cache: Option<PathBuf>,
 }
@@ -158,6 +207,7 @@ impl Default for EngineOptions {
             small_attention_fused: false,
             small_linear_8bit: true,
             early_launch: true,
+            large_batches: LargeBatches::Auto,
             kernel_cache: None,
         }
     }
@@ -169,13 +219,14 @@ impl EngineOptions {
         ("slots", "1 to 4"),
         ("graphs", "on or off (1 or 0)"),
         ("attention", "tc, tc-static, tc2, tc4, mt2, pipe or scalar"),
-        ("gelu", "exact or tanh"),
+        ("gelu", "plan, exact or tanh"),
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
         ("small_layernorm", "next or ticket"),
         ("small_attention", "fused or separate"),
         ("small_linear_8bit", "on or off (1 or 0)"),
         ("early_launch", "on or off (1 or 0)"),
+        ("large_batches", "auto, serial or concurrent"),
         ("kernel_cache", "a directory"),
     ];
 
@@ -192,6 +243,7 @@ impl EngineOptions {
         ("EMBEDRT_SMALL_ATTENTION", "small_attention"),
         ("EMBEDRT_SMALL_LINEAR_8BIT", "small_linear_8bit"),
         ("EMBEDRT_EARLY_LAUNCH", "early_launch"),
+        ("EMBEDRT_LARGE_BATCHES", "large_batches"),
         ("EMBEDRT_KERNEL_CACHE", "kernel_cache"),
     ];
 
@@ -247,6 +299,7 @@ impl EngineOptions {
             }
             "gelu" => {
                 self.gelu = match value {
+                    "plan" => Gelu::Plan,
                     "exact" => Gelu::Exact,
                     "tanh" => Gelu::Tanh,
                     _ => return Err(expected()),
@@ -275,6 +328,14 @@ impl EngineOptions {
                 self.small_attention_fused = match value {
                     "fused" => true,
                     "separate" => false,
+                    _ => return Err(expected()),
+                }
+            }
+            "large_batches" => {
+                self.large_batches = match value {
+                    "auto" => LargeBatches::Auto,
+                    "serial" => LargeBatches::Serial,
+                    "concurrent" => LargeBatches::Concurrent,
                     _ => return Err(expected()),
                 }
             }
@@ -316,6 +377,7 @@ mod tests {
             ("EMBEDRT_SMALL_ATTENTION", "fused"),
             ("EMBEDRT_SMALL_LINEAR_8BIT", "off"),
             ("EMBEDRT_EARLY_LAUNCH", "off"),
+            ("EMBEDRT_LARGE_BATCHES", "serial"),
             ("EMBEDRT_KERNEL_CACHE", "/tmp/k"),
         ];
         let lookup = |n: &str| {
@@ -337,6 +399,7 @@ mod tests {
                 small_attention_fused: true,
                 small_linear_8bit: false,
                 early_launch: false,
+                large_batches: LargeBatches::Serial,
                 kernel_cache: Some(PathBuf::from("/tmp/k")),
             }
         );
@@ -427,5 +490,13 @@ mod tests {
             (o.attention, o.gelu, o.ffn_gemm),
             (Attention::TensorCores, Gelu::Exact, FfnGemm::Cublaslt)
         );
+        o.set("large_batches", "concurrent").unwrap();
+        assert!(!o.large_batches.serial(false));
+        assert!(LargeBatches::Auto.serial(false) && !LargeBatches::Auto.serial(true));
+        assert!(LargeBatches::Serial.serial(true));
+        o.set("gelu", "plan").unwrap();
+        assert_eq!(o.gelu.resolve(GeluForm::Tanh), GeluForm::Tanh);
+        assert_eq!(Gelu::Exact.resolve(GeluForm::Tanh), GeluForm::Exact);
+        assert_eq!(Gelu::Tanh.resolve(GeluForm::Exact), GeluForm::Tanh);
     }
 }

@@ -12,12 +12,13 @@ use embedrt_core::quant::GemmSite;
 use embedrt_core::{Architecture, Error, Result};
 
 use super::attention::{pipe_batch_len, pipe_shared_bytes, PipeGrid, TcAttention, PIPE_MOST_WARPS};
-use super::options::{Attention, EngineOptions, Gelu, SmallLayerNorm};
+use super::options::{Attention, EngineOptions, SmallLayerNorm};
 use super::{drv, quantized, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
 use crate::gemm::{GemmKind, Gemms};
 use crate::kernels::{self, Kernel};
 use crate::plan::{layer_tensor, staged_u32s, Plan, Precision, GEMM_WORKSPACE_BYTES};
+use embedrt_core::quant::GeluForm;
 
 /// Device addresses of one layer's weights (inside the shared blob).
 pub(super) struct LayerPtrs {
@@ -112,9 +113,9 @@ pub(super) struct Gpu {
     pub(super) graphs: HashMap<(usize, usize), cu::CUgraphExec>,
     pub(super) use_graphs: bool,
     pub(super) use_tc_attention: bool,
-    /// `Gelu::Tanh`: GELU as cuBLASLt's tanh approximation in the FFN-in
-    /// epilogue instead of the exact-erf pass (an experiment: what a fused
-    /// epilogue saves; not the models' definition).
+    /// A float plan running GELU's tanh form (the plan's, or the `gelu`
+    /// option's): cuBLASLt's FFN-in epilogue instead of the exact-erf pass,
+    /// and the small-token kernels' tanh epilogue.
     pub(super) tanh_gelu: bool,
     /// The weight blob (owned by slot 0's allocations).
     pub(super) weights: u64,
@@ -133,6 +134,9 @@ pub(super) struct Gpu {
     pub(super) early_launch: bool,
     /// Quantized plans: the 8-bit GEMMs and their kernels (engine/quantized.rs).
     pub(super) quant: Option<quantized::QuantState>,
+    /// Recorded after a large batch's kernels (`large_batches=serial`: the
+    /// next large batch, on any slot, waits for it).
+    pub(super) done: cu::CUevent,
 }
 
 // SAFETY: the raw handles are used only while holding the engine's mutex,
@@ -142,7 +146,13 @@ unsafe impl Send for Gpu {}
 impl Gpu {
     /// A slot holding nothing yet, its switches set from `options`; Drop
     /// frees whatever the steps of `make_slot` made.
-    fn empty(ctx: &Arc<CudaContext>, options: &EngineOptions, quantized: bool) -> Gpu {
+    /// `gelu`: the plan's.
+    fn empty(
+        ctx: &Arc<CudaContext>,
+        options: &EngineOptions,
+        quantized: bool,
+        gelu: GeluForm,
+    ) -> Gpu {
         Gpu {
             ctx: ctx.clone(),
             stream: std::ptr::null_mut(),
@@ -176,7 +186,7 @@ impl Gpu {
             use_graphs: options.graphs,
             use_tc_attention: options.attention != Attention::Scalar,
             // Quantized plans run their own encoder loop: no fp16-only variants in it.
-            tanh_gelu: options.gelu == Gelu::Tanh && !quantized,
+            tanh_gelu: options.gelu.resolve(gelu) == GeluForm::Tanh && !quantized,
             weights: 0,
             kernels_from_cache: false,
             ticket: 0,
@@ -188,6 +198,7 @@ impl Gpu {
             },
             early_launch: false,
             quant: None,
+            done: std::ptr::null_mut(),
         }
     }
 
@@ -222,12 +233,14 @@ pub(super) fn make_slot(
     let config = &h.config;
     let max = h.profile.max;
     let quantized = h.quant.is_some();
-    let mut gpu = Gpu::empty(ctx, options, quantized);
+    let mut gpu = Gpu::empty(ctx, options, quantized, plan.header.gelu);
     // Quantized plans' own loop (engine/quantized.rs) launches its kernels plainly;
     // their small-token batches run the float loop, and early.
     gpu.early_launch = options.early_launch && cc.0 >= 9;
     // From here on, Gpu's Drop frees whatever was made if a step fails.
     gpu.stream = cr::stream::create(cr::stream::StreamKind::NonBlocking).map_err(drv("stream"))?;
+    gpu.done =
+        cr::event::create(cu::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(drv("event"))?;
     let weights = match shared_weights {
         Some(w) => w,
         None => {
@@ -595,6 +608,9 @@ impl Drop for Gpu {
             }
             if !self.stream.is_null() {
                 let _ = cr::stream::destroy(self.stream);
+            }
+            if !self.done.is_null() {
+                let _ = cr::event::destroy(self.done);
             }
         }
     }
