@@ -4,7 +4,10 @@
 //   epilogue 0: nothing (QKV), 1: exact GELU (FFN-in),
 //   2: + residual, then LayerNorm of the whole rows into ln_out (attention-out, FFN-out),
 //   3: + residual only: the next kernel normalizes (ln_in below),
-//   4: GELU's tanh form (FFN-in of quantized plans whose table says `gelu: tanh`).
+//   4: GELU's tanh form (FFN-in of quantized plans whose table says `gelu: tanh`, and of
+//      float plans that say so),
+//   5: + residual, and each row's sum and sum of squares added into stats_out (two floats
+//      a row, atomics): the next kernel normalizes with them (ln_in 2).
 // ln_in (QKV, FFN-in after an epilogue-3 kernel): x holds the rows before their LayerNorm.
 // Every block reads all of x anyway, so each normalizes it into shared memory itself, and
 // block 0 also writes the normalized rows to ln_out (the residual of a later kernel), in
@@ -19,13 +22,44 @@
 // and w, which leaves every dot product unchanged.
 // LayerNorm needs whole rows: every block takes a ticket after writing its features; the
 // last one normalizes all M rows and resets the ticket for the next launch.
-// Needs: K a multiple of 32, N a multiple of 8, N == HIDDEN for epilogue 2, K == HIDDEN
-// and (16 MT) * SL_X_STRIDE * 2 bytes of dynamic shared memory for ln_in (host checks).
+// ln_in 2 (after an epilogue-5 kernel): the rows' LayerNorm statistics are in stats_in, so
+// each x fragment is normalized as it is loaded, with no prologue; the first HIDDEN / 8
+// blocks each write 8 columns of the normalized rows to ln_out. The variance is E[x^2] -
+// mean^2 in fp32 (LayerNorm inputs here have |mean| far below their spread).
+// stats_clear: zeroed after the wait (block 0), for the epilogue-5 kernel after next; the
+// host passes the buffer whose last reader has finished.
+// Needs: K a multiple of 32, N a multiple of 8, N == HIDDEN for epilogue 2 and 5, K == HIDDEN
+// and (16 MT) * SL_X_STRIDE * 2 bytes of dynamic shared memory for ln_in 1, K == HIDDEN and
+// N >= HIDDEN for ln_in 2 (host checks).
 #if EMBEDRT_FP16 && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
 #define SL_MAX_WARPS 16
 // Rows of the normalized x in shared memory, 16 bytes longer than HIDDEN: the 8 rows one
 // mma fragment reads then start in different banks.
 #define SL_X_STRIDE (HIDDEN + 8)
+// Rows of the LayerNorm statistics buffers (16 MT at most).
+#define SL_STATS_ROWS 64
+
+// One row's mean and 1 / sqrt(variance + eps) from its sum and sum of squares.
+__device__ __forceinline__ void sl_row_stats(const float* stats, int row, float eps, float& mean,
+                                             float& rstd) {
+    const float s = stats[2 * row], q = stats[2 * row + 1];
+    mean = s * (1.f / HIDDEN);
+    rstd = rsqrtf(fmaxf(q * (1.f / HIDDEN) - mean * mean, 0.f) + eps);
+}
+
+// 8 values of a row normalized with its statistics and gamma, beta of their columns, as
+// ln_store computes them.
+__device__ __forceinline__ uint4 sl_normalize8(uint4 x, uint4 g, uint4 b, float mean,
+                                               float rstd) {
+    const st_t* xe = (const st_t*)&x;
+    const st_t* ge = (const st_t*)&g;
+    const st_t* be = (const st_t*)&b;
+    uint4 o;
+    st_t* oe = (st_t*)&o;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) oe[i] = cv((ld(xe[i]) - mean) * rstd * ld(ge[i]) + ld(be[i]));
+    return o;
+}
 
 // Weights are read once per launch: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const st_t* p) {
@@ -190,6 +224,8 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
                                              const st_t* __restrict__ gamma,
                                              const st_t* __restrict__ beta, float eps,
                                              unsigned* ticket, st_t* ln_out,
+                                             float* stats_out, const float* stats_in,
+                                             float* stats_clear,
                                              const SmallAtt& att = SmallAtt{}) {
     const int warps = blockDim.x / WARP;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -212,9 +248,29 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
     }
     pdl_wait();
     pdl_trigger();
+    if (stats_clear && blockIdx.x == 0)
+        for (int i = threadIdx.x; i < 2 * SL_STATS_ROWS; i += blockDim.x) stats_clear[i] = 0.f;
     const st_t* xsrc = x;
     int xstride = k;
-    if (ln_in) {
+    // ln_in 2: every row's mean and 1 / sqrt(var + eps), in shared memory (registers are
+    // what the m64 kernel has least of).
+    __shared__ float row_norm[2 * SL_STATS_ROWS];
+    if (ln_in == 2) {
+        for (int row = threadIdx.x; row < 16 * MT; row += blockDim.x)
+            sl_row_stats(stats_in, row, eps, row_norm[2 * row], row_norm[2 * row + 1]);
+        __syncthreads();
+        // The normalized rows for a later residual: 8 columns a block.
+        if (blockIdx.x < HIDDEN / 8) {
+            const int col = blockIdx.x * 8;
+            const uint4 gq = *(const uint4*)(gamma + col), bq = *(const uint4*)(beta + col);
+            for (int row = threadIdx.x; row < 16 * MT; row += blockDim.x) {
+                const uint4 xq = *(const uint4*)(x + (size_t)row * HIDDEN + col);
+                *(uint4*)(ln_out + (size_t)row * HIDDEN + col) =
+                    sl_normalize8(xq, gq, bq, row_norm[2 * row], row_norm[2 * row + 1]);
+            }
+        }
+    }
+    if (ln_in == 1) {
         extern __shared__ uint4 sl_x[];
         st_t* xs = (st_t*)sl_x;
         constexpr int vpr = HIDDEN / 8;
@@ -272,9 +328,22 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             if (c0 + u * warps < chunks) {
+                uint4 gv, bv;
+                if (ln_in == 2) {
+                    // gamma, beta of this chunk's 8 columns (constant: L1 after the first).
+                    const int col = (c0 + u * warps) * 32 + tig * 8;
+                    gv = *(const uint4*)(gamma + col);
+                    bv = *(const uint4*)(beta + col);
+                }
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
-                    const uint4 r0 = xv[u][t][0], r1 = xv[u][t][1];
+                    uint4 r0 = xv[u][t][0], r1 = xv[u][t][1];
+                    if (ln_in == 2) {
+                        const float* n0 = row_norm + 2 * (16 * t + g);
+                        const float* n1 = n0 + 16;
+                        r0 = sl_normalize8(r0, gv, bv, n0[0], n0[1]);
+                        r1 = sl_normalize8(r1, gv, bv, n1[0], n1[1]);
+                    }
                     const unsigned a_lo[4] = {r0.x, r1.x, r0.y, r1.y};
                     const unsigned a_hi[4] = {r0.z, r1.z, r0.w, r1.w};
                     mma16816(acc[t], a_lo, wv[u].x, wv[u].y);
@@ -319,6 +388,19 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
             v1 += ld((st_t)(r >> 16));
         }
         *(unsigned*)&y[(size_t)row * n + col] = (unsigned)cv(v0) | ((unsigned)cv(v1) << 16);
+        if (epilogue == 5) {
+            // The row's statistics from the values as stored; the 4 lanes of a row add theirs.
+            const float a0 = ld(cv(v0)), a1 = ld(cv(v1));
+            float s = a0 + a1, q = a0 * a0 + a1 * a1;
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            q += __shfl_xor_sync(0xffffffffu, q, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            q += __shfl_xor_sync(0xffffffffu, q, 2);
+            if ((pl & 3) == 0) {
+                atomicAdd(stats_out + 2 * row, s);
+                atomicAdd(stats_out + 2 * row + 1, q);
+            }
+        }
     }
     if (epilogue != 2) return;
     // LayerNorm: the last block to finish has every row.
@@ -341,9 +423,11 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
         const st_t* __restrict__ x, const st_t* __restrict__ w, const st_t* __restrict__ bias, \
         const st_t* residual, st_t* y, int n, int k, int epilogue, int ln_in,                  \
         const st_t* __restrict__ gamma, const st_t* __restrict__ beta, float eps,              \
-        unsigned* ticket, st_t* ln_out) {                                                      \
+        unsigned* ticket, st_t* ln_out, float* stats_out, const float* stats_in,              \
+        float* stats_clear) {                                                                  \
         small_linear<MT, UNROLL, 0>(x, w, nullptr, bias, residual, y, n, k, epilogue, ln_in,   \
-                                    gamma, beta, eps, ticket, ln_out);                         \
+                                    gamma, beta, eps, ticket, ln_out, stats_out, stats_in,     \
+                                    stats_clear);                                              \
     }
 SMALL_LINEAR(small_linear_m16, 1, 4)
 SMALL_LINEAR(small_linear_m32, 2, 4)
@@ -358,10 +442,11 @@ SMALL_LINEAR(small_linear_m64, 4, 2)
         const float* __restrict__ w_scale, const st_t* __restrict__ bias,                      \
         const st_t* residual, st_t* y, int n, int k, int epilogue, int ln_in,                  \
         const st_t* __restrict__ gamma, const st_t* __restrict__ beta, float eps,              \
-        unsigned* ticket, st_t* ln_out) {                                                      \
+        unsigned* ticket, st_t* ln_out, float* stats_out, const float* stats_in,              \
+        float* stats_clear) {                                                                  \
         small_linear<MT, UNROLL, EMBEDRT_QUANT>(x, w, w_scale, bias, residual, y, n, k,        \
                                                 epilogue, ln_in, gamma, beta, eps, ticket,     \
-                                                ln_out);                                       \
+                                                ln_out, stats_out, stats_in, stats_clear);     \
     }
 SMALL_LINEAR_Q(small_linear_q_m16, 1, 4)
 SMALL_LINEAR_Q(small_linear_q_m32, 2, 4)
@@ -386,7 +471,8 @@ SMALL_LINEAR_Q(small_linear_q_m64, 4, 2)
         float eps, unsigned* ticket, st_t* ln_out) {                                          \
         const SmallAtt att = {qkv, offsets, nseq, heads, scale, rel_bias, bucket_of, max_len}; \
         small_linear<1, 4, WQ, true>(nullptr, w, w_scale, bias, residual, y, n, k, epilogue,  \
-                                     0, gamma, beta, eps, ticket, ln_out, att);               \
+                                     0, gamma, beta, eps, ticket, ln_out, nullptr, nullptr,   \
+                                     nullptr, att);                                           \
     }
 SMALL_ATTN_OUT(small_attn_out_m16, 0, st_t)
 #if EMBEDRT_QUANT

@@ -18,7 +18,7 @@ use embedrt_core::{Error, PoolingMode, Result, TokenBatch};
 
 use super::attention::{AttentionArgs, AttentionLaunch};
 use super::launch::{launch, launch_with_shared};
-use super::slot::{Buffers, Gpu, LayerPtrs, SmallLinear};
+use super::slot::{Buffers, Gpu, LayerPtrs, SmallLinear, LN_STATS_BYTES};
 use super::timing::Marks;
 use super::{drv, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
@@ -253,6 +253,9 @@ struct Pass {
     /// weights, 8-bit weights); no attention launch.
     small_attn: Option<(AttnOut, Option<AttnOut>)>,
     ticket: u64,
+    /// `small_layernorm=stats` on a small batch (no fused attn-out): the two
+    /// statistics buffers, A for the attention LayerNorm, B for the FFN's.
+    ln_stats: Option<(u64, u64)>,
     tanh_gelu: bool,
     /// A quantized plan whose table says `gelu: tanh`: its 8-bit FFN-in
     /// GEMMs take GELU's tanh form.
@@ -310,6 +313,12 @@ impl Pass {
             small_q,
             small_attn,
             ticket: g.ticket,
+            // ln_in 2 writes the normalized rows from the first HIDDEN / 8 blocks.
+            ln_stats: (g.ln_stats != 0
+                && small.is_some()
+                && small_attn.is_none()
+                && c.intermediate_size >= c.hidden_size)
+                .then_some((g.ln_stats, g.ln_stats + LN_STATS_BYTES as u64)),
             tanh_gelu: g.tanh_gelu,
             quant_tanh_gelu: g
                 .quant
@@ -354,9 +363,14 @@ impl Pass {
         };
         let io = |x| (x, l.qkv_w, l.biases[0], 0, b.qkv);
         let (nk, ws) = ((3 * self.hidden, self.hidden), l.w_scales[0]);
-        match prev_ffn_norm.filter(|_| s.ln_in_shared.is_some()) {
-            Some(norm) => self.small_linear(s, io(b.scratch), ws, nk, 0, true, norm),
-            None => self.small_linear(s, io(b.hidden), ws, nk, 0, false, (0, 0)),
+        let none = (0, 0, 0);
+        match prev_ffn_norm.filter(|_| self.ln_in_next(s)) {
+            Some(norm) => {
+                // Reads B (the FFN-out before), clears A (read by the last FFN-in).
+                let st = self.ln_stats.map_or(none, |(a, b)| (0, b, a));
+                self.small_linear(s, io(b.scratch), ws, nk, 0, true, norm, st)
+            }
+            None => self.small_linear(s, io(b.hidden), ws, nk, 0, false, (0, 0), none),
         }
     }
 
@@ -463,18 +477,25 @@ impl Pass {
         marks: &mut Marks,
     ) -> Result<()> {
         let (b, hid, inter, ws) = (&self.b, self.hidden, self.inter, l.w_scales);
-        let next = s.ln_in_shared.is_some();
+        let next = self.ln_in_next(s);
         let io = (b.context, l.attn_out_w, l.biases[1], b.hidden, b.scratch);
+        // With statistics: (out, in, clear) buffers of each kernel; see qkv.
+        let none = (0, 0, 0);
+        let (sum_only, attn_st, ffn_in_st, ffn_out_st, last_st) = match self.ln_stats {
+            Some((a, bb)) => (5, (a, 0, 0), (0, a, bb), (bb, 0, 0), (0, 0, a)),
+            None => (3, none, none, none, none),
+        };
         // attn-out (with the attention itself for 16 tokens): the sum only, or
         // normalized too.
-        let epilogue = if next { 3 } else { 2 };
+        let epilogue = if next { sum_only } else { 2 };
         match self.small_attn {
             Some(fused) => {
                 self.small_attn_out(fused, io, ws[1], epilogue, l.attn_norm)?;
                 marks.mark("small attention+attn_out")?;
             }
             None => {
-                self.small_linear(s, io, ws[1], (hid, hid), epilogue, false, l.attn_norm)?;
+                let st = attn_st;
+                self.small_linear(s, io, ws[1], (hid, hid), epilogue, false, l.attn_norm, st)?;
                 marks.mark("small attn_out")?;
             }
         }
@@ -492,22 +513,35 @@ impl Pass {
         } else {
             1
         };
-        self.small_linear(s, io, ws[2], (inter, hid), gelu, next, norm)?;
+        let st = if next { ffn_in_st } else { none };
+        self.small_linear(s, io, ws[2], (inter, hid), gelu, next, norm, st)?;
         marks.mark("small ffn_in+gelu")?;
         let io = (b.inter, l.ffn_out_w, l.biases[3], b.hidden, b.scratch);
         if next && !last_layer {
-            self.small_linear(s, io, ws[3], (hid, inter), 3, false, (0, 0))?;
+            let st = ffn_out_st;
+            self.small_linear(s, io, ws[3], (hid, inter), sum_only, false, (0, 0), st)?;
             marks.mark("small ffn_out+residual")
         } else {
-            self.small_linear(s, io, ws[3], (hid, inter), 2, false, l.ffn_norm)?;
+            // The last layer keeps the ticket (pooling reads hidden) and clears A.
+            let st = if next { last_st } else { none };
+            self.small_linear(s, io, ws[3], (hid, inter), 2, false, l.ffn_norm, st)?;
             marks.mark("small ffn_out+layernorm")
         }
     }
 
+    /// Whether this batch's LayerNorms run in the next kernel: from shared
+    /// memory (`small_layernorm=next`, where the rows fit) or from the
+    /// statistics buffers (`stats`).
+    fn ln_in_next(&self, s: SmallLinear) -> bool {
+        s.ln_in_shared.is_some() || self.ln_stats.is_some()
+    }
+
     /// `y = x wᵀ + bias` for `n` outputs over `k` inputs, then the epilogue:
     /// 0 none, 1 GELU (4 its tanh form), 2 + residual and the LayerNorm of whole rows into
-    /// hidden, 3 + residual. With `ln_in`, x holds rows before their LayerNorm
-    /// (gamma, beta): the kernel normalizes them, and writes them into hidden.
+    /// hidden, 3 + residual, 5 + residual and the rows' statistics into
+    /// `stats_out`. With `ln_in`, x holds rows before their LayerNorm (gamma,
+    /// beta): the kernel normalizes them (with `stats_in` where not 0), and
+    /// writes them into hidden. `stats_clear` (not 0) is zeroed.
     /// A `w_scale` (not 0) makes w 8-bit codes with those per-channel scales.
     #[allow(clippy::too_many_arguments)]
     fn small_linear(
@@ -519,6 +553,7 @@ impl Pass {
         epilogue: i32,
         ln_in: bool,
         (gamma, beta): (u64, u64),
+        (stats_out, stats_in, stats_clear): (u64, u64, u64),
     ) -> Result<()> {
         let warps = (k / 32).div_ceil(4).clamp(4, 16) as u32;
         let (n_i, k_i) = (n as i32, k as i32);
@@ -528,6 +563,7 @@ impl Pass {
         let f = for_weights(s, self.small_q, w_scale)?;
         // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
         let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
+            _ if ln_in && stats_in != 0 => (0, 2i32),
             Some(bytes) => (bytes, 1i32),
             None => (0, 0),
         };
@@ -536,14 +572,45 @@ impl Pass {
         unsafe {
             if quantized {
                 let args = kargs![
-                    x, w, w_scale, bias, res, y, n_i, k_i, epilogue, ln_in_i, gamma, beta, eps,
-                    ticket, ln_out
+                    x,
+                    w,
+                    w_scale,
+                    bias,
+                    res,
+                    y,
+                    n_i,
+                    k_i,
+                    epilogue,
+                    ln_in_i,
+                    gamma,
+                    beta,
+                    eps,
+                    ticket,
+                    ln_out,
+                    stats_out,
+                    stats_in,
+                    stats_clear
                 ];
                 launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
             } else {
                 let args = kargs![
-                    x, w, bias, res, y, n_i, k_i, epilogue, ln_in_i, gamma, beta, eps, ticket,
-                    ln_out
+                    x,
+                    w,
+                    bias,
+                    res,
+                    y,
+                    n_i,
+                    k_i,
+                    epilogue,
+                    ln_in_i,
+                    gamma,
+                    beta,
+                    eps,
+                    ticket,
+                    ln_out,
+                    stats_out,
+                    stats_in,
+                    stats_clear
                 ];
                 launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
             }

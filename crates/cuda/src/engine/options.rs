@@ -121,6 +121,14 @@ pub enum SmallLayerNorm {
     /// normalizes every row (the ticket epilogue); `ticket`.
     #[default]
     Ticket,
+    /// attn-out / FFN-out add each row's sum and sum of squares into a small
+    /// buffer as they write it (atomics); the next linear kernel normalizes
+    /// each x fragment as it loads it with those statistics, with no prologue
+    /// and no serial tail; `stats`. Not with `small_attention=fused` (the
+    /// ticket runs there). Correct (one text at a time: cosine 0.9999995 to
+    /// the ticket's), but no faster on the H200 (W3 0.378-0.388 ms against
+    /// 0.378-0.386 in the same call, run 28), so opt-in.
+    Statistics,
 }
 
 /// How batches that do not run as a graph (more than 2,048 tokens: each
@@ -222,7 +230,7 @@ impl EngineOptions {
         ("gelu", "plan, exact or tanh"),
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
-        ("small_layernorm", "next or ticket"),
+        ("small_layernorm", "next, ticket or stats"),
         ("small_attention", "fused or separate"),
         ("small_linear_8bit", "on or off (1 or 0)"),
         ("early_launch", "on or off (1 or 0)"),
@@ -321,6 +329,7 @@ impl EngineOptions {
                 self.small_layernorm = match value {
                     "next" => SmallLayerNorm::InNextKernel,
                     "ticket" => SmallLayerNorm::Ticket,
+                    "stats" => SmallLayerNorm::Statistics,
                     _ => return Err(expected()),
                 }
             }
@@ -481,7 +490,9 @@ mod tests {
         o.set("small_layernorm", "ticket").unwrap();
         assert_eq!(o.small_layernorm, SmallLayerNorm::Ticket);
         let e = o.set("small_layernorm", "last").unwrap_err().to_string();
-        assert!(e.contains("expected next or ticket"), "{e}");
+        assert!(e.contains("expected next, ticket or stats"), "{e}");
+        o.set("small_layernorm", "stats").unwrap();
+        assert_eq!(o.small_layernorm, SmallLayerNorm::Statistics);
         assert_eq!(
             (o.slots, o.graphs, o.small_linear_max_tokens),
             (3, false, 32)

@@ -58,6 +58,10 @@ pub(super) struct Functions {
     pub(super) small_attn_out_q: Option<(cu::CUfunction, u32)>,
 }
 
+/// One statistics buffer of `small_layernorm=stats`: SL_STATS_ROWS (64, the
+/// largest small-token bucket) rows of two floats (small_linear.cu).
+pub(super) const LN_STATS_BYTES: usize = 64 * 2 * 4;
+
 /// One small-token linear kernel (one token bucket).
 #[derive(Clone, Copy)]
 pub(super) struct SmallLinear {
@@ -122,6 +126,9 @@ pub(super) struct Gpu {
     pub(super) kernels_from_cache: bool,
     /// One u32, zero between launches: the small-token LayerNorm's ticket.
     pub(super) ticket: u64,
+    /// `small_layernorm=stats`: two buffers of [64 rows][sum, sum of
+    /// squares] floats (`LN_STATS_BYTES`), zero between uses; else 0.
+    pub(super) ln_stats: u64,
     /// Hopper, opt-in (`FfnGemm::Own*`): FFN-in with the exact GELU fused,
     /// through our wgmma GEMM instead of cuBLASLt + the GELU pass. Correct,
     /// but slower than cuBLASLt + GELU so far (docs/perf/gpu.md run 16).
@@ -190,6 +197,7 @@ impl Gpu {
             weights: 0,
             kernels_from_cache: false,
             ticket: 0,
+            ln_stats: 0,
             ffn_sm90: None,
             small_max_tokens: if quantized && !options.small_linear_8bit {
                 0
@@ -253,6 +261,12 @@ pub(super) fn make_slot(
     gpu.ticket = gpu.alloc("LayerNorm ticket", 4)?;
     // SAFETY: a 256-byte allocation (alloc rounds up).
     unsafe { cr::memset_d8_sync(gpu.ticket, 0, 4) }.map_err(drv("memset"))?;
+    if options.small_layernorm == SmallLayerNorm::Statistics {
+        gpu.ln_stats = gpu.alloc("LayerNorm statistics", 2 * LN_STATS_BYTES)?;
+        // SAFETY: an allocation of that many bytes.
+        unsafe { cr::memset_d8_sync(gpu.ln_stats, 0, 2 * LN_STATS_BYTES) }
+            .map_err(drv("memset"))?;
+    }
     let mut bufs = Vec::new();
     for (what, bytes) in layout {
         bufs.push((*what, gpu.alloc(what, *bytes)?));
