@@ -418,9 +418,11 @@ __device__ __forceinline__ void small_linear(const st_t* __restrict__ x,
     if (threadIdx.x == 0) *ticket = 0u;
 }
 
+// w_scale is unused here: the fp16 and the 8-bit kernels take the same arguments.
 #define SMALL_LINEAR(NAME, MT, UNROLL)                                                         \
     extern "C" __global__ void __launch_bounds__(SL_MAX_WARPS * WARP) NAME(                    \
-        const st_t* __restrict__ x, const st_t* __restrict__ w, const st_t* __restrict__ bias, \
+        const st_t* __restrict__ x, const st_t* __restrict__ w,                                \
+        const float* __restrict__ w_scale, const st_t* __restrict__ bias,                      \
         const st_t* residual, st_t* y, int n, int k, int epilogue, int ln_in,                  \
         const st_t* __restrict__ gamma, const st_t* __restrict__ beta, float eps,              \
         unsigned* ticket, st_t* ln_out, float* stats_out, const float* stats_in,              \

@@ -559,7 +559,6 @@ impl Pass {
         let (n_i, k_i) = (n as i32, k as i32);
         let (eps, ticket, ln_out) = (self.eps, self.ticket, self.b.hidden);
         let (grid, block) = (((n / 8) as u32, 1, 1), (32 * warps, 1, 1));
-        let quantized = w_scale != 0;
         let f = for_weights(s, self.small_q, w_scale)?;
         // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
         let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
@@ -569,51 +568,29 @@ impl Pass {
         };
         // SAFETY: see Pass; arguments match SMALL_LINEAR / SMALL_LINEAR_Q in
         // small_linear.cu, and `shared` is the limit set on the function at load.
+        // The fp16 kernels take w_scale too (unused: 0).
         unsafe {
-            if quantized {
-                let args = kargs![
-                    x,
-                    w,
-                    w_scale,
-                    bias,
-                    res,
-                    y,
-                    n_i,
-                    k_i,
-                    epilogue,
-                    ln_in_i,
-                    gamma,
-                    beta,
-                    eps,
-                    ticket,
-                    ln_out,
-                    stats_out,
-                    stats_in,
-                    stats_clear
-                ];
-                launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
-            } else {
-                let args = kargs![
-                    x,
-                    w,
-                    bias,
-                    res,
-                    y,
-                    n_i,
-                    k_i,
-                    epilogue,
-                    ln_in_i,
-                    gamma,
-                    beta,
-                    eps,
-                    ticket,
-                    ln_out,
-                    stats_out,
-                    stats_in,
-                    stats_clear
-                ];
-                launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
-            }
+            let args = kargs![
+                x,
+                w,
+                w_scale,
+                bias,
+                res,
+                y,
+                n_i,
+                k_i,
+                epilogue,
+                ln_in_i,
+                gamma,
+                beta,
+                eps,
+                ticket,
+                ln_out,
+                stats_out,
+                stats_in,
+                stats_clear
+            ];
+            launch_with_shared(f.f, grid, block, shared, self.stream, args, self.early)
         }
         .map_err(drv("small linear kernel"))
     }
