@@ -25,14 +25,16 @@ def report(tag, r):
     att = sum(ms for n, ms in r.get("stages_w1_ms", []) if n.startswith("attention"))
     tot = sum(ms for n, ms in r.get("stages_w1_ms", []))
     lines = [
-        f"{tag:22} cos {r.get('cos_vs_reference_mean', nan):.5f} / {r.get('cos_vs_reference_min', nan):.5f}"
-        f"  W1 {r.get('w1_seq_per_s', nan):8.0f}  W2 {r.get('w2_sent_per_s', nan):8.0f}"
-        f" ({r.get('w2_ms', nan):.2f} ms)  W3 {r.get('w3_p50_ms', nan):.3f}"
-        f"  W1 attention {att:.3f} of {tot:.2f} ms"
+        (
+            f"{tag:22} cos {r.get('cos_vs_reference_mean', nan):.5f} / {r.get('cos_vs_reference_min', nan):.5f}"
+            f"  W1 {r.get('w1_seq_per_s', nan):8.0f}  W2 {r.get('w2_sent_per_s', nan):8.0f}"
+            f" ({r.get('w2_ms', nan):.2f} ms)  W3 {r.get('w3_p50_ms', nan):.3f}"
+            f"  W1 attention {att:.3f} of {tot:.2f} ms"
+        )
     ]
     calls = r.get("w2_calls_alone", [])
-    parts = " + ".join("%.2f" % c["ms"] for c in calls)
-    shapes = ", ".join("%dx<=%d %d tok" % (c["seqs"], c["longest"], c["tokens"]) for c in calls)
+    parts = " + ".join(f"{c['ms']:.2f}" for c in calls)
+    shapes = ", ".join(f"{c['seqs']}x<={c['longest']} {c['tokens']} tok" for c in calls)
     lines.append(f"  W2 calls alone: {parts} = {sum(c['ms'] for c in calls):.2f} ms ({shapes})")
     for k, st in enumerate(r.get("stages_w2_calls_ms", [])):
         top = sorted(st, key=lambda x: -x[1])[:6]

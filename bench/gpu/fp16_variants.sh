@@ -18,19 +18,7 @@ P=/tmp/mpnet-fp16.plan
 [ -f $P ] || timeout 200 $E build --model /tmp/mpnet --precision fp16 --profile 1x8:256x128:1024x512 -o $P > "$O/build.log" 2>&1 \
   || { echo "build failed:"; tail -3 "$O/build.log"; exit 1; }
 
-# Mixed lengths: 96 texts of 1..~500 words (the tokenizer makes >= as many tokens; the plan
-# truncates at 512), so every attention path runs: one to eight warps a block, partial key
-# tiles, several query blocks a sequence.
-python3 - "$O/mixed.jsonl" <<'EOF'
-import json, random, sys
-r = random.Random(7)
-words = "the a of to and in is it that for on with as was at by an be this are from or have not".split()
-words += "embedding sentence model attention tensor kernel vector search retrieval query".split()
-with open(sys.argv[1], "w") as f:
-    for i in range(96):
-        n = [1, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 200, 255, 300, 383, 450, 500][i % 21] + r.randrange(3)
-        f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(n))}) + "\n")
-EOF
+python3 bench/gpu/mixed_texts.py "$O/mixed.jsonl"
 
 TAGS=""
 for v in $VARIANTS; do

@@ -17,16 +17,7 @@ D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 327
 [ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
 step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
 step build-fp16 60 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
-python3 - "$O/mixed.jsonl" <<'EOF'
-import json, random, sys
-r = random.Random(7)
-words = "the a of to and in is it that for on with as was at by an be this are from or have not".split()
-words += "embedding sentence model attention tensor kernel vector search retrieval query".split()
-with open(sys.argv[1], "w") as f:
-    for i in range(96):
-        n = [1, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 200, 255, 300, 383, 450, 500][i % 21] + r.randrange(3)
-        f.write(json.dumps({"text": " ".join(r.choice(words) for _ in range(n))}) + "\n")
-EOF
+python3 bench/gpu/mixed_texts.py "$O/mixed.jsonl"
 for v in ticket stats; do
   step embed1-$v 90 env EMBEDRT_SMALL_LAYERNORM=$v $E embed --plan $Q/fp16.plan --input $O/mixed.jsonl \
     --batch-size 1 --output $O/emb1-$v.jsonl
