@@ -111,6 +111,11 @@ pub fn cache_key(k: &KeyParts) -> String {
         &(k.gpu.cublaslt_version as u64).to_le_bytes(),
     );
     field(&mut h, "precision", k.precision.name().as_bytes());
+    // The numerics a default plan of this precision gets (fp16's GELU became
+    // tanh within one embedrt version): a plan cached with other ones is not
+    // the default any more.
+    let gelu = embedrt_cuda::plan::default_gelu(k.precision);
+    field(&mut h, "gelu", gelu.name().as_bytes());
     let profile = format!("{} tokens {}", k.profile, k.profile.max_tokens);
     field(&mut h, "profile", profile.as_bytes());
     field(&mut h, "tuned", &[k.tuned as u8]);
