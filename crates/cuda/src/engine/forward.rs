@@ -561,10 +561,13 @@ impl Pass {
         let (grid, block) = (((n / 8) as u32, 1, 1), (32 * warps, 1, 1));
         let f = for_weights(s, self.small_q, w_scale)?;
         // Both kernels of a bucket agree on ln_in (slot.rs load_kernels).
-        let (shared, ln_in_i) = match f.ln_in_shared.filter(|_| ln_in) {
-            _ if ln_in && stats_in != 0 => (0, 2i32),
-            Some(bytes) => (bytes, 1i32),
-            None => (0, 0),
+        let (shared, ln_in_i) = if ln_in && stats_in != 0 {
+            (0, 2i32)
+        } else {
+            match f.ln_in_shared.filter(|_| ln_in) {
+                Some(bytes) => (bytes, 1),
+                None => (0, 0),
+            }
         };
         // SAFETY: see Pass; arguments match SMALL_LINEAR / SMALL_LINEAR_Q in
         // small_linear.cu, and `shared` is the limit set on the function at load.

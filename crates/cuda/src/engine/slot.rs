@@ -324,16 +324,19 @@ pub(super) fn make_slot(
     let ffn_in: Vec<u64> = gpu.layers.iter().map(|l| l.ffn_in_w).collect();
     let fp16 = h.precision == Precision::Fp16;
     let (hid, inter) = (config.hidden_size, config.intermediate_size);
-    if options.ffn_gemm.own_cluster().is_some() && gpu.tanh_gelu {
+    // Quantized plans never take the own GEMM, so the option is moot there.
+    if !quantized && options.ffn_gemm.own_cluster().is_some() && gpu.tanh_gelu {
         return Err(Error::Input(
             "ffn_gemm=own computes the exact GELU, and this plan runs GELU's tanh form; \
              add the engine option gelu=exact (EMBEDRT_GELU=exact) or build with --gelu exact"
                 .into(),
         ));
     }
-    let own = options.ffn_gemm.own_cluster().filter(|&(_, cn)| {
-        !quantized && !gpu.tanh_gelu && FfnInGeluSm90::applies(cc, fp16, hid, inter, cn)
-    });
+    // (A tanh-GELU float plan was refused above.)
+    let own = options
+        .ffn_gemm
+        .own_cluster()
+        .filter(|&(_, cn)| !quantized && FfnInGeluSm90::applies(cc, fp16, hid, inter, cn));
     if let Some(cluster) = own {
         let kernel = match cluster {
             (2, 1) => Kernel::FfnInGeluSm90C2,
