@@ -21,10 +21,6 @@
 #if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
 typedef unsigned short PipeRow[KPAD];
 
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src));
-}
-
 // Floats of bias values per item: the largest index att_tile reads (len + 16 * warps + 62,
 // partial tiles included) rounded up to 4.
 __device__ __forceinline__ int pipe_rel_stride(int batch_max_len, int qspan) {

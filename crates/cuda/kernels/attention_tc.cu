@@ -6,10 +6,12 @@
 // (double-buffered) and read as mma fragments with ldmatrix. S = Q K^T and O += P V run on
 // mma.m16n8k16 with fp32 accumulation; the softmax is online, in fp32 and in the exp2
 // domain (scale * log2 e folded into one multiply).
-// MPNet's relative position bias depends only on key - query: each block first gathers the
-// value for every key - query it will meet (bucket table, then the [buckets, heads] bias)
-// into shared memory, so a score costs one shared load for its bias; no
-// [batch, heads, seq, seq] tensor exists anywhere.
+// MPNet's relative position bias depends only on key - query: each block first copies the
+// value for every key - query it will meet from the table made at load (rel_table:
+// [heads, 2 max_len - 1] fp32, already times log2 e) into shared memory (rel_fetch), so a
+// score costs one shared load for its bias; no
+// [batch, heads, seq, seq] tensor exists anywhere. (Gathering it through the bucket table
+// and the [buckets, heads] bias cost two dependent global loads before the first MMA.)
 #if EMBEDRT_FP16 && (HEAD_DIM % 16 == 0) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
 #define ATT_KT 64
 #define KPAD (HEAD_DIM + 8)
@@ -23,6 +25,10 @@ __device__ __forceinline__ float exp2_approx(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_u32(dst)), "l"(src));
 }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
@@ -40,6 +46,27 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(p)));
+}
+
+// rel_s[i] = the bias (times log2 e) of key - query = i - qlast, for i < n, from this head's
+// row of the load-time table (indices clamped as the bucket table's are). ASYNC: by cp.async
+// into the group committed next (attention_tc_short: its one-warp blocks wait on nothing
+// else, W3 -0.006 ms, W2's short calls' attention -5..-12%, run 29); else plain loads while
+// tile 0 is in flight (attention_tc: cp.async made W1's attention 2-3% slower, run 29; the
+// opt-in tc2 / tc4 keep cp.async, where plain loads cost a spill).
+template <bool ASYNC>
+__device__ __forceinline__ void rel_fetch(float* rel_s, const float* __restrict__ rel_table,
+                                          int head, int max_len, int qlast, int n, int tid,
+                                          int threads) {
+    const float* row = rel_table + (size_t)head * (2 * max_len - 1);
+    const int lo = max_len - 1 - qlast;
+    for (int i = tid; i < n; i += threads) {
+        const float* src = &row[min(max(lo + i, 0), 2 * max_len - 2)];
+        if (ASYNC)
+            cp_async4(&rel_s[i], src);
+        else
+            rel_s[i] = *src;
+    }
 }
 
 struct AttRows {
@@ -215,9 +242,8 @@ __device__ __forceinline__ unsigned e4m3x2_to_half2(unsigned short codes) {
 template <bool Q8, int MT, bool SHORT = false>
 __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_in, float qkv_scale,
                                                   const int* __restrict__ offsets, int heads,
-                                                  float scale, const st_t* __restrict__ rel_bias,
-                                                  const int* __restrict__ bucket_of, int max_len,
-                                                  st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+                                                  float scale, const float* __restrict__ rel_table,
+                                                  int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
@@ -307,16 +333,14 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
         }
 #endif
     };
-    load_tile(0, 0);
-
     // rel_s[i]: bias (times log2 e) for key - query = i - (q0 + qspan - 1).
-    if (rel_bias) {
-        const int rel_lo = -(q0 + qspan - 1);
-        for (int i = tid; i < len + qspan - 1; i += blockDim.x) {
-            const int bi = min(max(rel_lo + i + max_len - 1, 0), 2 * max_len - 2);
-            rel_s[i] = ld(rel_bias[bucket_of[bi] * heads + head]) * ATT_LOG2E;
-        }
-    }
+    if (SHORT && rel_table)
+        rel_fetch<true>(rel_s, rel_table, head, max_len, q0 + qspan - 1, len + qspan - 1, tid,
+                        blockDim.x);
+    load_tile(0, 0);
+    if (!SHORT && rel_table)
+        rel_fetch<false>(rel_s, rel_table, head, max_len, q0 + qspan - 1, len + qspan - 1, tid,
+                         blockDim.x);
 
     const int qw = q0 + warp * 16 * MT;
     // Rows g and g + 8 of each of the warp's MT row tiles.
@@ -380,7 +404,7 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
             const int left = len - k0;
             const KRow* kt = ks + (Q8 ? 0 : buf) * kt_rows;
             const KRow* vt = vs + (Q8 ? 0 : buf) * kt_rows;
-            if (rel_bias) {
+            if (rel_table) {
                 if (left >= ATT_KT)
                     att_tile<MT, true, true>(qa, o, st, kt, vt, rel0, left, qk_scale, lane);
                 else
@@ -404,9 +428,9 @@ __device__ __forceinline__ void attention_tc_body(const void* __restrict__ qkv_i
 // Two blocks of 8 warps per SM (registers capped at 128).
 extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-             float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+             float scale, const float* __restrict__ rel_table,
              int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc_body<false, 1>(qkv, 1.f, offsets, heads, scale, rel_table, max_len,
                                 ctx ATT_QUANT_ARGS);
 }
 
@@ -415,9 +439,9 @@ attention_tc(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int 
 // short (engine/attention.rs picks it).
 extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc_short(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-                   float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+                   float scale, const float* __restrict__ rel_table,
                    int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false, 1, true>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of,
+    attention_tc_body<false, 1, true>(qkv, 1.f, offsets, heads, scale, rel_table,
                                       max_len, ctx ATT_QUANT_ARGS);
 }
 
@@ -427,9 +451,9 @@ attention_tc_short(const st_t* __restrict__ qkv, const int* __restrict__ offsets
 // (EMBEDRT_ATTENTION=mt2).
 extern "C" __global__ void __launch_bounds__(128, 2)
 attention_tc_mt2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-                 float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+                 float scale, const float* __restrict__ rel_table,
                  int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<false, 2>(qkv, 1.f, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc_body<false, 2>(qkv, 1.f, offsets, heads, scale, rel_table, max_len,
                                 ctx ATT_QUANT_ARGS);
 }
 
@@ -438,9 +462,9 @@ attention_tc_mt2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, 
 extern "C" __global__ void __launch_bounds__(256, 2)
 attention_tc_q8(const unsigned char* __restrict__ qkv8, float qkv_scale,
                 const int* __restrict__ offsets, int heads, float scale,
-                const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of, int max_len,
+                const float* __restrict__ rel_table, int max_len,
                 st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc_body<true, 1>(qkv8, qkv_scale, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc_body<true, 1>(qkv8, qkv_scale, offsets, heads, scale, rel_table, max_len,
                             ctx ATT_QUANT_ARGS);
 }
 #endif
@@ -558,9 +582,8 @@ __device__ __forceinline__ void att2_tile(unsigned qa_addr, unsigned k_addr,
 template <int MAXW>
 __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
                                                    const int* __restrict__ offsets, int heads,
-                                                   float scale, const st_t* __restrict__ rel_bias,
-                                                   const int* __restrict__ bucket_of, int max_len,
-                                                   st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
+                                                   float scale, const float* __restrict__ rel_table,
+                                                   int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
     pdl_begin();
     const int seq = blockIdx.z, head = blockIdx.y;
     const int start = offsets[seq];
@@ -601,16 +624,12 @@ __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
         }
         asm volatile("cp.async.commit_group;\n" ::);
     };
+    // rel_s[i]: bias (times log2 e) for key - query = i - (q0 + qspan - 1); in tile 0's group
+    // (plain loads here cost a 4-byte spill on sm_90a).
+    if (rel_table)
+        rel_fetch<true>(rel_s, rel_table, head, max_len, q0 + qspan - 1, len + qspan - 1, tid,
+                        blockDim.x);
     load_tile(0, 0);
-
-    // rel_s[i]: bias (times log2 e) for key - query = i - (q0 + qspan - 1).
-    if (rel_bias) {
-        const int rel_lo = -(q0 + qspan - 1);
-        for (int i = tid; i < len + qspan - 1; i += blockDim.x) {
-            const int bi = min(max(rel_lo + i + max_len - 1, 0), 2 * max_len - 2);
-            rel_s[i] = ld(rel_bias[bucket_of[bi] * heads + head]) * ATT_LOG2E;
-        }
-    }
 
     const int qw = q0 + warp * 16;
     const int r0 = qw + g, r1 = qw + g + 8;
@@ -638,7 +657,7 @@ __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
             const float* rel0 = rel_s + (k0 + 2 * tig - r0 + q0 + qspan - 1);
             const int left = len - k0;
             const unsigned k_addr = lane_addr + (QROWS + buf * 2 * ATT2_KT) * KPAD * 2;
-            if (rel_bias) {
+            if (rel_table) {
                 if (left >= ATT2_KT)
                     att2_tile<true, true>(qa_addr, k_addr, o, st, rel0, left, qk_scale, lane);
                 else
@@ -659,9 +678,9 @@ __device__ __forceinline__ void attention_tc2_body(const st_t* __restrict__ qkv,
 // Up to 8 warps a block, 3 blocks an SM (<= 85 registers): 24 warps in flight.
 extern "C" __global__ void __launch_bounds__(256, 3)
 attention_tc2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+              float scale, const float* __restrict__ rel_table,
               int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc2_body<8>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc2_body<8>(qkv, offsets, heads, scale, rel_table, max_len,
                           ctx ATT_QUANT_ARGS);
 }
 
@@ -669,9 +688,9 @@ attention_tc2(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int
 // of 128 tokens is two blocks, each loading K and V (the second from L2).
 extern "C" __global__ void __launch_bounds__(128, 6)
 attention_tc4(const st_t* __restrict__ qkv, const int* __restrict__ offsets, int heads,
-              float scale, const st_t* __restrict__ rel_bias, const int* __restrict__ bucket_of,
+              float scale, const float* __restrict__ rel_table,
               int max_len, st_t* __restrict__ ctx ATT_QUANT_PARAMS) {
-    attention_tc2_body<4>(qkv, offsets, heads, scale, rel_bias, bucket_of, max_len,
+    attention_tc2_body<4>(qkv, offsets, heads, scale, rel_table, max_len,
                           ctx ATT_QUANT_ARGS);
 }
 #endif

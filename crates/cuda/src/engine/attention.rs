@@ -86,6 +86,9 @@ pub(super) struct AttentionLaunch {
     /// Launched early (programmatic dependent launch); the kernel choice
     /// depends on it (`Gpu::attention_launch`).
     early: bool,
+    /// The CUDA-core kernel: it takes MPNet's bias as the bias and the bucket
+    /// table; the tensor-core kernels take the load-time bias table.
+    scalar: bool,
 }
 
 /// The buffers and model constants every attention kernel takes.
@@ -97,7 +100,8 @@ pub(super) struct AttentionArgs {
     pub(super) scale: f32,
     pub(super) rel_bias: u64,
     pub(super) bucket: u64,
-    /// MPNet's bias per key - query and head (Buffers::bias_table); 0: none.
+    /// MPNet's bias per key - query and head (Buffers::bias_table), what the
+    /// tensor-core kernels read; 0: none.
     pub(super) bias_table: u64,
     pub(super) max_len: i32,
     pub(super) ctx: u64,
@@ -189,6 +193,7 @@ impl AttentionLaunch {
                 shared: 0,
                 pipe: None,
                 early: false,
+                scalar: true,
             };
         };
         let (threads, queries) = k.block(max_len);
@@ -210,6 +215,7 @@ impl AttentionLaunch {
                 shared,
                 pipe: Some((np as i32, max_len as i32)),
                 early: false,
+                scalar: false,
             },
             None => {
                 // Fewer warps than the most: a batch of at most `queries` tokens.
@@ -225,6 +231,7 @@ impl AttentionLaunch {
                     shared,
                     pipe: None,
                     early: false,
+                    scalar: false,
                 }
             }
         }
@@ -259,7 +266,6 @@ impl AttentionLaunch {
             launch_with_shared(self.f, self.grid, block, shared, stream, args, early)
         };
         match (self.pipe, quant) {
-            // attention_tc_pipe reads the bias table instead of the bias and buckets.
             (Some((np, batch_len)), Some((cq, cs))) => l(kargs![
                 qkv, offsets, np, batch_len, heads, scale, bias_table, max_len, ctx, counter, cq,
                 cs
@@ -267,12 +273,16 @@ impl AttentionLaunch {
             (Some((np, batch_len)), None) => l(kargs![
                 qkv, offsets, np, batch_len, heads, scale, bias_table, max_len, ctx, counter
             ]),
-            (None, Some((cq, cs))) => l(kargs![
+            (None, Some((cq, cs))) if self.scalar => l(kargs![
                 qkv, offsets, heads, scale, rel_bias, bucket, max_len, ctx, cq, cs
             ]),
-            (None, None) => l(kargs![
+            (None, None) if self.scalar => l(kargs![
                 qkv, offsets, heads, scale, rel_bias, bucket, max_len, ctx
             ]),
+            (None, Some((cq, cs))) => l(kargs![
+                qkv, offsets, heads, scale, bias_table, max_len, ctx, cq, cs
+            ]),
+            (None, None) => l(kargs![qkv, offsets, heads, scale, bias_table, max_len, ctx]),
         }
     }
 }

@@ -570,8 +570,7 @@ impl CudaEngine {
                                 offs,
                                 att.heads,
                                 att.scale,
-                                att.rel_bias,
-                                att.bucket,
+                                att.bias_table,
                                 att.max_len,
                                 b.context,
                                 cq,
@@ -843,17 +842,29 @@ impl CudaEngine {
                     GemmKind::FfnOut if q.gemms.form(li, GemmKind::FfnIn).fp8_out => b.inter,
                     _ => act,
                 };
-                for &tokens in &ladder {
+                for (lo, tokens) in super::tune::step_ranges(&ladder) {
                     // Small token counts (the latency case) get a wider search: split-K
                     // and small-tile variants rank low in the heuristic there.
                     let count = if tokens <= 256 { 24 } else { 8 };
                     let form = q.gemms.form(li, kind);
-                    let candidates = q.gemms.heuristics((kind, form), tokens, count)?;
-                    let best = super::tune::fastest(&candidates, (start, stop), stream, |algo| {
-                        let w = s.weight;
+                    let candidates = super::tune::merged_candidates(
+                        q.gemms.heuristics((kind, form), tokens, count)?,
                         q.gemms
-                            .run(li, kind, tokens, w, x, res, y, stream as _, Some(*algo))
-                    })?;
+                            .heuristics((kind, form), lo, count)
+                            .unwrap_or_default(),
+                    );
+                    let sizes = [lo, tokens];
+                    let best = super::tune::fastest(
+                        &candidates,
+                        (start, stop),
+                        stream,
+                        &sizes,
+                        |algo, t| {
+                            let w = s.weight;
+                            q.gemms
+                                .run(li, kind, t, w, x, res, y, stream as _, Some(*algo))
+                        },
+                    )?;
                     if let Some(ci) = best {
                         out.push(GemmChoice {
                             gemm: kind.name().into(),

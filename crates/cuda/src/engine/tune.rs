@@ -30,7 +30,7 @@ impl CudaEngine {
         let mut out = Vec::new();
         let result = (|| -> Result<()> {
             for kind in GemmKind::ALL {
-                for &tokens in &ladder {
+                for (lo, tokens) in step_ranges(&ladder) {
                     let (w, x, res, y) = {
                         let l = &g.layers[0];
                         let b = &g.b;
@@ -50,10 +50,19 @@ impl CudaEngine {
                     // Small token counts (the latency case) get a wider search: split-K
                     // and small-tile variants rank low in the heuristic there.
                     let count = if tokens <= 256 { 24 } else { 6 };
-                    let candidates = gemms.heuristics(kind, tokens, count)?;
-                    let best = fastest(&candidates, (start, stop), stream, |algo| {
-                        gemms.run_with(0, kind, tokens, w, x, res, y, stream as _, Some(*algo))
-                    })?;
+                    let candidates = merged_candidates(
+                        gemms.heuristics(kind, tokens, count)?,
+                        gemms.heuristics(kind, lo, count).unwrap_or_default(),
+                    );
+                    let best = fastest(
+                        &candidates,
+                        (start, stop),
+                        stream,
+                        &[lo, tokens],
+                        |algo, t| {
+                            gemms.run_with(0, kind, t, w, x, res, y, stream as _, Some(*algo))
+                        },
+                    )?;
                     if let Some(ci) = best {
                         out.push(GemmChoice {
                             gemm: kind.name().into(),
@@ -75,30 +84,37 @@ impl CudaEngine {
     }
 }
 
-/// The index of the fastest of `candidates` on `stream`: each runs once
-/// untimed (one that fails to run is skipped), then five times between the
-/// two events. Shared by the fp16 and the 8-bit tuners.
+/// The index of the candidate with the least time over `sizes` (token counts)
+/// on `stream`: each runs once untimed at every size (one that fails to run is
+/// skipped), then five times a size between the two events. Shared by the
+/// fp16 and the 8-bit tuners.
 pub(super) fn fastest<A>(
     candidates: &[A],
     (start, stop): (cu::CUevent, cu::CUevent),
     stream: cu::CUstream,
-    mut run: impl FnMut(&A) -> Result<()>,
+    sizes: &[usize],
+    mut run: impl FnMut(&A, usize) -> Result<()>,
 ) -> Result<Option<usize>> {
     let mut best: Option<(f32, usize)> = None;
-    for (ci, algo) in candidates.iter().enumerate() {
-        if run(algo).is_err() {
-            continue;
-        }
-        // SAFETY: the caller's events and stream are live.
-        let ms = unsafe {
-            cr::event::record(start, stream).map_err(drv("event"))?;
-            for _ in 0..5 {
-                run(algo)?;
+    'candidates: for (ci, algo) in candidates.iter().enumerate() {
+        for &t in sizes {
+            if run(algo, t).is_err() {
+                continue 'candidates;
             }
-            cr::event::record(stop, stream).map_err(drv("event"))?;
-            cr::event::synchronize(stop).map_err(drv("event"))?;
-            cr::event::elapsed(start, stop).map_err(drv("event"))?
-        };
+        }
+        let mut ms = 0.0;
+        for &t in sizes {
+            // SAFETY: the caller's events and stream are live.
+            ms += unsafe {
+                cr::event::record(start, stream).map_err(drv("event"))?;
+                for _ in 0..5 {
+                    run(algo, t)?;
+                }
+                cr::event::record(stop, stream).map_err(drv("event"))?;
+                cr::event::synchronize(stop).map_err(drv("event"))?;
+                cr::event::elapsed(start, stop).map_err(drv("event"))?
+            };
+        }
         if best.is_none_or(|(b, _)| ms < b) {
             best = Some((ms, ci));
         }
@@ -106,12 +122,56 @@ pub(super) fn fastest<A>(
     Ok(best.map(|(_, ci)| ci))
 }
 
-/// Token counts tuned: powers of two below MAX tokens, MAX itself and OPT.
+/// The heuristic's candidates at a step's two ends, each algorithm once
+/// (`a` first).
+pub(super) fn merged_candidates(
+    a: Vec<cudarc::cublaslt::sys::cublasLtMatmulAlgo_t>,
+    b: Vec<cudarc::cublaslt::sys::cublasLtMatmulAlgo_t>,
+) -> Vec<cudarc::cublaslt::sys::cublasLtMatmulAlgo_t> {
+    let mut out = a;
+    for algo in b {
+        if !out.iter().any(|o| o.data == algo.data) {
+            out.push(algo);
+        }
+    }
+    out
+}
+
+/// Each ladder step with the smallest token count it serves: a batch runs
+/// the algorithm of the smallest step at or above its tokens (gemm.rs), so
+/// step `s` after step `p` serves `p + 1 ..= s`. The tuners time candidates
+/// at both ends: chosen at the top alone, a step's algorithm ran W2's first
+/// call (16,390 tokens, step 18,432) 14% slower than 16,384's (run 29).
+pub(super) fn step_ranges(ladder: &[usize]) -> Vec<(usize, usize)> {
+    let mut prev = 0;
+    ladder
+        .iter()
+        .map(|&s| {
+            let lo = (prev + 1).min(s);
+            prev = s;
+            (lo, s)
+        })
+        .collect()
+}
+
+/// Token counts tuned: from 16 on, each octave in up to 8 steps (multiples of
+/// 16: 16; 32, 48; 64, 80, ..; 128, 144, ..; 256, 288, ..), below MAX tokens,
+/// MAX itself and OPT. A batch runs the algorithm of the smallest step at or
+/// above its tokens (gemm.rs). Why so many: a GEMM's best tiling follows its
+/// wave count (tiles over SMs), which powers of two alone sample too coarsely;
+/// with them W2's third call (11,774 tokens) ran 16,384's FFN-out algorithm in
+/// 1.305 ms where 16,384 tokens took 1.318 (run 28).
 pub(super) fn token_ladder(max_t: usize, opt_tokens: usize) -> Vec<usize> {
-    let mut ladder: Vec<usize> = (4..30)
-        .map(|p| 1usize << p)
-        .filter(|&t| t < max_t)
-        .collect();
+    let mut ladder = Vec::new();
+    for p in 4..30 {
+        let base = 1usize << p;
+        let steps = (base / 16).min(8);
+        ladder.extend(
+            (0..steps)
+                .map(|i| base + i * (base / steps))
+                .filter(|&t| t < max_t),
+        );
+    }
     ladder.push(max_t);
     ladder.push(opt_tokens.min(max_t));
     ladder.sort_unstable();
@@ -122,8 +182,23 @@ pub(super) fn token_ladder(max_t: usize, opt_tokens: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_ladder_holds_powers_of_two_max_and_opt() {
-        assert_eq!(super::token_ladder(100, 40), vec![16, 32, 40, 64, 100]);
-        assert_eq!(super::token_ladder(64, 1000), vec![16, 32, 64]);
+    fn the_ladder_steps_each_octave_and_holds_max_and_opt() {
+        assert_eq!(
+            super::token_ladder(100, 40),
+            vec![16, 32, 40, 48, 64, 80, 96, 100]
+        );
+        assert_eq!(super::token_ladder(64, 1000), vec![16, 32, 48, 64]);
+        let wide = super::token_ladder(32768, 32768);
+        assert!(wide.windows(2).all(|w| w[1] - w[0] <= w[0] / 8 + 16));
+        assert!(wide.contains(&12288) && wide.contains(&16384) && wide.ends_with(&[30720, 32768]));
+        assert!(wide.iter().all(|t| t % 16 == 0));
+    }
+
+    #[test]
+    fn a_step_serves_the_tokens_above_the_step_before() {
+        assert_eq!(
+            super::step_ranges(&[16, 32, 40, 100]),
+            vec![(1, 16), (17, 32), (33, 40), (41, 100)]
+        );
     }
 }
