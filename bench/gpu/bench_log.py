@@ -43,3 +43,41 @@ def report(tag, r):
             + ", ".join(f"{n} {ms:.3f}" for n, ms in top)
         )
     return "\n".join(lines)
+
+
+def embeddings(d, tag):
+    """{index: embedding} from `embed --output` at d/emb-TAG.jsonl; None when it is missing."""
+    p = os.path.join(d, f"emb-{tag}.jsonl")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {r["index"]: r["embedding"] for r in rows}
+
+
+def min_cosine(a, b):
+    """The least cosine between a's and b's embeddings of the same index (nan if the sets differ)."""
+    def cos(x, y):
+        dot = sum(p * q for p, q in zip(x, y))
+        return dot / ((sum(p * p for p in x) ** 0.5) * (sum(q * q for q in y) ** 0.5))
+    return min(cos(a[i], b[i]) for i in a) if a.keys() == b.keys() else float("nan")
+
+
+def bias_ladder_summary(d, peers):
+    """The summary of bias_ladder.sh / bias_ladder2.sh: their steps, mixed-length parity of the
+    new binary against the old and the fp32 plan, every bench-plan report, the peers."""
+    with open(os.path.join(d, "steps.txt")) as f:
+        print(f.read())
+    e = {t: embeddings(d, t) for t in ("fp16-oldbin", "fp16-newbin", "fp32", "fp8-oldbin", "fp8-newbin")}
+    for a, b in (("fp16-newbin", "fp16-oldbin"), ("fp16-newbin", "fp32"), ("fp16-oldbin", "fp32"),
+                 ("fp8-newbin", "fp8-oldbin"), ("fp8-newbin", "fp32"), ("fp8-oldbin", "fp32")):
+        if e[a] and e[b]:
+            print(f"mixed lengths min cos {a} vs {b}: {min_cosine(e[a], e[b]):.7f} ({len(e[a])} texts)")
+    for f in sorted(os.listdir(d)):
+        if f.startswith("bench-") and f.endswith(".log"):
+            r = merged(os.path.join(d, f))
+            print(report(f[6:-4], r))
+            if "cos_vs_reference_min" in r:
+                print("   vs fp32:", {k: r[k] for k in r if "cos" in k or "spearman" in k})
+    for p in peers:
+        print(p, merged(os.path.join(d, f"{p}.log")))

@@ -48,37 +48,6 @@ for n in 1 2; do
 done
 step info-fp16-new 20 $E info --plan $Q/fp16-new.plan
 step peer-fp16 150 python3 $G/peer_torch.py $D "$STS"
-python3 - "$O" <<'PY' | tee "$O/summary.txt"
-import json, os, sys
-sys.path.insert(0, "bench/gpu")
-from bench_log import merged, report
-d = sys.argv[1]
-print(open(os.path.join(d, "steps.txt")).read())
-def embs(tag):
-    p = os.path.join(d, f"emb-{tag}.jsonl")
-    if not os.path.exists(p):
-        return None
-    rows = [json.loads(line) for line in open(p) if line.strip()]
-    return {r["index"]: r["embedding"] for r in rows}
-def min_cos(a, b):
-    def c(x, y):
-        dot = sum(p * q for p, q in zip(x, y))
-        nx = sum(p * p for p in x) ** 0.5
-        ny = sum(q * q for q in y) ** 0.5
-        return dot / (nx * ny)
-    return min(c(a[i], b[i]) for i in a) if a.keys() == b.keys() else float("nan")
-e = {t: embs(t) for t in ("fp16-oldbin", "fp16-newbin", "fp32", "fp8-oldbin", "fp8-newbin")}
-for a, b in (("fp16-newbin", "fp16-oldbin"), ("fp16-newbin", "fp32"), ("fp16-oldbin", "fp32"),
-             ("fp8-newbin", "fp8-oldbin"), ("fp8-newbin", "fp32"), ("fp8-oldbin", "fp32")):
-    if e[a] and e[b]:
-        print(f"mixed lengths min cos {a} vs {b}: {min_cos(e[a], e[b]):.7f} ({len(e[a])} texts)")
-for f in sorted(os.listdir(d)):
-    if f.startswith("bench-") and f.endswith(".log"):
-        r = merged(os.path.join(d, f))
-        print(report(f[6:-4], r))
-        if "cos_vs_reference_min" in r:
-            print("   vs fp32:", {k: r[k] for k in r if "cos" in k or "spearman" in k})
-print("peer-fp16", merged(os.path.join(d, "peer-fp16.log")))
-PY
+python3 -c 'import sys; sys.path.insert(0, "bench/gpu"); from bench_log import bias_ladder_summary; bias_ladder_summary(sys.argv[1], ("peer-fp16",))' "$O" | tee "$O/summary.txt"
 [ -n "${OUT:-}" ] && tar czf "$OUT/bl.tgz" -C /tmp bl && cp "$O/summary.txt" "$OUT/"
 exit 0
