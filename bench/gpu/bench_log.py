@@ -63,14 +63,13 @@ def min_cosine(a, b):
     return min(cos(a[i], b[i]) for i in a) if a.keys() == b.keys() else float("nan")
 
 
-def bias_ladder_summary(d, peers):
-    """The summary of bias_ladder.sh / bias_ladder2.sh: their steps, mixed-length parity of the
-    new binary against the old and the fp32 plan, every bench-plan report, the peers."""
+def parity_bench_summary(d, tags, pairs, peers):
+    """The summary of a device call made of `step`s: its steps, mixed-length parity between the
+    embeddings tagged in `pairs` (emb-TAG.jsonl of `tags`), every bench-plan report, the peers."""
     with open(os.path.join(d, "steps.txt")) as f:
         print(f.read())
-    e = {t: embeddings(d, t) for t in ("fp16-oldbin", "fp16-newbin", "fp32", "fp8-oldbin", "fp8-newbin")}
-    for a, b in (("fp16-newbin", "fp16-oldbin"), ("fp16-newbin", "fp32"), ("fp16-oldbin", "fp32"),
-                 ("fp8-newbin", "fp8-oldbin"), ("fp8-newbin", "fp32"), ("fp8-oldbin", "fp32")):
+    e = {t: embeddings(d, t) for t in tags}
+    for a, b in pairs:
         if e[a] and e[b]:
             print(f"mixed lengths min cos {a} vs {b}: {min_cosine(e[a], e[b]):.7f} ({len(e[a])} texts)")
     for f in sorted(os.listdir(d)):
@@ -81,3 +80,12 @@ def bias_ladder_summary(d, peers):
                 print("   vs fp32:", {k: r[k] for k in r if "cos" in k or "spearman" in k})
     for p in peers:
         print(p, merged(os.path.join(d, f"{p}.log")))
+
+
+def bias_ladder_summary(d, peers):
+    """The summary of bias_ladder.sh / bias_ladder2.sh: the new binary against the old and the
+    fp32 plan."""
+    tags = ("fp16-oldbin", "fp16-newbin", "fp32", "fp8-oldbin", "fp8-newbin")
+    pairs = (("fp16-newbin", "fp16-oldbin"), ("fp16-newbin", "fp32"), ("fp16-oldbin", "fp32"),
+             ("fp8-newbin", "fp8-oldbin"), ("fp8-newbin", "fp32"), ("fp8-oldbin", "fp32"))
+    parity_bench_summary(d, tags, pairs, peers)

@@ -92,6 +92,7 @@ def built(when, arch, fp16, head_dim, quant):
         "Fp16Sm80": fp16 == 1 and sm80,
         "Fp16Sm80Head16": fp16 == 1 and sm80 and head_dim % 16 == 0,
         "Fp16Sm90a": fp16 == 1 and arch == "compute_90a",
+        "Fp16Sm90aHead64": fp16 == 1 and arch == "compute_90a" and head_dim == 64,
         "Quant": quant != 0,
         "QuantSm80": quant != 0 and sm80,
         "QuantSm80Head16": quant != 0 and sm80 and head_dim % 16 == 0,
@@ -147,7 +148,7 @@ def test_hopper_cubin_has_no_register_spills_in_the_hot_kernels():
         if m and current:
             report[current] = int(m.group(1))
     hot = ["gelu", "layernorm", "embed_layernorm", "pool", "attention_tc2", "attention_tc4"]
-    hot += ["attention_tc_pipe"]
+    hot += ["attention_tc_pipe", "attention_wg", "attention_wg_q", "attention_wg_qo"]
     hot += ["ffn_in_gelu_sm90", "ffn_in_gelu_sm90_c2", "ffn_in_gelu_sm90_c4"]
     hot += [f"small_linear_m{m}" for m in (16, 32, 48, 64)] + ["small_attn_out_m16"]
     for k in hot:

@@ -23,6 +23,7 @@ pub const ENCODER_SOURCE: &str = concat!(
     include_str!("../kernels/attention_pipe.cu"),
     include_str!("../kernels/small_linear.cu"),
     include_str!("../kernels/ffn_gemm_sm90.cu"),
+    include_str!("../kernels/attention_wg.cu"),
     include_str!("../kernels/quant.cu"),
 );
 
@@ -39,6 +40,8 @@ pub enum Built {
     Fp16Sm80Head16,
     /// fp16 on sm_90a (Hopper's arch-specific target).
     Fp16Sm90a,
+    /// fp16 on sm_90a with a head size of 64.
+    Fp16Sm90aHead64,
     /// Programs for quantized plans (`EMBEDRT_QUANT` defined).
     Quant,
     /// Programs for quantized plans on sm_80+.
@@ -110,6 +113,9 @@ kernel_table! {
     FfnInGeluSm90 = "ffn_in_gelu_sm90" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
     FfnInGeluSm90C2 = "ffn_in_gelu_sm90_c2" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
     FfnInGeluSm90C4 = "ffn_in_gelu_sm90_c4" in "ffn_gemm_sm90.cu" when Fp16Sm90a,
+    AttentionWg = "attention_wg" in "attention_wg.cu" when Fp16Sm90aHead64,
+    AttentionWgQ = "attention_wg_q" in "attention_wg.cu" when Fp16Sm90aHead64,
+    AttentionWgQo = "attention_wg_qo" in "attention_wg.cu" when Fp16Sm90aHead64,
     EmbedLayernormQ = "embed_layernorm_q" in "quant.cu" when Quant,
     LayernormQ = "layernorm_q" in "quant.cu" when Quant,
     GeluQ = "gelu_q" in "quant.cu" when Quant,
@@ -330,6 +336,10 @@ mod tests {
             (
                 "ffn_gemm_sm90.cu",
                 include_str!("../kernels/ffn_gemm_sm90.cu"),
+            ),
+            (
+                "attention_wg.cu",
+                include_str!("../kernels/attention_wg.cu"),
             ),
             ("quant.cu", include_str!("../kernels/quant.cu")),
         ];

@@ -5,6 +5,7 @@ use cudarc::driver::{sys as cu, DriverError};
 use embedrt_core::ModelConfig;
 
 use super::launch::launch_with_shared;
+use super::options::WgmmaAttention;
 use super::slot::Gpu;
 
 /// A tensor-core attention kernel and its block shape: warps of
@@ -21,6 +22,11 @@ pub(super) struct TcAttention {
     /// `attention_tc_pipe`, where chosen: it takes the batches of at most
     /// 128 tokens with more (sequence, head) items than one wave of `f`.
     pub(super) pipe: Option<PipeGrid>,
+    /// A wgmma kernel of `attention_wg.cu` (Hopper, head size 64) and its
+    /// dynamic shared memory, where chosen: it takes the full blocks
+    /// (`most_warps` warps of one row tile: 128 queries, two warpgroups), the
+    /// same grid and arguments as `f`.
+    pub(super) wgmma: Option<(cu::CUfunction, u32)>,
 }
 
 impl TcAttention {
@@ -65,6 +71,18 @@ pub(super) fn pipe_shared_bytes(warps: usize, max_len: usize, head_dim: usize) -
 pub(super) fn tc_short_shared_bytes(qspan: usize, head_dim: usize) -> usize {
     let row = (head_dim + 8) * 2;
     4 * qspan.min(64) * row + ((2 * qspan + 64 + 3) & !3) * 4
+}
+
+/// Bytes of dynamic shared memory a wgmma attention kernel lays out (the top
+/// of `attention_wg_body`): 1,024 of alignment slack, Q (128 rows of 128
+/// bytes) where it lives there, two stages of K and V tiles of 64 keys, the
+/// bias values (ATT_REL_MAX floats).
+pub(super) fn wg_shared_bytes(w: WgmmaAttention) -> usize {
+    let q = match w {
+        WgmmaAttention::QInRegisters => 0,
+        WgmmaAttention::QShared | WgmmaAttention::QSharedOverlapped => 128 * 128,
+    };
+    1024 + q + 4 * 64 * 128 + 1024 * 4
 }
 
 /// The largest batch (longest sequence) a pipe block of `warps` warps
@@ -220,9 +238,15 @@ impl AttentionLaunch {
             None => {
                 // Fewer warps than the most: a batch of at most `queries` tokens.
                 let short = k.short.filter(|_| warps < k.most_warps);
-                let (f, shared) = match short {
-                    Some((f, head_dim)) => (f, tc_short_shared_bytes(queries, head_dim) as u32),
-                    None => (k.f, 0),
+                let full = k
+                    .wgmma
+                    .filter(|_| warps == k.most_warps && k.row_tiles == 1);
+                let (f, shared) = match (short, full) {
+                    (Some((f, head_dim)), _) => {
+                        (f, tc_short_shared_bytes(queries, head_dim) as u32)
+                    }
+                    (None, Some((f, bytes))) => (f, bytes),
+                    (None, None) => (k.f, 0),
                 };
                 AttentionLaunch {
                     f,
@@ -305,6 +329,7 @@ mod tests {
                 f: std::ptr::NonNull::dangling().as_ptr(),
                 by_warps,
             }),
+            wgmma: None,
         }
     }
 
@@ -360,6 +385,31 @@ mod tests {
         // A full block (W1) keeps attention_tc and its static memory.
         let w1 = AttentionLaunch::new(Some(k), std::ptr::null_mut(), 256, 128, 12);
         assert!(w1.f.is_null() && w1.shared == 0);
+    }
+
+    #[test]
+    fn the_wgmma_kernel_takes_full_blocks_and_the_short_kernel_the_rest() {
+        let short_f: cu::CUfunction = std::ptr::NonNull::dangling().as_ptr();
+        let wg_f = (short_f as usize + 64) as cu::CUfunction;
+        let k = TcAttention {
+            short: Some((short_f, 64)),
+            wgmma: Some((wg_f, 37_888)),
+            ..tc(false)
+        };
+        let null = std::ptr::null_mut();
+        // W1: 128 tokens, two warpgroups a (sequence, head), launched as the loop launches.
+        let w1 = AttentionLaunch::in_loop(Some(k), null, 256, 128, 12, true);
+        assert_eq!(
+            (w1.f, w1.grid, w1.threads, w1.shared),
+            (wg_f, (1, 12, 256), 256, 37_888)
+        );
+        assert!(w1.early && !w1.scalar);
+        // Longer sequences: one block a 128 queries.
+        let long = AttentionLaunch::new(Some(k), null, 64, 300, 12);
+        assert_eq!((long.f, long.grid), (wg_f, (3, 12, 64)));
+        // Short batches keep attention_tc_short.
+        let s = AttentionLaunch::new(Some(k), null, 1024, 14, 12);
+        assert_eq!((s.f, s.threads), (short_f, 32));
     }
 
     #[test]

@@ -31,7 +31,8 @@ use crate::probe;
 use slot::Gpu;
 
 pub use options::{
-    Attention, EngineOptions, FfnGemm, Gelu, LargeBatches, SmallLayerNorm, DEFAULT_SLOTS, MAX_SLOTS,
+    Attention, EngineOptions, FfnGemm, Gelu, LargeBatches, SmallLayerNorm, WgmmaAttention,
+    DEFAULT_SLOTS, MAX_SLOTS,
 };
 
 fn drv(what: &str) -> impl Fn(cr::DriverError) -> Error + '_ {

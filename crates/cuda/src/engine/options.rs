@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use embedrt_core::quant::GeluForm;
 use embedrt_core::{Error, Result};
 
+use crate::kernels::Kernel;
+
 /// Execution slots made by default: two let one batch's copies and host work
 /// overlap another's compute.
 pub const DEFAULT_SLOTS: usize = 2;
@@ -22,7 +24,7 @@ pub const MAX_SLOTS: usize = 4;
 pub const SMALL_LINEAR_MAX_TOKENS: usize = 64;
 
 /// Which attention kernel runs where both apply.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attention {
     /// The tensor-core kernel (`attention_tc.cu`) where it applies (fp16,
     /// sm_80+, head size a multiple of 16), else the CUDA-core one; batches
@@ -31,7 +33,6 @@ pub enum Attention {
     /// sentences; fp8 W2's calls -7%, run 27), launched plainly where the
     /// loop launches early (early, it was slower; plainly, fp16 W2's calls
     /// -2% and W3 -0.005..-0.013 ms, run 28); `tc`.
-    #[default]
     TensorCores,
     /// `attention_tc` for every batch, its static shared memory too, launched
     /// as the loop launches (the default before run 27); `tc-static`.
@@ -52,8 +53,53 @@ pub enum Attention {
     /// while computing the current; `pipe`. Faster alone, not in the
     /// two-slot W2 job for fp8 plans (docs/PERFORMANCE.md run 27): opt-in.
     TensorCoresPipe,
+    /// `tc`, with full blocks (batches longer than 112 tokens) on Hopper's
+    /// wgmma kernels (`attention_wg.cu`; fp16 Q, K, V, head size 64, sm_90a)
+    /// where they are built, `tc` alone elsewhere: `wg`, `wg-q`, `wg-qo`.
+    /// The default is `wg-qo` (W1's attention -15% fp16 and -18% fp8 against
+    /// `tc`, run 30).
+    Wgmma(WgmmaAttention),
     /// Always the CUDA-core kernel (an ablation).
     Scalar,
+}
+
+impl Attention {
+    /// The wgmma kernel that takes full blocks, if any.
+    pub fn wgmma(self) -> Option<WgmmaAttention> {
+        match self {
+            Attention::Wgmma(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Attention {
+    fn default() -> Self {
+        Attention::Wgmma(WgmmaAttention::QSharedOverlapped)
+    }
+}
+
+/// Which of the wgmma attention kernels (`attention_wg.cu`) takes full blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgmmaAttention {
+    /// `attention_wg`: Q's fragments in registers; `wg`.
+    QInRegisters,
+    /// `attention_wg_q`: Q in shared memory; `wg-q`.
+    QShared,
+    /// `attention_wg_qo`: Q in shared memory, the two key tiles of a batch
+    /// of at most 128 tokens overlapped; `wg-qo`.
+    QSharedOverlapped,
+}
+
+impl WgmmaAttention {
+    /// Its kernel in the encoder program.
+    pub fn kernel(self) -> Kernel {
+        match self {
+            WgmmaAttention::QInRegisters => Kernel::AttentionWg,
+            WgmmaAttention::QShared => Kernel::AttentionWgQ,
+            WgmmaAttention::QSharedOverlapped => Kernel::AttentionWgQo,
+        }
+    }
 }
 
 /// How a float plan's FFN-in activation is computed.
@@ -226,7 +272,10 @@ impl EngineOptions {
     pub const KEYS: &'static [(&'static str, &'static str)] = &[
         ("slots", "1 to 4"),
         ("graphs", "on or off (1 or 0)"),
-        ("attention", "tc, tc-static, tc2, tc4, mt2, pipe or scalar"),
+        (
+            "attention",
+            "tc, tc-static, tc2, tc4, mt2, pipe, wg, wg-q, wg-qo or scalar",
+        ),
         ("gelu", "plan, exact or tanh"),
         ("ffn_gemm", "cublaslt, own, own-c2 or own-c4"),
         ("small_linear", "the largest token bucket, 0 = off"),
@@ -301,6 +350,9 @@ impl EngineOptions {
                     "tc4" => Attention::TensorCores4,
                     "mt2" => Attention::TensorCoresMt2,
                     "pipe" => Attention::TensorCoresPipe,
+                    "wg" => Attention::Wgmma(WgmmaAttention::QInRegisters),
+                    "wg-q" => Attention::Wgmma(WgmmaAttention::QShared),
+                    "wg-qo" => Attention::Wgmma(WgmmaAttention::QSharedOverlapped),
                     "scalar" => Attention::Scalar,
                     _ => return Err(expected()),
                 }
@@ -448,7 +500,8 @@ mod tests {
         let e = one("EMBEDRT_ATTENTION", "flash");
         assert!(
             e.contains(
-                "EMBEDRT_ATTENTION=flash: expected tc, tc-static, tc2, tc4, mt2, pipe or scalar"
+                "EMBEDRT_ATTENTION=flash: expected tc, tc-static, tc2, tc4, mt2, pipe, wg, wg-q, \
+                 wg-qo or scalar"
             ),
             "{e}"
         );
@@ -472,6 +525,12 @@ mod tests {
     #[test]
     fn set_takes_each_key() {
         let mut o = EngineOptions::default();
+        assert_eq!(
+            o.attention,
+            Attention::Wgmma(WgmmaAttention::QSharedOverlapped)
+        );
+        o.set("attention", "wg-q").unwrap();
+        assert_eq!(o.attention.wgmma(), Some(WgmmaAttention::QShared));
         for (k, v) in [
             ("slots", "3"),
             ("graphs", "off"),

@@ -191,6 +191,7 @@ impl QuantState {
                 row_tiles: 1,
                 short: None,
                 pipe: None,
+                wgmma: None,
             })
         } else {
             None

@@ -11,8 +11,10 @@ use cudarc::driver::{result as cr, sys as cu, CudaContext};
 use embedrt_core::quant::GemmSite;
 use embedrt_core::{Architecture, Error, Result};
 
-use super::attention::{pipe_batch_len, pipe_shared_bytes, PipeGrid, TcAttention, PIPE_MOST_WARPS};
-use super::options::{Attention, EngineOptions, SmallLayerNorm};
+use super::attention::{
+    pipe_batch_len, pipe_shared_bytes, wg_shared_bytes, PipeGrid, TcAttention, PIPE_MOST_WARPS,
+};
+use super::options::{Attention, EngineOptions, SmallLayerNorm, WgmmaAttention};
 use super::{drv, quantized, CudaEngine};
 use crate::ffn_sm90::FfnInGeluSm90;
 use crate::gemm::{GemmKind, Gemms};
@@ -495,14 +497,15 @@ fn load_kernels(
                 Attention::TensorCores
                 | Attention::TensorCoresStatic
                 | Attention::Scalar
-                | Attention::TensorCoresPipe => (Kernel::AttentionTc, 8, 1),
+                | Attention::TensorCoresPipe
+                | Attention::Wgmma(_) => (Kernel::AttentionTc, 8, 1),
             };
             match func(kernel) {
                 Ok(f) => {
                     let short = match options.attention {
-                        Attention::TensorCores | Attention::TensorCoresPipe => {
-                            Some(func(Kernel::AttentionTcShort)?)
-                        }
+                        Attention::TensorCores
+                        | Attention::TensorCoresPipe
+                        | Attention::Wgmma(_) => Some(func(Kernel::AttentionTcShort)?),
                         _ => None,
                     };
                     let pipe = if options.attention == Attention::TensorCoresPipe {
@@ -514,12 +517,22 @@ fn load_kernels(
                     } else {
                         None
                     };
+                    // Built for sm_90a and head size 64 only: elsewhere attention_tc serves.
+                    let wgmma = match options.attention.wgmma() {
+                        Some(w) => match func(w.kernel()) {
+                            // SAFETY: a function of the module loaded above.
+                            Ok(f) => unsafe { wg_shared(f, w, shared_optin) }?,
+                            Err(_) => None,
+                        },
+                        None => None,
+                    };
                     Some(TcAttention {
                         f,
                         most_warps,
                         row_tiles,
                         short: short.map(|f| (f, config.head_dim())),
                         pipe,
+                        wgmma,
                     })
                 }
                 Err(_) => None,
@@ -670,6 +683,30 @@ unsafe fn small_x_shared(
     )
     .map_err(attr)?;
     Ok(Some(bytes as u32))
+}
+
+/// The dynamic shared memory the wgmma attention kernel `f` lays out, set on
+/// it as its limit: Some((f, bytes)), or None where this GPU's blocks cannot
+/// have that much.
+///
+/// # Safety
+/// `f` is a function of a loaded module.
+unsafe fn wg_shared(
+    f: cu::CUfunction,
+    w: WgmmaAttention,
+    shared_optin: usize,
+) -> Result<Option<(cu::CUfunction, u32)>> {
+    let bytes = wg_shared_bytes(w);
+    if bytes > shared_optin {
+        return Ok(None);
+    }
+    cr::function::set_function_attribute(
+        f,
+        cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(|e| Error::Backend(format!("CUDA kernel attribute: {e}")))?;
+    Ok(Some((f, bytes as u32)))
 }
 
 /// `attention_tc_pipe`'s shapes for this GPU: for each block size, the
