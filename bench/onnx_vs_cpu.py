@@ -146,6 +146,9 @@ def main():
         sentences_csv = args.work / "sentences.jsonl"
         sentences_csv.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
 
+    def best(runs):
+        return max(runs, key=lambda run: run["sentences_per_s"])
+
     rows = []
     for model in args.model:
         name = model.name or model.resolve().name
@@ -159,7 +162,6 @@ def main():
             cpu_runs.append(bench_cpu(args.embedrt, model, sentences_csv, args.batch_size, args.repeat, args.threads))
             print(f"{name}: round {r + 1}/{args.rounds}: ONNX Runtime ...", file=sys.stderr)
             ort_runs.append(bench_ort(out, sentences, args.batch_size, args.repeat, args.threads))
-        best = lambda runs: max(runs, key=lambda x: x["sentences_per_s"])
         cpu, onnx = best(cpu_runs), best(ort_runs)
         row = {
             "model": name,

@@ -27,12 +27,13 @@ with torch.no_grad():
             p.add_(0.02 * torch.randn_like(p))
 model.save_pretrained(out, safe_serialization=True)
 shutil.copy(tok, os.path.join(out, "tokenizer.json"))
-json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-           {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-           {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
-          open(os.path.join(out, "modules.json"), "w"))
-json.dump({"word_embedding_dimension": 768, "pooling_mode_mean_tokens": True},
-          open(os.path.join(out, "1_Pooling/config.json"), "w"))
-json.dump({"max_seq_length": 512, "do_lower_case": False},
-          open(os.path.join(out, "sentence_bert_config.json"), "w"))
+with open(os.path.join(out, "modules.json"), "w") as f:
+    json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
+              f)
+with open(os.path.join(out, "1_Pooling/config.json"), "w") as f:
+    json.dump({"word_embedding_dimension": 768, "pooling_mode_mean_tokens": True}, f)
+with open(os.path.join(out, "sentence_bert_config.json"), "w") as f:
+    json.dump({"max_seq_length": 512, "do_lower_case": False}, f)
 print("made", out)

@@ -18,7 +18,8 @@ for name in ["config.json", "modules.json", "sentence_bert_config.json", "tokeni
     if os.path.exists(os.path.join(src, name)):
         shutil.copy(os.path.join(src, name), os.path.join(dst, name))
 shutil.copy(os.path.join(src, "1_Pooling/config.json"), os.path.join(dst, "1_Pooling/config.json"))
-raw = open(os.path.join(src, "model.safetensors"), "rb").read()
+with open(os.path.join(src, "model.safetensors"), "rb") as f:
+    raw = f.read()
 n = struct.unpack("<Q", raw[:8])[0]
 header = json.loads(raw[8:8 + n])
 out, blobs, off = {}, [], 0

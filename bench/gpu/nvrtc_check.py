@@ -18,7 +18,7 @@ def load_nvrtc():
     if not path:
         import nvidia.cu13  # the wheel's namespace package
 
-        path = os.path.join(list(nvidia.cu13.__path__)[0], "lib", "libnvrtc.so.13")
+        path = os.path.join(next(iter(nvidia.cu13.__path__)), "lib", "libnvrtc.so.13")
     # libnvrtc dlopens its builtins by soname: load them first, globally.
     ctypes.CDLL(os.path.join(os.path.dirname(path), "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)
     return ctypes.CDLL(path)
@@ -51,7 +51,11 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     sep = args.index("--")
     arch, defines, files = args[0], args[1:sep], args[sep + 1:]
-    source = "".join(open(f).read() for f in files)
+    parts = []
+    for f in files:
+        with open(f) as fh:
+            parts.append(fh.read())
+    source = "".join(parts)
     rc, log, _ = compile(load_nvrtc(), source, arch, defines, ptxas_report=arch.startswith("sm_"))
     print(log)
     print("compile", "OK" if rc == 0 else f"FAILED ({rc})")

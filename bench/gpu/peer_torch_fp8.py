@@ -51,4 +51,4 @@ src = src.replace(anchor, anchor + "\nmodel = convert(model)", 1)
 src = src.replace("fp16 eager", "fp8 dynamic row-wise (torch._scaled_mm) eager", 1)
 sys.argv = [os.path.join(here, "peer_torch.py")] + sys.argv[1:]
 # peer_torch.py itself, with the one line above added: the two peers cannot drift apart.
-exec(compile(src, "peer_torch.py+fp8", "exec"), {"__name__": "__main__", "convert": convert})
+exec(compile(src, "peer_torch.py+fp8", "exec"), {"__name__": "__main__", "convert": convert})  # noqa: S102 -- deliberate: runs peer_torch.py's own source

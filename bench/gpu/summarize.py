@@ -11,13 +11,14 @@ def lines(name):
     if not os.path.exists(p):
         return []
     res = []
-    for l in open(p):
-        l = l.strip()
-        if l.startswith("{"):
-            try:
-                res.append(json.loads(l))
-            except ValueError:
-                pass
+    with open(p) as f:
+        for l in f:
+            l = l.strip()
+            if l.startswith("{"):
+                try:
+                    res.append(json.loads(l))
+                except ValueError:
+                    pass
     return res
 
 

@@ -159,7 +159,7 @@ def scrape(url):
 def percentile(sorted_values, p):
     if not sorted_values:
         return None
-    k = min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values))) - 1))
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 

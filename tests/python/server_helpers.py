@@ -39,8 +39,10 @@ class Server:
     def __init__(self, binary, *args, ready=True):
         self.port = free_port()
         self.args = [str(binary), "serve", "--host", "127.0.0.1", "--port", str(self.port), *map(str, args)]
-        self.log = tempfile.NamedTemporaryFile(prefix="embedrt-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        # The child gets its own copy of the descriptor: ours can be closed once it has started.
+        with tempfile.NamedTemporaryFile(prefix="embedrt-serve-", suffix=".log", delete=False) as log:
+            self.log_path = log.name
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         if ready:
             self.wait_ready()
 
@@ -58,8 +60,7 @@ class Server:
         raise AssertionError(f"server not ready after {timeout}s: {self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
-        return pathlib.Path(self.log.name).read_text(errors="replace")
+        return pathlib.Path(self.log_path).read_text(errors="replace")
 
     def request(self, method, path, body=None, headers=None, timeout=60) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -104,9 +105,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
         try:
-            os.unlink(self.log.name)
+            os.unlink(self.log_path)
         except OSError:
             pass
 

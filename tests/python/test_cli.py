@@ -7,7 +7,7 @@ import numpy as np
 
 def run(embedrt_bin, *args, stdin=b""):
     return subprocess.run(
-        [str(embedrt_bin), *map(str, args)], input=stdin, capture_output=True, timeout=600
+        [str(embedrt_bin), *map(str, args)], input=stdin, capture_output=True, timeout=600, check=False
     )
 
 

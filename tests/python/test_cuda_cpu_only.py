@@ -14,7 +14,7 @@ FIXTURE = "tiny-mpnet-mean-norm"
 
 def run(binary, *args, stdin=""):
     return subprocess.run([str(binary), *map(str, args)], input=stdin, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
