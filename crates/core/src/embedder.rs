@@ -9,17 +9,23 @@ use crate::error::Result;
 use crate::model::SentenceModel;
 use crate::tokenizer::Encoded;
 
-/// With several engine slots a job is cut into at least two batches per
-/// slot (so one batch's copy-out and normalization overlap the next one's
-/// compute), but never into batches smaller than this many tokens: measured
-/// on the H200 (docs/perf/gpu.md, run 12), 256 x 128 tokens cut into four
-/// 8,192-token batches ran 3–4% slower than as one batch, and the host work
-/// that pipelining hides is small next to a 16,384-token batch.
-const MIN_PIPELINED_BATCH_TOKENS: usize = 16384;
+/// With several engine slots a job too large for one engine call is cut
+/// into at least two batches per slot (so one batch's copy-out and
+/// normalization overlap the next one's compute), but never into batches
+/// smaller than this many tokens; a job that fits in one call is one call.
+/// Measured on the H200 (docs/PERFORMANCE.md run 31): 256 x 128 tokens (the
+/// 32k-token budget's one call) ran 1.5-4.4% faster (fp16) as one call than
+/// cut in two; the 3,000-sentence job (49k tokens) ran 3-4% faster cut into
+/// 16,384-token batches than into 32,768-token ones; 8,192 cost 3-4% (run 12).
+pub const MIN_PIPELINED_BATCH_TOKENS: usize = 16384;
 
 pub struct Embedder {
     pub model: Arc<SentenceModel>,
     pub backend: Arc<dyn Backend>,
+    /// The smallest batch, in tokens, that a job is cut into for pipelining
+    /// across slots ([`MIN_PIPELINED_BATCH_TOKENS`] unless set); `usize::MAX`
+    /// never cuts a job below the engine's own limits.
+    pub min_pipelined_batch_tokens: usize,
 }
 
 impl Embedder {
@@ -27,6 +33,7 @@ impl Embedder {
         Embedder {
             model: Arc::new(model),
             backend,
+            min_pipelined_batch_tokens: MIN_PIPELINED_BATCH_TOKENS,
         }
     }
 
@@ -57,9 +64,12 @@ impl Embedder {
         let len_of = |i: usize| seqs[i].len().min(info.max_seq_len);
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        let split_tokens = if slots > 1 {
-            let total: usize = order.iter().map(|&i| len_of(i)).sum();
-            total.div_ceil(2 * slots).max(MIN_PIPELINED_BATCH_TOKENS)
+        let total: usize = order.iter().map(|&i| len_of(i)).sum();
+        let one_call = total <= info.max_batch_tokens && seqs.len() <= max_seqs;
+        let split_tokens = if slots > 1 && !one_call {
+            total
+                .div_ceil(2 * slots)
+                .max(self.min_pipelined_batch_tokens)
         } else {
             usize::MAX
         };
@@ -180,6 +190,7 @@ mod tests {
     /// ids, first id); the batch it came in must not matter.
     struct Summing {
         slots: usize,
+        max_seqs: usize,
         max_tokens: usize,
         fail_on_id: Option<u32>,
     }
@@ -189,7 +200,7 @@ mod tests {
             BackendInfo {
                 device: "test".into(),
                 precision: "fp32".into(),
-                max_batch_size: 64,
+                max_batch_size: self.max_seqs,
                 max_batch_tokens: self.max_tokens,
                 max_seq_len: 50,
             }
@@ -237,6 +248,7 @@ mod tests {
         )?;
         let backend = Summing {
             slots,
+            max_seqs: 64,
             max_tokens: 2000,
             fail_on_id: fail,
         };
@@ -292,5 +304,57 @@ mod tests {
                 Ok(_) => panic!("a failing batch must fail the job"),
             }
         }
+    }
+
+    #[test]
+    fn the_pipelining_threshold_sets_how_finely_a_job_is_cut() {
+        let model = SentenceModel::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/tiny-bert-max")
+                .display()
+                .to_string(),
+        )
+        .unwrap();
+        let backend = Summing {
+            slots: 2,
+            max_seqs: 1000,
+            max_tokens: 1_000_000,
+            fail_on_id: None,
+        };
+        let mut e = Embedder::new(model, Arc::new(backend));
+        let s = seqs();
+        let refs: Vec<&[u32]> = s.iter().map(|v| v.as_slice()).collect();
+        let tokens = |b: &[usize]| b.iter().map(|&i| s[i].len().min(50)).sum::<usize>();
+        let total: usize = (0..s.len()).map(|i| s[i].len().min(50)).sum();
+        // A job that fits in one engine call is one call, whatever the threshold.
+        e.min_pipelined_batch_tokens = 10;
+        assert_eq!(e.plan_batches(&refs, 1000).len(), 1);
+        // Below the job's quarter, the quarter rules: four batches for two slots.
+        let backend = Summing {
+            slots: 2,
+            max_seqs: 1000,
+            max_tokens: total - 1,
+            fail_on_id: None,
+        };
+        e.backend = Arc::new(backend);
+        let cut = e.plan_batches(&refs, 1000);
+        assert_eq!(
+            cut.len(),
+            4,
+            "{:?}",
+            cut.iter().map(|b| tokens(b)).collect::<Vec<_>>()
+        );
+        assert!(cut[..3].iter().all(|b| tokens(b) >= total.div_ceil(4)));
+        // A threshold above the job: batches as large as the engine takes (two).
+        e.min_pipelined_batch_tokens = usize::MAX;
+        let whole = e.plan_batches(&refs, 1000);
+        assert_eq!(whole.len(), 2);
+        assert!(tokens(&whole[0]) > total / 2);
+        let by_size = e.plan_batches(&refs, 64);
+        assert!(by_size[..by_size.len() - 1].iter().all(|b| b.len() == 64));
+        assert_eq!(
+            e.embed_ids(&refs, 64, false, &|_| {}).unwrap().len(),
+            s.len()
+        );
     }
 }

@@ -85,7 +85,7 @@ pub fn open_engines(
     let ordinals = match Devices::parse(&spec.device)? {
         Devices::One(_) => {
             let Opened { embedder, notes } = open(spec)?;
-            let Embedder { model, backend } = embedder;
+            let Embedder { model, backend, .. } = embedder;
             let label = device_label(backend.as_ref());
             return Ok((model, vec![LabeledEngine { label, backend }], notes));
         }

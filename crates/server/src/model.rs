@@ -51,7 +51,7 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// One engine: what `open` gives for a single device.
     pub fn single(embedder: Embedder, name: String, fingerprint: String) -> LoadedModel {
-        let Embedder { model, backend } = embedder;
+        let Embedder { model, backend, .. } = embedder;
         LoadedModel {
             model,
             engines: vec![Engine {

@@ -18,6 +18,11 @@
 //! (256 x 128) and the W3 sentence (16 tokens) a few times each, nothing
 //! else: a short program for `ncu` to look at single kernels.
 //!
+//! `EMBEDRT_MIN_PIPELINED_TOKENS` (a number, or `max`: never cut a job for
+//! pipelining) sets the Embedder's pipelining threshold in W1 and W2, and
+//! bench-plan adds each job's call timeline (`w1_timeline`, `w2_timeline`:
+//! worker, seqs, tokens, start and end ms from the job's start).
+//!
 //! Engine options: the `EMBEDRT_*` variables the CLI reads
 //! (`EngineOptions::ENV_VARS`), then `--engine KEY=VALUE` flags before the
 //! command (`--engine graphs=off --engine attention=scalar parity DIR`), apply
@@ -35,6 +40,15 @@ use embedrt_cpu::CpuEngine;
 use embedrt_cuda::engine::random_batch;
 use embedrt_cuda::{build_plan, BuildOptions, CudaEngine, EngineOptions, Plan, Precision};
 use serde_json::json;
+
+mod timeline;
+use timeline::Recording;
+
+/// mimalloc keeps freed memory for the next job instead of handing it back to the kernel
+/// and faulting it in again (glibc's malloc did: ~2 ms of a 3,000-sentence job's host time,
+/// docs/PERFORMANCE.md run 31).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The options every engine of this run loads with (set once in `main`).
 static OPTIONS: OnceLock<EngineOptions> = OnceLock::new();
@@ -490,7 +504,23 @@ fn bench_plan(
     rec["gpu_bytes_taken_by_load"] = json!(free0.saturating_sub(free1));
     rec["stages_w1_ms"] = stages_of(&engine, &w1)?;
     rec["stages_w3_ms"] = stages_of(&engine, &w3)?;
-    let emb = Embedder::new(model.clone(), engine.clone());
+    // The stage sum of W1 ten times back to back: a single timed pass after
+    // idle time runs at a higher clock than a sustained loop does.
+    let mut sums = Vec::new();
+    for _ in 0..10 {
+        sums.push(
+            engine
+                .stage_times(&w1)?
+                .iter()
+                .map(|(_, ms)| ms)
+                .sum::<f64>(),
+        );
+    }
+    rec["stages_w1_sum_first_ms"] = json!(sums[0]);
+    rec["stages_w1_sum_median_ms"] = json!(percentile(&mut sums, 0.5));
+    rec["w1_timeline"] = timeline(&model, &engine, &w1_refs, 256)?;
+    rec["w2_timeline"] = timeline(&model, &engine, &w2_refs, engine.info().max_batch_size)?;
+    let emb = embedder(&model, engine.clone())?;
     let mut w2_stages = Vec::new();
     for b in w2_calls(&emb, &engine, &w2_refs) {
         w2_stages.push(stages_of(&engine, &b)?);
@@ -541,6 +571,41 @@ fn stages_of(engine: &CudaEngine, b: &TokenBatch) -> Result<serde_json::Value> {
         .collect::<Vec<_>>()))
 }
 
+/// The Embedder's pipelining threshold for this run (`EMBEDRT_MIN_PIPELINED_TOKENS`).
+fn min_pipelined_tokens() -> Result<usize> {
+    match std::env::var("EMBEDRT_MIN_PIPELINED_TOKENS") {
+        Err(_) => Ok(embedrt_core::embedder::MIN_PIPELINED_BATCH_TOKENS),
+        Ok(v) if v == "max" => Ok(usize::MAX),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("EMBEDRT_MIN_PIPELINED_TOKENS={v:?} is not a number or max")),
+    }
+}
+
+fn embedder(model: &SentenceModel, backend: Arc<dyn Backend>) -> Result<Embedder> {
+    let mut emb = Embedder::new(model.clone(), backend);
+    emb.min_pipelined_batch_tokens = min_pipelined_tokens()?;
+    Ok(emb)
+}
+
+/// One run of a job through a recording backend, after one warm-up:
+/// the job's host time and its calls' timeline.
+fn timeline(
+    model: &SentenceModel,
+    engine: &Arc<CudaEngine>,
+    seqs: &[&[u32]],
+    batch_size: usize,
+) -> Result<serde_json::Value> {
+    let rec = Arc::new(Recording::new(engine.clone()));
+    let emb = embedder(model, rec.clone())?;
+    emb.embed_ids(seqs, batch_size, true, &|_| {})?;
+    rec.restart();
+    let t = Instant::now();
+    emb.embed_ids(seqs, batch_size, true, &|_| {})?;
+    let job_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(json!({"job_ms": job_ms, "calls": rec.calls_json()}))
+}
+
 /// W1, W2, W3 on one engine.
 fn measure(
     model: &SentenceModel,
@@ -549,7 +614,7 @@ fn measure(
     w2: &[&[u32]],
     w3: &TokenBatch,
 ) -> Result<serde_json::Value> {
-    let emb = Embedder::new(model.clone(), engine.clone());
+    let emb = embedder(model, engine.clone())?;
     for _ in 0..3 {
         emb.embed_ids(w1, 256, true, &|_| {})?;
     }
@@ -611,6 +676,7 @@ fn measure(
         "w1_engine_call_ms": w1e_s * 1e3,
         "w2_sent_per_s": w2.len() as f64 / w2_s, "w2_ms": w2_s * 1e3, "w2_batch": w2_batch,
         "w3_p50_ms": p50, "w3_p99_ms": p99, "w2_calls_alone": w2_alone,
+        "min_pipelined_tokens": emb.min_pipelined_batch_tokens,
     }))
 }
 
