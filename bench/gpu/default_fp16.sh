@@ -14,7 +14,7 @@
 # Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh, run from this worktree), the
 # MPNet-base model is made as bench/gpu/memory_budget.sh does. Each step logs to $O and may
 # fail alone; a summary comes last.
-# usage (device): bash bench/gpu/default_fp16.sh; results in $OUT (default /tmp/out)
+# usage (device): [SERVE_ONLY=1] bash bench/gpu/default_fp16.sh; results in $OUT (default /tmp/out)
 set -uo pipefail
 G=.gpu
 O=${OUT:-/tmp/out}/default_fp16
@@ -77,6 +77,8 @@ ls -la "$EMBEDRT_PLAN_CACHE" | tee -a "$O/summary.txt"
 $E info | tee -a "$O/summary.txt"
 CACHED=$(ls "$EMBEDRT_PLAN_CACHE"/fp16-*.plan | head -1)
 $E info --plan "$CACHED" | grep -E "profile|batch limits|workspace|device memory" | tee -a "$O/summary.txt"
+# SERVE_ONLY=1: items 1 and 2 only (bench/gpu/closing_check.sh).
+[ -n "${SERVE_ONLY:-}" ] && exit 0
 
 # The large-workspace plan to compare with: same serving profile, 4x the token budget.
 BIG=/tmp/mpnet-big.plan

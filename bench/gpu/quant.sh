@@ -13,10 +13,13 @@
 #     where it runs, PyTorch's fp8 path (peer_torch_fp8.py: torch._scaled_mm, row-wise scales).
 # Every step is logged and may fail alone; a summary table comes last. Results in $OUT.
 # Binaries come prebuilt in .gpu/ (bench/gpu/prepare_carry.sh, run from this worktree).
+# usage (device): [PARTS="minilm mpnet fallback"] bash bench/gpu/quant.sh
 set -uo pipefail
 O=/tmp/qres
 BUDGET=${BUDGET:-450}  # seconds; later steps are skipped (and say so) past it
 source "$(dirname "$0")/steps.sh"
+# PARTS picks sections (default all three): minilm, mpnet, fallback.
+part() { [[ " ${PARTS:-minilm mpnet fallback} " == *" $1 "* ]]; }
 python3 -c "import torchao; print('torchao', torchao.__version__)" > "$O/torchao.txt" 2>&1 || echo "torchao: not importable here ($(tail -1 "$O/torchao.txt"))" | tee -a "$O/steps.txt"
 
 model_run() { # model_run TAG DIR PROFILE [BUILD_EVAL_ARGS...]
@@ -40,7 +43,7 @@ model_run() { # model_run TAG DIR PROFILE [BUILD_EVAL_ARGS...]
 }
 
 # 1. MiniLM, real weights.
-if [ -d $G/minilm ]; then
+if part minilm && [ -d $G/minilm ]; then
   model_run minilm $G/minilm 1x8:256x128:1024x256 --eval "$STS" --held-out 1000
   for p in fp32 fp16 int8 fp8; do step "minilm-eval-$p" 60 $E eval --plan /tmp/qplans/minilm-$p.plan --sts "$STS"; done
   # 1b. The CPU fake-quant reference (the same table the plan holds, PLAN.calib.json: same
@@ -60,15 +63,15 @@ if [ -d $G/minilm ]; then
 fi
 
 # 2. MPNet-base, random weights.
-[ -d /tmp/mpnet ] || step make-mpnet 200 python3 $G/make_mpnet.py /tmp/mpnet $G/tokenizer.json
-if [ -d /tmp/mpnet ]; then
+part mpnet && { [ -d /tmp/mpnet ] || step make-mpnet 200 python3 $G/make_mpnet.py /tmp/mpnet $G/tokenizer.json; }
+if part mpnet && [ -d /tmp/mpnet ]; then
   CAL_ARGS=--no-fallback model_run mpnet /tmp/mpnet 1x8:256x128:1024x512
   step peer-fp16 200 python3 $G/peer_torch.py /tmp/mpnet "$STS"
   step peer-fp8 200 python3 bench/gpu/peer_torch_fp8.py /tmp/mpnet "$STS"
 fi
 # 3. The sensitivity fallback (last: the longest step): int8 MiniLM with a target the all-int8
 # plan may miss; the most sensitive GEMMs fall back to fp16 until it holds.
-if [ -d $G/minilm ]; then
+if part fallback && [ -d $G/minilm ]; then
   # The sensitivity fallback: int8 with a target the all-int8 plan may miss.
   step minilm-build-int8-target 240 $E build --model $G/minilm --precision int8 --profile 1x8:256x128:1024x256 --max-batch-tokens 32768 \
     --calibration-table /tmp/qplans/minilm-int8.table.json --eval "$STS" --held-out 500 --accuracy-target 0.999 \

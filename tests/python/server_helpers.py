@@ -44,7 +44,13 @@ class Server:
             self.log_path = log.name
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         if ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                # No `with` block owns the process yet: stop it here, or it outlives the test.
+                self.proc.kill()
+                self.proc.wait()
+                raise
 
     def wait_ready(self, timeout=START_TIMEOUT_S):
         deadline = time.monotonic() + timeout

@@ -1,4 +1,3 @@
-// NOTE (helper B, 22:14): two helpers are editing this worktree; read .cache/COORDINATION-quant-gpu.md
 // ---------------------------------------------------------------------------
 // Quantized plans' kernels (EMBEDRT_QUANT 1 = int8, 2 = fp8; quant_io.cu has the helpers).
 // A quantized GEMM runs on cuBLASLt with 8-bit inputs and writes its raw 32-bit
