@@ -527,7 +527,7 @@ fn bench_plan(
     }
     rec["stages_w2_calls_ms"] = json!(w2_stages);
     let out = emb.embed_ids(&w2_refs, 256, false, &|_| {})?;
-    rec["spearman"] = json!(100.0 * spearman_of(&pairs, &out));
+    rec["spearman"] = json!(spearman_of(&pairs, &out));
     if let Some(r) = reference {
         let ref_engine = Arc::new(CudaEngine::load(&Plan::read(r)?, 0, &options())?);
         let ref_emb = Embedder::new(model.clone(), ref_engine);
@@ -540,7 +540,7 @@ fn bench_plan(
         rec["reference"] = json!(r.display().to_string());
         rec["cos_vs_reference_mean"] = json!(cos.iter().sum::<f64>() / cos.len().max(1) as f64);
         rec["cos_vs_reference_min"] = json!(min_cosine(&out, &ref_out));
-        rec["spearman_reference"] = json!(100.0 * spearman_of(&pairs, &ref_out));
+        rec["spearman_reference"] = json!(spearman_of(&pairs, &ref_out));
         // Sentences one at a time: the small-token path (for quantized plans,
         // 8-bit weights with fp16 activations) against the reference, and
         // against this plan's own batched vectors.
@@ -557,7 +557,7 @@ fn bench_plan(
         rec["single_cos_vs_reference_mean"] = json!(cos.iter().sum::<f64>() / n);
         rec["single_cos_vs_reference_min"] = json!(min_cosine(&single, &ref_out));
         rec["single_cos_vs_batched_min"] = json!(min_cosine(&single, &out));
-        rec["spearman_single"] = json!(100.0 * spearman_of(&pairs, &single));
+        rec["spearman_single"] = json!(spearman_of(&pairs, &single));
     }
     println!("{rec}");
     Ok(())
