@@ -16,13 +16,12 @@ OUT=/tmp/att-fp16 VARIANTS=${VARIANTS:-"default mt2 tc4"} bash bench/gpu/fp16_va
   | tee /tmp/att-fp16/summary.txt
 O=/tmp/att-fp8; BUDGET=${BUDGET:-330}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
+mpnet_model
 step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
   --calibration-size 512 --no-fallback -o $Q/t.table.json
 python3 -c "import json,sys; t=json.load(open(sys.argv[1])); t['attention_inputs']='fp8'; json.dump(t, open(sys.argv[2],'w'))" \
   $Q/t.table.json $Q/t8.table.json
-step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
+mpnet_plan fp32 60
 step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
 step build-fp8-qkv8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t8.table.json -o $Q/fp8-qkv8.plan
 for p in fp8 fp8-qkv8; do

@@ -19,12 +19,11 @@ OUT=/tmp/att-fp16 VARIANTS=${VARIANTS:-"default tc-static pipe"} bash bench/gpu/
   | tee /tmp/att-fp16/summary.txt
 O=/tmp/att-fp8; BUDGET=${BUDGET:-300}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
 step minilm-parity-pipe 90 env EMBEDRT_ATTENTION=pipe $C parity $G/minilm "$STS"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
+mpnet_model
 step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
   --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
+mpnet_plan fp32 60
 step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
 KERNELS=${KERNELS:-"tc tc-static pipe"}
 for a in $KERNELS; do

@@ -10,12 +10,9 @@
 set -uo pipefail
 O=/tmp/att-slots; BUDGET=${BUDGET:-240}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
-step build-fp16 60 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
+mpnet_model
+mpnet_fp8_plan 60
+mpnet_plan fp16 60
 for p in fp8 fp16; do
   for a in tc pipe; do
     for s in 1 2; do

@@ -6,11 +6,8 @@
 set -uo pipefail
 O=/tmp/att-short; BUDGET=${BUDGET:-150}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_model
+mpnet_fp8_plan 60
 for a in tc tc-static tc tc-static; do
   n=$((${n:-0} + 1))
   step bench-fp8-$a-$n 40 env EMBEDRT_ATTENTION=$a $C bench-plan $D "$STS" $Q/fp8.plan

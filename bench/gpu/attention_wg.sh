@@ -13,13 +13,10 @@ O=/tmp/awg; BUDGET=${BUDGET:-540}
 source "$(dirname "$0")/steps.sh"
 (cd $G/old && gunzip -f embedrt.gz embedrt-gpu-check.gz 2>/dev/null; chmod +x embedrt embedrt-gpu-check)
 EO=$G/old/embedrt
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step build-fp16 150 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
-step build-fp32 90 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 120 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_model
+mpnet_plan fp16 150
+mpnet_plan fp32 90
+mpnet_fp8_plan 120
 python3 bench/gpu/mixed_texts.py "$O/mixed.jsonl"
 emb() { # emb TAG ATTENTION BINARY PLAN
   step embed-$1 120 env EMBEDRT_ATTENTION=$2 $3 embed --plan $4 --input "$O/mixed.jsonl" --batch-size 32 --output "$O/emb-$1.jsonl"

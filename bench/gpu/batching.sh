@@ -18,12 +18,9 @@
 set -uo pipefail
 O=/tmp/batching; BUDGET=${BUDGET:-540}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step build-fp16 150 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 120 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_model
+mpnet_plan fp16 150
+mpnet_fp8_plan 120
 FIELDS=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active
 nvidia-smi --query-gpu=$FIELDS --format=csv,noheader,nounits > /dev/null 2>&1 || FIELDS=clocks.sm,power.draw,temperature.gpu
 nvidia-smi --query-gpu=$FIELDS --format=csv,noheader,nounits -lms 100 \

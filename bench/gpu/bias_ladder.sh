@@ -17,11 +17,10 @@ O=/tmp/bl; BUDGET=${BUDGET:-500}
 source "$(dirname "$0")/steps.sh"
 (cd $G/old && gunzip -f embedrt.gz embedrt-gpu-check.gz 2>/dev/null; chmod +x embedrt embedrt-gpu-check)
 EO=$G/old/embedrt; CO=$G/old/embedrt-gpu-check
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
+mpnet_model
 step build-fp16-old 90 $EO build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16-old.plan
 step build-fp16-new 120 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16-new.plan
-step build-fp32 90 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
+mpnet_plan fp32 90
 step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
   --calibration-size 512 --no-fallback -o $Q/t.table.json
 step build-fp8-old 60 $EO build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8-old.plan

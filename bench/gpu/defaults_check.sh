@@ -19,9 +19,8 @@ OUT=/tmp/def-fp16 VARIANTS="default tc-static EMBEDRT_LARGE_BATCHES=serial" \
   bash bench/gpu/fp16_variants.sh | tee /tmp/def-fp16/summary.txt
 O=/tmp/def; BUDGET=${BUDGET:-420}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
-step build-fp16 60 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
+mpnet_plan fp32 60
+mpnet_plan fp16 60
 step build-fp16-exact 60 $E build --model $D --precision fp16 --gelu exact --profile $P $TOK -o $Q/fp16-exact.plan
 step info-fp16 20 $E info --plan $Q/fp16.plan
 run_variant() { # run_variant PREFIX PLAN NAME: bench-plan with NAME's engine options
@@ -38,9 +37,7 @@ for v in default-1 serial-1 tc-static-1 default-2 serial-2 tc-static-2; do
 done
 for v in default-1 serial-1; do run_variant fp16exact $Q/fp16-exact.plan $v; done
 step minilm-parity 90 $C parity $G/minilm "$STS"
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_fp8_plan 60
 for v in default-1 serial-1 tc-static-1 default-2 serial-2 tc-static-2; do
   run_variant fp8 $Q/fp8.plan $v
 done

@@ -7,12 +7,9 @@
 set -uo pipefail
 O=/tmp/fin; BUDGET=${BUDGET:-330}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step build-fp16 60 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_model
+mpnet_plan fp16 60
+mpnet_fp8_plan 60
 for n in 1 2; do
   step bench-fp16-$n 60 $C bench-plan $D "$STS" $Q/fp16.plan
   step bench-fp8-$n 90 $C bench-plan $D "$STS" $Q/fp8.plan

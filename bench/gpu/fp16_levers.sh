@@ -23,9 +23,8 @@ OUT=/tmp/lev-fp16 VARIANTS="default short-plain EMBEDRT_EARLY_LAUNCH=0 EMBEDRT_G
   bash bench/gpu/fp16_variants.sh | tee /tmp/lev-fp16/summary.txt
 O=/tmp/lev; BUDGET=${BUDGET:-400}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
 F16=/tmp/mpnet-fp16.plan
-step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
+mpnet_plan fp32 60
 for v in default short-plain early-off tanh tanh+short-plain; do
   case $v in
     default) set -- ;;
@@ -38,9 +37,7 @@ for v in default short-plain early-off tanh tanh+short-plain; do
 done
 step minilm-parity-tanh 90 env EMBEDRT_GELU=tanh $C parity $G/minilm "$STS"
 step minilm-parity-default 90 $C parity $G/minilm "$STS"
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_fp8_plan 60
 for a in tc-1 tc-static-1 tc-2 tc-static-2 short-plain-1; do
   step bench-fp8-$a 60 env EMBEDRT_ATTENTION=${a%-*} $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan
 done

@@ -13,10 +13,9 @@
 set -uo pipefail
 O=/tmp/lns; BUDGET=${BUDGET:-360}
 source "$(dirname "$0")/steps.sh"
-D=/tmp/mpnet; Q=/tmp/qplans; P=1x8:256x128:1024x512; TOK="--max-batch-tokens 32768"
-[ -d $D ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json
-step build-fp32 60 $E build --model $D --precision fp32 --profile $P $TOK -o $Q/fp32.plan
-step build-fp16 60 $E build --model $D --precision fp16 --profile $P $TOK -o $Q/fp16.plan
+mpnet_model
+mpnet_plan fp32 60
+mpnet_plan fp16 60
 python3 bench/gpu/mixed_texts.py "$O/mixed.jsonl"
 for v in ticket stats; do
   step embed1-$v 90 env EMBEDRT_SMALL_LAYERNORM=$v $E embed --plan $Q/fp16.plan --input $O/mixed.jsonl \
@@ -24,9 +23,7 @@ for v in ticket stats; do
 done
 step embed1-fp32 90 $E embed --plan $Q/fp32.plan --input $O/mixed.jsonl --batch-size 1 --output $O/emb1-fp32.jsonl
 step minilm-parity-stats 90 env EMBEDRT_SMALL_LAYERNORM=stats $C parity $G/minilm "$STS"
-step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
-  --calibration-size 512 --no-fallback -o $Q/t.table.json
-step build-fp8 60 $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+mpnet_fp8_plan 60
 for v in ticket-1 stats-1 ticket-2 stats-2; do
   step bench-fp16-$v 60 env EMBEDRT_SMALL_LAYERNORM=${v%-*} $C bench-plan $D "$STS" $Q/fp16.plan $Q/fp32.plan
   step bench-fp8-$v 60 env EMBEDRT_SMALL_LAYERNORM=${v%-*} $C bench-plan $D "$STS" $Q/fp8.plan $Q/fp32.plan

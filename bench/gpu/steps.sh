@@ -18,4 +18,17 @@ step() { # step NAME TIMEOUT CMD...: runs CMD, stdout+stderr to $O/NAME.log, nev
   [ $rc = 0 ] || tail -3 "$O/$name.log"
   return 0
 }
+# MPNet-base with random weights (make_mpnet.py) and its plans at the serving profile; D, Q, P,
+# TOK keep a value the script set before sourcing this file.
+: "${D:=/tmp/mpnet}" "${Q:=/tmp/qplans}" "${P:=1x8:256x128:1024x512}" "${TOK:=--max-batch-tokens 32768}"
+mpnet_model() { [ -d "$D" ] || step make-mpnet 150 python3 $G/make_mpnet.py $D $G/tokenizer.json; }
+mpnet_plan() { # mpnet_plan fp16|fp32 [TIMEOUT]: step build-PREC, the plan in $Q/PREC.plan
+  step build-$1 "${2:-150}" $E build --model $D --precision $1 --profile $P $TOK -o $Q/$1.plan
+}
+mpnet_fp8_plan() { # mpnet_fp8_plan [TIMEOUT]: a 512-sentence table with no fallback search (a random
+  # model's search is slow on a CPU), $Q/t.table.json, then its plan, $Q/fp8.plan
+  step calibrate 60 $E calibrate --model $D --input "$STS" --precision fp8 \
+    --calibration-size 512 --no-fallback -o $Q/t.table.json
+  step build-fp8 "${1:-120}" $E build --model $D --precision fp8 --profile $P $TOK --calibration-table $Q/t.table.json -o $Q/fp8.plan
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$O/gpu.txt"

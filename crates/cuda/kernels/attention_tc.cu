@@ -73,19 +73,20 @@ struct AttRows {
     float m0, m1, l0, l1;  // running max (exp2 domain) and sum for rows g and g + 8
 };
 
-// The online softmax of one row tile's scores for a tile of up to 64 keys (s: the
-// mma.m16n8k16 accumulator layout, which is also wgmma's for a 64-key N): scale and bias
+// The online softmax of one row tile's scores for a tile of up to 8 NJ keys (64: attention_tc
+// and attention_wg; 32: att2_tile) (s: the mma.m16n8k16 accumulator layout, which is also
+// wgmma's for a 64-key N): scale and bias
 // (rel: as att_tile's rel0), masking past keys_left (!FULL), the running max and sum, O
 // rescaled; s becomes P (unnormalized, fp32), ready to pack as the next MMA's A operand.
 // DEFER_O: O is still being written by an MMA in flight (attention_wg's overlapped tiles):
 // its factors for rows g and g + 8 are returned in c_out and the caller applies them.
-template <bool FULL, bool BIAS, bool DEFER_O = false>
-__device__ __forceinline__ void att_softmax(float (&s)[8][4], float (&o)[HEAD_DIM / 8][4],
+template <bool FULL, bool BIAS, bool DEFER_O = false, int NJ = 8>
+__device__ __forceinline__ void att_softmax(float (&s)[NJ][4], float (&o)[HEAD_DIM / 8][4],
                                             AttRows& st, const float* rel, int keys_left,
                                             float qk_scale, int tig, float* c_out = nullptr) {
     float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NJ; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             float v = s[j][e] * qk_scale;
@@ -118,7 +119,7 @@ __device__ __forceinline__ void att_softmax(float (&s)[8][4], float (&o)[HEAD_DI
         }
     }
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < NJ; ++j) {
         s[j][0] = exp2_approx(s[j][0] - mn0);
         s[j][1] = exp2_approx(s[j][1] - mn0);
         s[j][2] = exp2_approx(s[j][2] - mn1);
@@ -538,46 +539,7 @@ __device__ __forceinline__ void att2_tile(unsigned qa_addr, unsigned k_addr,
             }
         }
     }
-    float mx0 = ATT_MASKED, mx1 = ATT_MASKED;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            float v = s[j][e] * qk_scale;
-            if (BIAS) v += rel0[j * 8 + (e & 1) - (e < 2 ? 0 : 8)];
-            if (!FULL && j * 8 + tig * 2 + (e & 1) >= keys_left) v = ATT_MASKED;
-            s[j][e] = v;
-        }
-        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-    }
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-    }
-    const float mn0 = fmaxf(st.m0, mx0), mn1 = fmaxf(st.m1, mx1);
-    const float c0 = exp2_approx(st.m0 - mn0), c1 = exp2_approx(st.m1 - mn1);
-    st.l0 *= c0;
-    st.l1 *= c1;
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-        o[nd][0] *= c0;
-        o[nd][1] *= c0;
-        o[nd][2] *= c1;
-        o[nd][3] *= c1;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        s[j][0] = exp2_approx(s[j][0] - mn0);
-        s[j][1] = exp2_approx(s[j][1] - mn0);
-        s[j][2] = exp2_approx(s[j][2] - mn1);
-        s[j][3] = exp2_approx(s[j][3] - mn1);
-        st.l0 += s[j][0] + s[j][1];
-        st.l1 += s[j][2] + s[j][3];
-    }
-    st.m0 = mn0;
-    st.m1 = mn1;
+    att_softmax<FULL, BIAS, false, 4>(s, o, st, rel0, keys_left, qk_scale, tig);
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
         if (FULL || 2 * t < nb) {

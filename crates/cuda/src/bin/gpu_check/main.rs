@@ -327,19 +327,28 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
-    let model = SentenceModel::load(&dir.display().to_string())?;
+/// W2: the STS-B pairs of `sts_csv` and the token ids of their sentences, two a pair in order.
+fn sts_token_ids(
+    model: &SentenceModel,
+    sts_csv: &Path,
+) -> Result<(Vec<sts::StsPair>, Vec<Vec<u32>>)> {
     let pairs = sts::parse_csv(&std::fs::read_to_string(sts_csv)?)?;
     let texts: Vec<&str> = pairs
         .iter()
         .flat_map(|p| [p.sentence1.as_str(), p.sentence2.as_str()])
         .collect();
-    let w2: Vec<Vec<u32>> = model
+    let ids = model
         .tokenizer
         .encode_all(&texts)?
         .into_iter()
         .map(|e| e.ids)
         .collect();
+    Ok((pairs, ids))
+}
+
+fn bench(dir: &Path, sts_csv: &Path, plan_dir: &Path) -> Result<()> {
+    let model = SentenceModel::load(&dir.display().to_string())?;
+    let (_, w2) = sts_token_ids(&model, sts_csv)?;
     let w2_refs: Vec<&[u32]> = w2.iter().map(|s| s.as_slice()).collect();
     let w2_tokens: usize = w2.iter().map(|s| s.len()).sum();
     let cfg = &model.config;
@@ -474,17 +483,7 @@ fn bench_plan(
     reference: Option<&Path>,
 ) -> Result<()> {
     let model = SentenceModel::load(&dir.display().to_string())?;
-    let pairs = sts::parse_csv(&std::fs::read_to_string(sts_csv)?)?;
-    let texts: Vec<&str> = pairs
-        .iter()
-        .flat_map(|p| [p.sentence1.as_str(), p.sentence2.as_str()])
-        .collect();
-    let w2: Vec<Vec<u32>> = model
-        .tokenizer
-        .encode_all(&texts)?
-        .into_iter()
-        .map(|e| e.ids)
-        .collect();
+    let (pairs, w2) = sts_token_ids(&model, sts_csv)?;
     let w2_refs: Vec<&[u32]> = w2.iter().map(|s| s.as_slice()).collect();
     let cfg = &model.config;
     let w1 = random_batch(cfg, 256, 128, 11);
