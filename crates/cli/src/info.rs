@@ -67,9 +67,21 @@ pub fn run(args: InfoArgs) -> Result<()> {
         "gpu             {} (compute capability {}.{})",
         h.gpu.name, h.gpu.cc_major, h.gpu.cc_minor
     );
+    // A quantized plan's 8-bit GEMMs have their own line (quant_lines); this one is about the
+    // float GEMMs (a quantized plan's fallbacks), whose algorithms are timed at build time
+    // unless the plan was built untuned.
+    let float_gemms = if h.quant.is_some() {
+        "float gemms"
+    } else {
+        "gemm algorithms"
+    };
+    let algos = if h.gemm_algos.is_empty() {
+        "cuBLASLt's heuristic choice".to_string()
+    } else {
+        format!("{} timed at build time", h.gemm_algos.len())
+    };
     println!(
-        "gemm algorithms {} (cuBLASLt {})",
-        h.gemm_algos.len(),
+        "{float_gemms:<15} {algos} (cuBLASLt {})",
         h.cublaslt_version
     );
     println!("tensors         {}", h.tensors.len());
