@@ -17,7 +17,7 @@ R="$OUT/closing.txt"
 PARTS=minilm BUDGET=${QUANT_BUDGET:-180} OUT="$OUT/quant" bash bench/gpu/quant.sh > "$OUT/quant.txt" 2>&1
 echo "1. quant (minilm) done at ${SECONDS}s" | tee "$R"
 cat "$OUT/quant/summary.txt" >> "$R" 2>/dev/null
-for label in default graphs-off one-slot; do
+for label in default graphs-off one-slot cli; do
   ONLY=$label OUT="$OUT/options-$label" bash bench/gpu/engine_options_check.sh 2>&1 \
     | grep -E '^(ok|FAIL)' | tee -a "$R"
 done
