@@ -43,6 +43,7 @@ fn table(format: QuantFormat, fallback: &[&str]) -> CalibrationTable {
         weight_scales: Default::default(),
         gelu: Default::default(),
         attention_inputs: Default::default(),
+        fallback_weights: Default::default(),
     }
 }
 
@@ -143,6 +144,76 @@ fn gemm_weights_take_one_byte_and_decode_to_the_weights() {
         assert_eq!(q.gemm_params, params);
         assert_eq!(q.gemm_weight_bytes, want);
         assert!(q.gemm_weight_ratio() < 0.5, "{}", q.gemm_weight_ratio());
+    }
+}
+
+/// `fallback_weights: 8bit`: the fallback GEMM's weight is 1 byte a parameter too, scaled per
+/// channel even in a per-tensor table, and each slot holds one fp16 weight to widen it into.
+#[test]
+fn eight_bit_fallback_weights_take_one_byte_and_a_widening_buffer() {
+    use embedrt_core::quant::{FallbackWeights, WeightScales};
+    let m = model(FIXTURE);
+    let w = m.load_weights().unwrap();
+    let profile: embedrt_cuda::Profile = "1x8:16x64:64x128".parse().unwrap();
+    for format in [QuantFormat::Int8, QuantFormat::Fp8] {
+        let mut t = table(format, &["layers.1.ffn_in"]);
+        t.weight_scales = WeightScales::Tensor;
+        let float =
+            assemble_quantized_plan(&m, &w, &t, &t.fallback, profile, h100(), GemmOutput::Acc32)
+                .unwrap();
+        t.fallback_weights = FallbackWeights::EightBit;
+        let plan =
+            assemble_quantized_plan(&m, &w, &t, &t.fallback, profile, h100(), GemmOutput::Acc32)
+                .unwrap();
+        let q = plan.header.quant.as_ref().unwrap();
+        assert_eq!(q.fallback_weights, FallbackWeights::EightBit);
+        let name = layer_tensor(1, "ffn_in.weight");
+        let lin = &w.layers[1].ffn_in.weight;
+        let (out, inp) = (lin.shape[0], lin.shape[1]);
+        let codes = bytes_of(&plan, &name);
+        assert_eq!(codes.len(), out * inp);
+        let scales = f32s(bytes_of(&plan, &format!("{name}_scale")));
+        for n in 0..out {
+            let row = &lin.data[n * inp..(n + 1) * inp];
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            // Per channel: this row's own range, not the tensor's.
+            assert!((scales[n] - format.scale_for(amax)).abs() <= scales[n] * 1e-6);
+            for k in 0..inp {
+                let decoded = match format {
+                    QuantFormat::Int8 => codes[n * inp + k] as i8 as f32,
+                    QuantFormat::Fp8 => decode_e4m3(codes[n * inp + k]),
+                } * scales[n];
+                let want = format.fake_quant(row[k], scales[n]);
+                assert!((decoded - want).abs() <= 1e-6 * want.abs().max(1e-6));
+            }
+        }
+        // Every GEMM weight is 8-bit now: a quarter of fp32 plus the scales.
+        let fq = float.header.quant.as_ref().unwrap();
+        assert_eq!(
+            fq.gemm_weight_bytes - q.gemm_weight_bytes,
+            out * inp - 4 * out
+        );
+        let scale_bytes: usize = GemmSite::all(m.config.num_hidden_layers)
+            .iter()
+            .map(|s| {
+                let (n, _) = s
+                    .kind
+                    .dims(m.config.hidden_size, m.config.intermediate_size);
+                4 * n
+            })
+            .sum();
+        assert_eq!(q.gemm_weight_bytes, q.gemm_params + scale_bytes);
+        // The slot's widening buffer: this fallback's fp16 weight.
+        assert_eq!(
+            plan.header.workspace_bytes - float.header.workspace_bytes,
+            2 * out * inp
+        );
+        let sites: Vec<GemmSite> = q.eight_bit_fallbacks(m.config.num_hidden_layers).collect();
+        assert_eq!(sites, vec![GemmSite::parse("layers.1.ffn_in").unwrap()]);
+        // The record survives the file.
+        let (_dir, path, _) = written(&plan);
+        let back = Plan::read(&path).unwrap();
+        assert_eq!(back.header.quant.as_ref().unwrap(), q);
     }
 }
 

@@ -167,16 +167,16 @@ def test_fp8_qdq_onnx_in_onnxruntime_matches_cpu_fake_quant(embedrt_bin, fixture
 
 
 def form_matches_reference_and_changes_the_model(embedrt_bin, model, export_dir, table, base,
-                                                 tmp_path):
+                                                 tmp_path, precision="fp8"):
     """ONNX Runtime on the QDQ export of `table` matches the CPU fake-quant reference of the
     same table, and that reference differs from (while staying close to) `base`'s."""
     texts = [f"calibration sentence {i} about a cat on a mat" for i in range(12)] + ["x"]
-    ref = cpu_embed_quant(embedrt_bin, model, table, "fp8", texts, tmp_path)
+    ref = cpu_embed_quant(embedrt_bin, model, table, precision, texts, tmp_path)
     got = ort_embed(session(export_dir, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
                     tokenizer(export_dir), texts)
     cos = cosine_rows(ref, got)
     assert cos.min() >= QDQ_AS_WRITTEN_MIN_COSINE, cos
-    plain = cpu_embed_quant(embedrt_bin, model, base, "fp8", texts, tmp_path)
+    plain = cpu_embed_quant(embedrt_bin, model, base, precision, texts, tmp_path)
     assert np.abs(plain - ref).max() > 1e-6
     assert cosine_rows(plain, ref).min() >= 0.99
 
@@ -261,6 +261,56 @@ def test_fp8_attention_inputs_agree_between_onnxruntime_and_cpu_reference(
     one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
                        "--precision", "fp8", "--calibration-table", base,
                        "--attention-inputs", "fp8"), "attention inputs are float")
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
+def test_eight_bit_fallback_weights_agree_between_onnxruntime_and_cpu_reference(
+        embedrt_bin, fixtures_dir, calib_text, tmp_path, name, precision):
+    """`--fallback-weights 8bit` (the default): a fallback GEMM keeps a float input, its weight
+    is stored in 8 bits per channel. The QDQ export then has a DequantizeLinear on every weight
+    but QuantizeLinear on the quantized GEMMs' inputs only, and ONNX Runtime on it is the CPU
+    fake-quant reference's model, which differs from float fallback weights."""
+    model = fixtures_dir / name
+    tables = {}
+    for fw in ("8bit", "float"):
+        path = tmp_path / f"{fw}.json"
+        t = calibrate(embedrt_bin, model, calib_text, path, "--precision", precision,
+                      "--no-fallback", "--fallback-weights", fw)
+        assert t["fallback_weights"] == fw
+        # Layer 0's FFN (in and out) and the last layer's QKV stay in float.
+        last = t["model"]["num_layers"] - 1
+        t["fallback"] = ["layers.0.ffn_in", "layers.0.ffn_out", f"layers.{last}.qkv"]
+        path.write_text(json.dumps(t))
+        tables[fw] = path
+    layers = last + 1
+    # Without the flag a new table stores fallback weights in 8 bits.
+    plain = calibrate(embedrt_bin, model, calib_text, tmp_path / "default.json",
+                      "--precision", precision, "--no-fallback")
+    assert plain["fallback_weights"] == "8bit"
+    exports = {}
+    for fw, table in tables.items():
+        d = export_ok(embedrt_bin, model, tmp_path / f"x-{fw}", "--precision", precision,
+                      "--calibration-table", table)
+        m = onnx.load(str(d / "model.onnx"))
+        onnx.checker.check_model(m, full_check=True)
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("QuantizeLinear") == 4 * layers - 3, fw
+        weights = [t.name for t in m.graph.initializer if t.name.endswith("_quantized")]
+        # Q, K, V are three weights: the float QKV fallback keeps three fp32 weights.
+        assert len(weights) == 6 * layers - (0 if fw == "8bit" else 5), fw
+        exports[fw] = d
+    form_matches_reference_and_changes_the_model(embedrt_bin, model, exports["8bit"],
+                                                 tables["8bit"], tables["float"], tmp_path,
+                                                 precision)
+    # A flag that contradicts the table is refused with one line.
+    one_line_error(run(embedrt_bin, "export", "--model", model, "-o", tmp_path / "e",
+                       "--precision", precision, "--calibration-table", tables["float"],
+                       "--fallback-weights", "8bit"), "fallback weights as float",
+                   "--fallback-weights 8bit")
+    one_line_error(run(embedrt_bin, "calibrate", "--model", model, "--input", calib_text,
+                       "-o", tmp_path / "bad.json", "--fallback-weights", "int4"),
+                   "--fallback-weights", "8bit, float")
 
 
 def test_forms_that_contradict_the_table_are_one_clear_error(embedrt_bin, fixtures_dir,

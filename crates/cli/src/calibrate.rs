@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use embedrt_core::quant::{
-    AttentionInputs, CalibrationMethod, CalibrationTable, GeluForm, QuantFormat, WeightScales,
+    AttentionInputs, CalibrationMethod, CalibrationTable, FallbackWeights, GeluForm, QuantFormat,
+    WeightScales,
 };
 use embedrt_core::{sts, SentenceModel};
 use embedrt_quant::fallback::AccuracyTarget;
@@ -45,6 +46,13 @@ pub struct CalibrationArgs {
     /// [default: float]. Recorded in the table.
     #[arg(long)]
     pub attention_inputs: Option<String>,
+    /// How the GEMMs kept in float (the fallback) store their weights: 8bit
+    /// (the table's format, one scale per output channel, widened to fp16
+    /// where the GEMM runs: 1 byte a parameter) or float (fp16, 2 bytes)
+    /// [default: 8bit; the fallback search measures the model with them].
+    /// Recorded in the table.
+    #[arg(long)]
+    pub fallback_weights: Option<String>,
 }
 
 /// The table forms given on the command line (None: not given).
@@ -52,6 +60,7 @@ struct Forms {
     weight_scales: Option<WeightScales>,
     gelu: Option<GeluForm>,
     attention_inputs: Option<AttentionInputs>,
+    fallback_weights: Option<FallbackWeights>,
 }
 
 impl CalibrationArgs {
@@ -60,10 +69,12 @@ impl CalibrationArgs {
         let w = self.weight_scales.as_deref().map(str::parse).transpose();
         let g = self.gelu.as_deref().map(str::parse).transpose();
         let a = self.attention_inputs.as_deref().map(str::parse).transpose();
+        let f = self.fallback_weights.as_deref().map(str::parse).transpose();
         Ok(Forms {
             weight_scales: w.context("--weight-scales")?,
             gelu: g.context("--gelu")?,
             attention_inputs: a.context("--attention-inputs")?,
+            fallback_weights: f.context("--fallback-weights")?,
         })
     }
 
@@ -74,7 +85,17 @@ impl CalibrationArgs {
             weight_scales,
             gelu,
             attention_inputs,
+            fallback_weights,
         } = self.forms()?;
+        if let Some(f) = fallback_weights.filter(|f| *f != table.fallback_weights) {
+            bail!(
+                "{}: the table stores fallback weights as {}, --fallback-weights asks for {}; calibrate again with --fallback-weights {}",
+                path.display(),
+                table.fallback_weights.name(),
+                f.name(),
+                f.name()
+            );
+        }
         if let Some(a) = attention_inputs.filter(|a| *a != table.attention_inputs) {
             bail!(
                 "{}: the table's attention inputs are {}, --attention-inputs asks for {}; calibrate again with --attention-inputs {}",
@@ -276,6 +297,9 @@ pub fn make_table(
         .gelu
         .unwrap_or(GeluForm::default_for(format, table.weight_scales));
     table.attention_inputs = attention_inputs;
+    table.fallback_weights = forms
+        .fallback_weights
+        .unwrap_or(FallbackWeights::default_for_new_tables());
     let Some((target, sts_set)) = target else {
         return Ok(table);
     };

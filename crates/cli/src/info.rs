@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use embedrt_core::quant::FallbackWeights;
 use embedrt_cuda::plan::PLAN_FORMAT_VERSION;
 use embedrt_cuda::quant_plan::QuantInfo;
 use embedrt_cuda::Plan;
@@ -203,8 +204,15 @@ fn quant_lines(q: &QuantInfo, mib: impl Fn(usize) -> f64) {
     if q.fallback.is_empty() {
         println!("fallback        none (every GEMM quantized)");
     } else {
+        let weights = match q.fallback_weights {
+            FallbackWeights::EightBit => format!(
+                "fp16 on {} weights (1 byte a parameter, per-channel scales)",
+                q.format.name()
+            ),
+            FallbackWeights::Float => "fp16 (fp16 weights)".to_string(),
+        };
         println!(
-            "fallback        {} in fp16: {}",
+            "fallback        {} in {weights}: {}",
             q.fallback.len(),
             q.fallback.join(", ")
         );

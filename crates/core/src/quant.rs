@@ -9,7 +9,10 @@
 //! symmetric scale per output channel, computed from the weights themselves.
 //! Everything else (embeddings, LayerNorm, softmax, attention, GELU,
 //! pooling) stays in the engine's float precision. GEMMs listed in the
-//! table's `fallback` stay fp16 (fp32 on the CPU reference).
+//! table's `fallback` compute in fp16 (fp32 on the CPU reference) on float
+//! inputs; with `fallback_weights: 8bit` their weights are still stored in
+//! the 8-bit format with one scale per output channel (weight-only
+//! quantization), so a plan keeps 1 byte a GEMM parameter.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -219,6 +222,55 @@ impl FromStr for AttentionInputs {
             other => Err(Error::Input(format!(
                 "unknown attention inputs {other:?}; supported: {}",
                 AttentionInputs::NAMES
+            ))),
+        }
+    }
+}
+
+/// How the weights of fallback GEMMs are stored (`--fallback-weights`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FallbackWeights {
+    /// In the engine's float precision (fp16 on the GPU): the fallback GEMM
+    /// is exactly the float model's.
+    #[default]
+    #[serde(rename = "float")]
+    Float,
+    /// In the table's 8-bit format with one scale per output channel,
+    /// widened to fp16 where the GEMM runs: the GEMM still computes on float
+    /// activations (what made it sensitive), and its weight takes 1 byte a
+    /// parameter like the quantized GEMMs'.
+    #[serde(rename = "8bit")]
+    EightBit,
+}
+
+impl FallbackWeights {
+    pub const NAMES: &'static str = "8bit, float";
+
+    /// What a new table gets without `--fallback-weights`: 8-bit (the
+    /// fallback search then measures the model with them; MiniLM's STS-B
+    /// drop and chosen fallbacks in docs/PERFORMANCE.md). Older tables,
+    /// without the field, mean float.
+    pub fn default_for_new_tables() -> FallbackWeights {
+        FallbackWeights::EightBit
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FallbackWeights::Float => "float",
+            FallbackWeights::EightBit => "8bit",
+        }
+    }
+}
+
+impl FromStr for FallbackWeights {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "float" => Ok(FallbackWeights::Float),
+            "8bit" => Ok(FallbackWeights::EightBit),
+            other => Err(Error::Input(format!(
+                "unknown fallback weight storage {other:?}; supported: {}",
+                FallbackWeights::NAMES
             ))),
         }
     }
@@ -521,6 +573,9 @@ pub struct CalibrationTable {
     /// What attention reads (absent in older tables: float Q, K, V).
     #[serde(default)]
     pub attention_inputs: AttentionInputs,
+    /// How the fallback GEMMs' weights are stored (absent in older tables: float).
+    #[serde(default)]
+    pub fallback_weights: FallbackWeights,
 }
 
 pub const CALIBRATION_TABLE_VERSION: u32 = 1;
@@ -621,6 +676,33 @@ impl CalibrationTable {
     pub fn is_fallback(&self, site: GemmSite) -> bool {
         let name = site.name();
         self.fallback.contains(&name)
+    }
+
+    /// How a GEMM's weight is stored: `Some(scaling)` in the 8-bit format
+    /// (a quantized GEMM with the table's scaling, or a fallback GEMM with
+    /// `fallback_weights: 8bit`, per channel), `None` in float.
+    pub fn weight_storage(&self, site: GemmSite) -> Option<WeightScales> {
+        weight_storage(
+            self.is_fallback(site),
+            self.fallback_weights,
+            self.weight_scales,
+        )
+    }
+}
+
+/// [`CalibrationTable::weight_storage`] from its parts, for the plans and
+/// engines that carry them apart from a table. A fallback GEMM's 8-bit weight
+/// is scaled per channel whatever the table's scaling: it runs as a float
+/// GEMM, where one scale per channel costs nothing and is the most exact.
+pub fn weight_storage(
+    fallback: bool,
+    fallback_weights: FallbackWeights,
+    scaling: WeightScales,
+) -> Option<WeightScales> {
+    match (fallback, fallback_weights) {
+        (false, _) => Some(scaling),
+        (true, FallbackWeights::EightBit) => Some(WeightScales::Channel),
+        (true, FallbackWeights::Float) => None,
     }
 }
 
@@ -796,6 +878,28 @@ mod tests {
             GeluForm::default_for(QuantFormat::Fp8, chan),
             GeluForm::Exact
         );
+    }
+
+    #[test]
+    fn fallback_weights_parse_default_and_choose_the_storage() {
+        for f in [FallbackWeights::Float, FallbackWeights::EightBit] {
+            assert_eq!(f.name().parse::<FallbackWeights>().unwrap(), f);
+        }
+        let e = "int4".parse::<FallbackWeights>().unwrap_err().to_string();
+        assert!(e.contains("8bit, float"), "{e}");
+        // Older tables (no field) keep float fallbacks; new ones default to 8 bits.
+        assert_eq!(FallbackWeights::default(), FallbackWeights::Float);
+        assert_eq!(
+            FallbackWeights::default_for_new_tables(),
+            FallbackWeights::EightBit
+        );
+        let (t, c) = (WeightScales::Tensor, WeightScales::Channel);
+        assert_eq!(weight_storage(false, FallbackWeights::Float, t), Some(t));
+        assert_eq!(weight_storage(true, FallbackWeights::Float, t), None);
+        // A fallback's 8-bit weight is per channel even in a per-tensor table.
+        assert_eq!(weight_storage(true, FallbackWeights::EightBit, t), Some(c));
+        let json = serde_json::to_string(&FallbackWeights::EightBit).unwrap();
+        assert_eq!(json, "\"8bit\"");
     }
 
     #[test]

@@ -116,9 +116,10 @@ impl CpuEngine {
     }
 
     /// The fake-quant reference of the quantized model: every GEMM not in
-    /// the table's fallback list gets its weight quantized-dequantized per
-    /// output channel (once, here) and its input per tensor (each call),
-    /// in the table's format. Check the table against the model first
+    /// the table's fallback list gets its weight quantized-dequantized with
+    /// the table's weight scaling (once, here) and its input per tensor
+    /// (each call), in the table's format; a fallback GEMM's weight too
+    /// (per channel) where the table stores fallback weights in 8 bits. Check the table against the model first
     /// (`CalibrationTable::check_model`).
     pub fn with_calibration(mut self, table: &CalibrationTable) -> Result<Self> {
         if self.fake_quant.is_some() {
@@ -130,16 +131,16 @@ impl CpuEngine {
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for kind in GemmKind::ALL {
                 let site = GemmSite { layer: l, kind };
-                if fq.input_scale(site).is_none() {
+                let Some(scaling) = fq.weight_storage(site) else {
                     continue;
-                }
+                };
                 let (w, out) = match kind {
                     GemmKind::Qkv => (&mut layer.qkv_w, layer.qkv_b.len()),
                     GemmKind::AttnOut => (&mut layer.o_w, layer.o_b.len()),
                     GemmKind::FfnIn => (&mut layer.ffn_in_w, layer.ffn_in_b.len()),
                     GemmKind::FfnOut => (&mut layer.ffn_out_w, layer.ffn_out_b.len()),
                 };
-                fake_quant_weight_t(fq.format, fq.weight_scales, w, out);
+                fake_quant_weight_t(fq.format, scaling, w, out);
             }
         }
         self.fake_quant = Some(fq);

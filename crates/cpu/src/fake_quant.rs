@@ -2,11 +2,14 @@
 //! GEMM's input activation goes through quantize-dequantize with its
 //! per-tensor scale from the calibration table, and its weight through
 //! quantize-dequantize with one scale per output channel; the GEMM itself,
-//! and everything around it, stays fp32. The GPU kernels and the QDQ ONNX
+//! and everything around it, stays fp32. A fallback GEMM keeps fp32 inputs;
+//! its weight goes through the 8-bit format too (per channel) where the
+//! table's `fallback_weights` is `8bit`. The GPU kernels and the QDQ ONNX
 //! export are checked against this.
 
 use embedrt_core::quant::{
-    scales_from_amax, CalibrationTable, GeluForm, GemmSite, QuantFormat, WeightScales,
+    scales_from_amax, weight_storage, CalibrationTable, FallbackWeights, GeluForm, GemmSite,
+    QuantFormat, WeightScales,
 };
 use embedrt_core::{Error, Result};
 use rayon::prelude::*;
@@ -16,6 +19,8 @@ use rayon::prelude::*;
 pub(crate) struct FakeQuant {
     pub format: QuantFormat,
     pub weight_scales: WeightScales,
+    /// How fallback GEMMs' weights are stored (the table's `fallback_weights`).
+    pub fallback_weights: FallbackWeights,
     /// The GELU after a quantized FFN-in GEMM (the table's `gelu`).
     pub gelu: GeluForm,
     /// Input scale of each GEMM, `None` where the GEMM stays fp32
@@ -62,6 +67,7 @@ impl FakeQuant {
         Ok(FakeQuant {
             format: table.precision,
             weight_scales: table.weight_scales,
+            fallback_weights: table.fallback_weights,
             gelu: table.gelu,
             input_scales,
             qkv_output_scales,
@@ -75,6 +81,13 @@ impl FakeQuant {
 
     pub fn input_scale(&self, site: GemmSite) -> Option<f32> {
         self.input_scales[site.layer * 4 + site.kind as usize]
+    }
+
+    /// How the weight of `site` goes through the 8-bit format, `None`
+    /// where it stays fp32 (`quant::weight_storage`).
+    pub fn weight_storage(&self, site: GemmSite) -> Option<WeightScales> {
+        let fallback = self.input_scale(site).is_none();
+        weight_storage(fallback, self.fallback_weights, self.weight_scales)
     }
 }
 

@@ -164,4 +164,38 @@ extern "C" __global__ void epilogue_ln(const acc_t* __restrict__ acc, int rows, 
     }
     ln_store(x, gamma, beta, out + base, eps, row_sink(q, row, q_scale));
 }
+// A fallback GEMM's 8-bit weight widened to fp16 for its fp16 GEMM (`fallback_weights: 8bit`):
+// w[r, c] = code[r, c] * scale[r], row-major [n, k] as the plan stores it, k % 8 == 0. The
+// GEMM then runs on fp16 activations as a float plan's would, with the weight a quantized
+// plan keeps in 1 byte a parameter; the product is rounded to fp16 once, as an fp16 plan
+// rounds the fake-quantized weight.
+extern "C" __global__ void dequant_weight(const unsigned char* __restrict__ codes,
+                                          const float* __restrict__ scale, int n, int k,
+                                          st_t* __restrict__ w) {
+    const long long nv = (long long)n * k / 8;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < nv; i += stride) {
+        const float s = scale[(i * 8) / k];
+        const uint2 c = ((const uint2*)codes)[i];
+        const unsigned words[2] = {c.x, c.y};
+        uint4 o;
+        unsigned* ow = (unsigned*)&o;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            const unsigned pair = words[h / 2] >> (16 * (h % 2));
+            float lo, hi;
+#if EMBEDRT_QUANT == 1
+            lo = (float)(signed char)(pair & 0xffu);
+            hi = (float)(signed char)((pair >> 8) & 0xffu);
+#else
+            unsigned hh;
+            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(hh) : "h"((unsigned short)(pair & 0xffffu)));
+            lo = ld((st_t)(hh & 0xffffu));
+            hi = ld((st_t)(hh >> 16));
+#endif
+            ow[h] = (unsigned)cv(lo * s) | ((unsigned)cv(hi * s) << 16);
+        }
+        ((uint4*)w)[i] = o;
+    }
+}
 #endif

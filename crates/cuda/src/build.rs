@@ -111,7 +111,7 @@ pub fn assemble_quantized_plan(
     info.gemm_output = gemm_output;
     let precision = Precision::Fp16;
     let workspace = workspace_bytes(&model.config, &profile, precision)
-        + quant_workspace_layout(&model.config, &profile, gemm_output)
+        + quant_workspace_layout(&model.config, &profile, &info)
             .iter()
             .map(|(_, b)| b)
             .sum::<usize>();

@@ -121,6 +121,7 @@ kernel_table! {
     GeluQ = "gelu_q" in "quant.cu" when Quant,
     EpilogueBias = "epilogue_bias" in "quant.cu" when Quant,
     EpilogueLn = "epilogue_ln" in "quant.cu" when Quant,
+    DequantWeight = "dequant_weight" in "quant.cu" when Quant,
     SmallLinearQM16 = "small_linear_q_m16" in "small_linear.cu" when QuantSm80,
     SmallLinearQM32 = "small_linear_q_m32" in "small_linear.cu" when QuantSm80,
     SmallLinearQM48 = "small_linear_q_m48" in "small_linear.cu" when QuantSm80,

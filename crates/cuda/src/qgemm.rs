@@ -32,7 +32,7 @@ use embedrt_core::{Error, ModelConfig, Result};
 
 use crate::gemm::{algo_from_hex, check, GemmKind};
 use crate::plan::{GemmChoice, Profile};
-use crate::quant_plan::GemmOutput;
+use crate::quant_plan::{GemmOutput, QuantInfo};
 
 /// Extra device buffers a quantized plan's execution slot needs, by the
 /// profile's token budget: the 8-bit input of the next GEMM (`quant_act`,
@@ -40,17 +40,30 @@ use crate::quant_plan::GemmOutput;
 /// only, the 32-bit accumulators of the last GEMM (`quant_acc`, the widest
 /// GEMM output). fp16-output GEMMs write into the fp16 plan's own buffers,
 /// so they need no accumulators: 384 MiB less per slot for MPNet-base at the
-/// default 32k-token budget.
+/// default 32k-token budget. A plan with 8-bit fallback weights also gets
+/// the fp16 weight its largest such GEMM is widened into before running
+/// (`quant_fallback_w`, 4.5 MiB for MPNet-base's FFN; one a slot, reused by
+/// each fallback GEMM in turn on the slot's stream).
 pub fn quant_workspace_layout(
     config: &ModelConfig,
     profile: &Profile,
-    output: GemmOutput,
+    quant: &QuantInfo,
 ) -> Vec<(&'static str, usize)> {
     let t = gemm_rows(profile.token_budget());
     let (h, i) = (config.hidden_size, config.intermediate_size);
     let mut layout = vec![("quant_act", t * h.max(i))];
-    if !output.is_fp16() {
+    if !quant.gemm_output.is_fp16() {
         layout.push(("quant_acc", t * (3 * h).max(i) * 4));
+    }
+    let widest = quant
+        .eight_bit_fallbacks(config.num_hidden_layers)
+        .map(|s| {
+            let (n, k) = s.kind.dims(h, i);
+            2 * n * k
+        })
+        .max();
+    if let Some(bytes) = widest {
+        layout.push(("quant_fallback_w", bytes));
     }
     layout
 }
@@ -644,6 +657,8 @@ impl Drop for QGemms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use embedrt_core::quant::FallbackWeights;
+    use embedrt_core::GemmSite;
 
     fn config(hidden: usize, inter: usize) -> ModelConfig {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -654,11 +669,33 @@ mod tests {
         c
     }
 
+    /// A plan's quantization record with `output` and these fallbacks.
+    fn quant(output: GemmOutput, fallback: &[&str], weights: FallbackWeights) -> QuantInfo {
+        QuantInfo {
+            format: QuantFormat::Int8,
+            calibrator: "minmax".into(),
+            calibration_sentences: 1,
+            activations: Vec::new(),
+            fallback: fallback.iter().map(|s| s.to_string()).collect(),
+            accuracy: None,
+            gemm_params: 0,
+            gemm_weight_bytes: 0,
+            gemm_output: output,
+            gemm_algos: Vec::new(),
+            weight_scales: Default::default(),
+            gelu: Default::default(),
+            attention_inputs: Default::default(),
+            qkv_outputs: Vec::new(),
+            fallback_weights: weights,
+        }
+    }
+
     #[test]
     fn quantized_buffers_follow_the_token_budget() {
         let c = config(768, 3072);
         let wide: Profile = "1x8:256x128:1024x512".parse().unwrap();
-        let layout = quant_workspace_layout(&c, &wide, GemmOutput::Acc32);
+        let acc32 = quant(GemmOutput::Acc32, &[], FallbackWeights::EightBit);
+        let layout = quant_workspace_layout(&c, &wide, &acc32);
         let t = wide.token_budget();
         assert_eq!(t, crate::plan::DEFAULT_MAX_BATCH_TOKENS);
         // One byte per element of the widest GEMM input (FFN-out's 3072),
@@ -669,20 +706,44 @@ mod tests {
         );
         // MiniLM: QKV's 3 x 384 = 1152 < 1536.
         let m = config(384, 1536);
-        let l = quant_workspace_layout(&m, &wide, GemmOutput::Acc32);
+        let l = quant_workspace_layout(&m, &wide, &acc32);
         assert_eq!(l[1].1, t * 1536 * 4);
         let wider = config(1024, 1024);
-        let l = quant_workspace_layout(&wider, &wide, GemmOutput::Acc32);
+        let l = quant_workspace_layout(&wider, &wide, &acc32);
         assert_eq!(l[1].1, t * 3072 * 4);
         // A budget that is no multiple of 16 gets room for the padded GEMM rows.
         let odd = wide.with_max_tokens(1000).unwrap();
-        let l = quant_workspace_layout(&c, &odd, GemmOutput::Acc32);
+        let l = quant_workspace_layout(&c, &odd, &acc32);
         assert_eq!(l[0].1, 1008 * 3072);
         // fp16 output writes the fp16 buffers: no accumulators at all.
         for output in [GemmOutput::Fp16, GemmOutput::Fp16Fast] {
-            let l = quant_workspace_layout(&c, &wide, output);
+            let q = quant(output, &[], FallbackWeights::EightBit);
+            let l = quant_workspace_layout(&c, &wide, &q);
             assert_eq!(l, vec![("quant_act", t * 3072)], "{output:?}");
         }
+    }
+
+    #[test]
+    fn eight_bit_fallbacks_get_one_fp16_weight_to_widen_into() {
+        let c = config(768, 3072);
+        let wide: Profile = "1x8:256x128:1024x512".parse().unwrap();
+        let fp16 = GemmOutput::Fp16;
+        // The largest 8-bit fallback sets the size: FFN-in's 3072 x 768 in fp16.
+        let q = quant(
+            fp16,
+            &["layers.0.attn_out", "layers.1.ffn_in"],
+            FallbackWeights::EightBit,
+        );
+        let l = quant_workspace_layout(&c, &wide, &q);
+        assert_eq!(l.last(), Some(&("quant_fallback_w", 2 * 3072 * 768)));
+        let q = quant(fp16, &["layers.0.attn_out"], FallbackWeights::EightBit);
+        let l = quant_workspace_layout(&c, &wide, &q);
+        assert_eq!(l.last(), Some(&("quant_fallback_w", 2 * 768 * 768)));
+        // fp16 fallback weights, or no fallback: nothing to widen.
+        let q = quant(fp16, &["layers.1.ffn_in"], FallbackWeights::Float);
+        assert_eq!(quant_workspace_layout(&c, &wide, &q).len(), 1);
+        assert!(!q.weight_is_8bit(GemmSite::parse("layers.1.ffn_in").unwrap()));
+        assert!(q.weight_is_8bit(GemmSite::parse("layers.1.qkv").unwrap()));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! What a quantized plan records about its quantization (`PlanHeader::quant`)
 //! and how its weights are packed: each non-fallback GEMM's weight in 1 byte
-//! per parameter with per-output-channel scales, the activation scales of the
-//! calibration table, the GEMMs kept in fp16, the accuracy measured at build.
+//! per parameter with its scales (a fallback GEMM's too, per channel, with
+//! `fallback_weights: 8bit`), the activation scales of the calibration table,
+//! the GEMMs kept in fp16, the accuracy measured at build.
 
 use embedrt_core::quant::{
-    qkv_output_name, quantize_weight, AttentionInputs, CalibrationTable, GeluForm,
-    MeasuredAccuracy, TensorScale, WeightScales,
+    qkv_output_name, quantize_weight, weight_storage, AttentionInputs, CalibrationTable,
+    FallbackWeights, GeluForm, MeasuredAccuracy, TensorScale, WeightScales,
 };
 use embedrt_core::{Error, GemmKind, GemmSite, QuantFormat, Result, TransformerWeights};
 use serde::{Deserialize, Serialize};
@@ -148,7 +149,7 @@ pub struct QuantInfo {
     pub fallback: Vec<String>,
     pub accuracy: Option<MeasuredAccuracy>,
     /// Parameters of all GEMM weights, and the bytes they take in this plan
-    /// (1 per quantized parameter, 2 per fallback one, plus the fp32 scales).
+    /// (1 per 8-bit parameter, 2 per fp16 fallback one, plus the fp32 scales).
     pub gemm_params: usize,
     pub gemm_weight_bytes: usize,
     /// How the 8-bit GEMMs hand their result on (absent in run 19's plans: acc32).
@@ -171,6 +172,9 @@ pub struct QuantInfo {
     /// (`layers.{l}.qkv.output`) whose QKV GEMM is quantized.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qkv_outputs: Vec<TensorScale>,
+    /// How the fallback GEMMs' weights are stored (absent in older plans: fp16).
+    #[serde(default)]
+    pub fallback_weights: FallbackWeights,
 }
 
 impl QuantInfo {
@@ -190,6 +194,25 @@ impl QuantInfo {
     /// Whether a GEMM runs in fp16.
     pub fn is_fallback(&self, site: GemmSite) -> bool {
         self.fallback.contains(&site.name())
+    }
+
+    /// Whether a GEMM's weight is stored in 8 bits (with `{weight}_scale`):
+    /// every quantized GEMM, and the fallbacks of an `8bit` plan.
+    pub fn weight_is_8bit(&self, site: GemmSite) -> bool {
+        weight_storage(
+            self.is_fallback(site),
+            self.fallback_weights,
+            self.weight_scales,
+        )
+        .is_some()
+    }
+
+    /// The fallback GEMMs whose 8-bit weights the GPU widens to fp16 before
+    /// their fp16 GEMM.
+    pub fn eight_bit_fallbacks(&self, layers: usize) -> impl Iterator<Item = GemmSite> + '_ {
+        GemmSite::all(layers)
+            .into_iter()
+            .filter(|&s| self.is_fallback(s) && self.weight_is_8bit(s))
     }
 
     /// The scale of layer `layer`'s Q, K, V where attention reads them in
@@ -283,12 +306,9 @@ pub fn pack_quantized(
     check_table(&table, layers)?;
     let format = table.precision;
     let (entries, blob) = pack_weights_with(weights, Precision::Fp16, &|(layer, kind), w| {
-        let site = GemmSite { layer, kind };
-        if table.is_fallback(site) {
-            return None;
-        }
+        let scaling = table.weight_storage(GemmSite { layer, kind })?;
         let out = gemm_out_features(weights, kind);
-        Some(quantize_weight(w, out, format, table.weight_scales))
+        Some(quantize_weight(w, out, format, scaling))
     });
     let mut gemm_params = 0;
     let mut gemm_weight_bytes = 0;
@@ -334,6 +354,7 @@ pub fn pack_quantized(
         gelu: table.gelu,
         attention_inputs: table.attention_inputs,
         qkv_outputs,
+        fallback_weights: table.fallback_weights,
     };
     Ok((entries, blob, info))
 }

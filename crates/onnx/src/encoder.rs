@@ -41,7 +41,9 @@ pub const SENTENCE_EMBEDDING: &str = "sentence_embedding";
 /// Builds the whole graph into `g`. With `quant` (an int8 or fp8 table), each
 /// non-fallback GEMM's input goes through QuantizeLinear/DequantizeLinear
 /// with the table's scale and its weight is stored as 8-bit codes with one scale
-/// per output channel, dequantized in the graph (QDQ format). Returns the
+/// per output channel, dequantized in the graph (QDQ format); a fallback
+/// GEMM keeps a float input, and its weight is 8-bit codes too where the
+/// table's `fallback_weights` is `8bit` (per channel). Returns the
 /// name of the tensor that feeds each GEMM's MatMul.
 pub fn build(
     g: &mut GraphBuilder,
@@ -466,12 +468,9 @@ impl Encoder<'_> {
     /// A `[out, in]` weight as 8-bit codes (int8, or e4m3fn for an fp8
     /// table) with per-output-channel scales (axis 0 of this layout) and the
     /// DequantizeLinear that restores it.
-    fn quantized_weight(&mut self, t: &Tensor, kind: GemmKind) -> String {
+    fn quantized_weight(&mut self, t: &Tensor, kind: GemmKind, scaling: WeightScales) -> String {
         let out = t.shape[0];
         let format = self.quant.map_or(QuantFormat::Int8, |q| q.precision);
-        let scaling = self
-            .quant
-            .map_or(WeightScales::Channel, |q| q.weight_scales);
         // Per tensor: the same scale in every channel, still written per channel
         // (Q, K and V: the fused weight's).
         let scales = match (scaling, kind) {
@@ -503,10 +502,15 @@ impl Encoder<'_> {
     /// `x W^T + b` with W in Hugging Face layout `[out, in]` under its HF
     /// name; the Transpose of a constant is folded by every runtime.
     fn linear(&mut self, x: &str, lin: &Linear, kind: GemmKind) -> String {
-        let w = if self.quantized(kind).is_some() {
-            self.quantized_weight(&lin.weight, kind)
-        } else {
-            self.weight(&lin.weight)
+        // Quantized GEMMs, and fallback GEMMs of a table that stores their
+        // weights in 8 bits (weight-only: their input stays float).
+        let site = GemmSite {
+            layer: self.layer,
+            kind,
+        };
+        let w = match self.quant.and_then(|t| t.weight_storage(site)) {
+            Some(scaling) => self.quantized_weight(&lin.weight, kind, scaling),
+            None => self.weight(&lin.weight),
         };
         let b = self.weight(&lin.bias);
         let wt = self.transpose(&w, &[1, 0], "weight_t");

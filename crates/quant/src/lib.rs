@@ -103,6 +103,7 @@ impl ActivationStats {
             weight_scales: Default::default(),
             gelu: Default::default(),
             attention_inputs: Default::default(),
+            fallback_weights: Default::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The CPU fake-quant reference on a tiny fixture: with every GEMM in
-//! fallback it is the fp32 engine bit for bit; quantized it stays close but
+//! fallback it is the fp32 engine bit for bit (8-bit fallback weights: the
+//! fp32 engine over weights rounded by hand); quantized it stays close but
 //! is not identical; the observer sees every GEMM input once per batch.
 
 use std::path::PathBuf;
@@ -147,4 +148,77 @@ fn fp8_attention_inputs_change_the_reference_and_need_their_scales() {
         .unwrap()
         .to_string();
     assert!(e.contains("needs an fp8 table"), "{e}");
+}
+
+/// `fallback_weights: 8bit`: a fallback GEMM keeps its fp32 input but its weight goes
+/// through the 8-bit format per channel. With every GEMM in fallback that is exactly an
+/// fp32 engine over weights fake-quantized here, independently of the engine's own code.
+#[test]
+fn eight_bit_fallback_weights_are_weight_only_quantization() {
+    use embedrt_core::quant::{weight_scales, FallbackWeights, WeightScales};
+    use embedrt_core::Tensor;
+    let model = fixture();
+    let texts = sentences();
+    let batch = first_eight(&model, &texts);
+    let layers = model.config.num_hidden_layers;
+    let fp32 = fp32_engine(&model).unwrap();
+    let reference = fp32.embed(&batch).unwrap();
+    for format in [QuantFormat::Int8, QuantFormat::Fp8] {
+        let opts = CalibrateOptions {
+            format,
+            ..Default::default()
+        };
+        let table = calibrate(&model, &texts, &opts, &|_, _| {}).unwrap();
+        let mut all_fallback = with_fallback(&table, &GemmSite::all(layers));
+        all_fallback.fallback_weights = FallbackWeights::EightBit;
+        let engine = fp32.clone().with_calibration(&all_fallback).unwrap();
+        let got = engine.embed(&batch).unwrap();
+        // The same model by hand: each [out, in] weight rounded per output row.
+        let fake = |t: &mut Tensor| {
+            let out = t.shape[0];
+            let scales = weight_scales(&t.data, out, format, WeightScales::Channel);
+            let inp = t.data.len() / out;
+            for (row, s) in t.data.chunks_exact_mut(inp).zip(scales) {
+                for v in row {
+                    *v = format.fake_quant(*v, s);
+                }
+            }
+        };
+        let mut w = model.load_weights().unwrap();
+        for l in &mut w.layers {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.ffn_in,
+                &mut l.ffn_out,
+            ] {
+                fake(&mut lin.weight);
+            }
+        }
+        let by_hand =
+            embedrt_cpu::CpuEngine::new(&model.config, w, model.pooling, model.max_seq_length)
+                .unwrap();
+        assert_eq!(got, by_hand.embed(&batch).unwrap(), "{format:?}");
+        assert_ne!(got, reference, "{format:?}: the weights were not quantized");
+        // Weight-only stays nearer fp32 than quantizing the inputs too.
+        let quantized = fp32.clone().with_calibration(&table).unwrap();
+        let q = quantized.embed(&batch).unwrap();
+        let h = model.config.hidden_size;
+        let worst = |v: &[f32]| {
+            reference
+                .chunks(h)
+                .zip(v.chunks(h))
+                .map(|(a, b)| embedrt_core::sts::cosine(a, b))
+                .fold(1.0f64, f64::min)
+        };
+        assert!(worst(&got) > worst(&q), "{format:?}");
+        // e4m3 keeps 3 mantissa bits, int8 per channel about 7: fp8 weights lose more.
+        let floor = match format {
+            QuantFormat::Int8 => 0.999,
+            QuantFormat::Fp8 => 0.995,
+        };
+        assert!(worst(&got) > floor, "{format:?}: {}", worst(&got));
+    }
 }

@@ -135,10 +135,7 @@ impl CudaEngine {
         let max_tokens = h.profile.token_budget();
         let mut layout = workspace_layout(&config, &h.profile, h.precision);
         if let Some(q) = &h.quant {
-            let output = q.gemm_output;
-            layout.extend(crate::qgemm::quant_workspace_layout(
-                &config, &h.profile, output,
-            ));
+            layout.extend(crate::qgemm::quant_workspace_layout(&config, &h.profile, q));
         }
         let workspace_bytes: usize = layout.iter().map(|(_, b)| b).sum();
         let needed = h.weight_bytes + workspace_bytes;

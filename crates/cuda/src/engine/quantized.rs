@@ -14,7 +14,9 @@
 //! LayerNorm, softmax, pooling run in fp32; attention reads and writes fp16
 //! Q, K, V as in fp16 plans (its matmuls are a small part of the time at these
 //! lengths and fp16 keeps its accuracy; docs/arch/quant-gpu.md). Fallback
-//! GEMMs run the fp16 plans' cuBLASLt path on fp16 weights.
+//! GEMMs run the fp16 plans' cuBLASLt path on fp16 weights: the plan's own, or,
+//! with `fallback_weights: 8bit`, their 8-bit weight widened into the slot's
+//! `quant_fallback_w` buffer (`dequant_weight`) right before the GEMM.
 //!
 //! With `gemm_output` fp16 (fp8 on sm_90, qgemm.rs), cuBLASLt itself applies
 //! the scales, bias and residual and writes fp16 where the fp16 GEMM would:
@@ -45,6 +47,17 @@ struct QuantFunctions {
     gelu: cu::CUfunction,
     epilogue_bias: cu::CUfunction,
     epilogue_ln: cu::CUfunction,
+    dequant_weight: cu::CUfunction,
+}
+
+/// A slot's buffers for the quantized pass (`qgemm::quant_workspace_layout`;
+/// 0 where the plan needs none).
+pub(super) struct QuantBuffers {
+    pub act: u64,
+    pub acc: u64,
+    pub gemm_ws: u64,
+    /// The fp16 weight an 8-bit fallback GEMM is widened into.
+    pub fallback_w: u64,
 }
 
 /// A slot's quantized-plan state: kernels, the 8-bit GEMMs, the per-GEMM
@@ -57,6 +70,8 @@ pub(super) struct QuantState {
     layers: Vec<[Option<QuantGemm>; 4]>,
     act: u64,
     acc: u64,
+    /// Where 8-bit fallback weights are widened to fp16 (0: the plan has none).
+    fallback_w: u64,
     /// The GELU after quantized FFN-in GEMMs (the plan's table).
     gelu: GeluForm,
     /// Per layer: the scale of the e4m3 Q, K, V its fp8-output QKV GEMM
@@ -114,9 +129,15 @@ impl QuantState {
         plan: &Plan,
         module: cu::CUmodule,
         weights: u64,
-        (act, acc, gemm_ws): (u64, u64, u64),
+        buffers: QuantBuffers,
         tc_attention: bool,
     ) -> Result<Option<Self>> {
+        let QuantBuffers {
+            act,
+            acc,
+            gemm_ws,
+            fallback_w,
+        } = buffers;
         let Some(q) = &plan.header.quant else {
             return Ok(None);
         };
@@ -132,6 +153,10 @@ impl QuantState {
             gelu: func("gelu_q")?,
             epilogue_bias: func("epilogue_bias")?,
             epilogue_ln: func("epilogue_ln")?,
+            // SAFETY: the module is loaded and outlives the state.
+            dequant_weight: unsafe {
+                crate::kernels::function(module, crate::kernels::Kernel::DequantWeight)
+            }?,
         };
         let t = |n: &str| -> Result<u64> { Ok(weights + plan.tensor(n)?.offset as u64) };
         let mut layers = Vec::new();
@@ -140,6 +165,9 @@ impl QuantState {
             for kind in GemmKind::ALL {
                 let site = GemmSite { layer, kind };
                 if q.is_fallback(site) {
+                    if q.weight_is_8bit(site) {
+                        check_8bit_weight(plan, site, fallback_w)?;
+                    }
                     continue;
                 }
                 let act_scale = q.act_scale(site).ok_or_else(|| {
@@ -242,6 +270,7 @@ impl QuantState {
             layers,
             act,
             acc,
+            fallback_w,
             gelu: q.gelu,
             qkv8_scales,
             attention_q8,
@@ -273,6 +302,34 @@ impl QuantState {
             None => (0, 1.0),
         }
     }
+}
+
+/// Refuses an 8-bit fallback weight the plan does not hold as `n x k` bytes
+/// with `n` scales, or a slot without the buffer it is widened into.
+fn check_8bit_weight(plan: &Plan, site: GemmSite, fallback_w: u64) -> Result<()> {
+    let c = &plan.header.config;
+    let (n, k) = site.kind.dims(c.hidden_size, c.intermediate_size);
+    let w = layer_tensor(site.layer, &format!("{}.weight", site.kind.name()));
+    let sized = |name: &str, bytes: usize| -> Result<()> {
+        let e = plan.tensor(name)?;
+        if e.bytes != bytes {
+            return Err(Error::Model(format!(
+                "plan tensor {name} of the 8-bit fallback GEMM {} holds {} bytes, not {bytes}; \
+                 rebuild the plan",
+                site.name(),
+                e.bytes
+            )));
+        }
+        Ok(())
+    };
+    sized(&w, n * k)?;
+    sized(&format!("{w}_scale"), 4 * n)?;
+    if fallback_w == 0 {
+        return Err(Error::Backend(
+            "a plan with 8-bit fallback weights got no buffer to widen them into".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn free_all(owned: &mut Vec<u64>) {
@@ -516,6 +573,26 @@ impl CudaEngine {
                 )
                 .map_err(drv("layernorm kernel"))
             };
+            // A fallback GEMM's fp16 weight: the plan's, or its 8-bit weight
+            // (w_scale not 0) widened into the slot's buffer first.
+            let (dequant, fallback_w) = (f.dequant_weight, q.fallback_w);
+            let fp16_weight = |w: u64, w_scale: u64, kind: GemmKind| -> Result<u64> {
+                if w_scale == 0 {
+                    return Ok(w);
+                }
+                let (n, k) = kind.dims(hid, inter);
+                let (n_i, k_i) = (n as i32, k as i32);
+                cr::launch_kernel(
+                    dequant,
+                    (flat_blocks(n * k), 1, 1),
+                    (256, 1, 1),
+                    0,
+                    stream,
+                    kargs![w, w_scale, n_i, k_i, fallback_w],
+                )
+                .map_err(drv("fallback weight kernel"))?;
+                Ok(fallback_w)
+            };
             // fp16 output: a quantized GEMM writes where the fp16 GEMM would, so
             // the code after it is the fp16 path's.
             let fp16_out = q.fp16_out();
@@ -543,16 +620,8 @@ impl CudaEngine {
                         })?;
                     }
                     None => {
-                        gemms.run(
-                            li,
-                            GemmKind::Qkv,
-                            tp,
-                            l.qkv_w,
-                            b.hidden,
-                            None,
-                            b.qkv,
-                            stream as _,
-                        )?;
+                        let w = fp16_weight(l.qkv_w, l.w_scales[0], GemmKind::Qkv)?;
+                        gemms.run(li, GemmKind::Qkv, tp, w, b.hidden, None, b.qkv, stream as _)?;
                         mark("gemm qkv (fp16)")?;
                     }
                 }
@@ -628,11 +697,13 @@ impl CudaEngine {
                                 mark("gemm attn_out (8-bit, fp16 out)")?;
                             }
                             None => {
+                                let (w, s) = (l.attn_out_w, l.w_scales[1]);
+                                let w = fp16_weight(w, s, GemmKind::AttnOut)?;
                                 gemms.run(
                                     li,
                                     GemmKind::AttnOut,
                                     tp,
-                                    l.attn_out_w,
+                                    w,
                                     b.context,
                                     Some(b.hidden),
                                     b.scratch,
@@ -687,11 +758,13 @@ impl CudaEngine {
                                 })?;
                             }
                             None => {
+                                let (w, s) = (l.ffn_in_w, l.w_scales[2]);
+                                let w = fp16_weight(w, s, GemmKind::FfnIn)?;
                                 gemms.run(
                                     li,
                                     GemmKind::FfnIn,
                                     tp,
-                                    l.ffn_in_w,
+                                    w,
                                     b.hidden,
                                     None,
                                     b.inter,
@@ -765,11 +838,13 @@ impl CudaEngine {
                                 mark("gemm ffn_out (8-bit, fp16 out)")?;
                             }
                             None => {
+                                let (w, s) = (l.ffn_out_w, l.w_scales[3]);
+                                let w = fp16_weight(w, s, GemmKind::FfnOut)?;
                                 gemms.run(
                                     li,
                                     GemmKind::FfnOut,
                                     tp,
-                                    l.ffn_out_w,
+                                    w,
                                     b.inter,
                                     Some(b.hidden),
                                     b.scratch,

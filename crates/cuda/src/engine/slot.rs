@@ -32,8 +32,8 @@ pub(super) struct LayerPtrs {
     pub(super) ffn_norm: (u64, u64),
     /// qkv, attn_out, ffn_in, ffn_out biases (the small-token path adds them itself).
     pub(super) biases: [u64; 4],
-    /// Quantized plans: the per-channel fp32 scales of each 8-bit weight, in
-    /// the same order (0: that weight is fp16, a fallback site or a float plan).
+    /// Quantized plans: the fp32 scales (one a channel) of each 8-bit weight, in
+    /// the same order (0: that weight is fp16, an fp16 fallback or a float plan).
     pub(super) w_scales: [u64; 4],
 }
 
@@ -370,7 +370,12 @@ pub(super) fn make_slot(
         &h.gemm_algos,
         gpu.tanh_gelu,
     )?);
-    let quant_buffers = (get("quant_act"), get("quant_acc"), gpu.b.gemm_ws);
+    let quant_buffers = quantized::QuantBuffers {
+        act: get("quant_act"),
+        acc: get("quant_acc"),
+        gemm_ws: gpu.b.gemm_ws,
+        fallback_w: get("quant_fallback_w"),
+    };
     let tc_attention = gpu.f.attention_tc.is_some() && gpu.use_tc_attention;
     gpu.quant = quantized::QuantState::new(plan, gpu.module, weights, quant_buffers, tc_attention)?;
     gpu.weights = weights;
@@ -405,7 +410,7 @@ fn weight_pointers(gpu: &mut Gpu, plan: &Plan, weights: u64) -> Result<Vec<[u64;
         let mut w_scales = [0u64; 4];
         if let Some(q) = &plan.header.quant {
             for (scale, kind) in w_scales.iter_mut().zip(GemmKind::ALL) {
-                if !q.is_fallback(GemmSite { layer: i, kind }) {
+                if q.weight_is_8bit(GemmSite { layer: i, kind }) {
                     *scale = lt(&format!("{}.weight_scale", kind.name()))?;
                 }
             }

@@ -310,11 +310,12 @@ fn parity(dir: &Path, sts_csv: Option<&String>) -> Result<()> {
     let mut pass = f("fp32_max_abs_vs_cpu") <= 1e-4
         && f("fp16_min_cos_vs_fp32") >= 0.9995
         && f("fp32_composition_max_abs") <= 1e-5
-        && f("fp16_min_cos_vs_fp32") >= 0.9995
         && f("fp16_weight_ratio") <= 0.5
         && f("fp16_single_min_cos_vs_fp32") >= 0.9995;
     if !pairs.is_empty() {
-        pass &= (f("fp16_spearman") - f("fp32_spearman")).abs() <= 5.0;
+        // Issue 14's accuracy bar: MiniLM's STS-B dev Spearman x 100 within 0.05 of fp32
+        // (runs 16-32: 0.003); the values are x 100 already.
+        pass &= (f("fp16_spearman") - f("fp32_spearman")).abs() <= 0.05;
     }
     rec["pass"] = json!(pass);
     println!("{rec}");
