@@ -267,7 +267,7 @@ def test_fp8_attention_inputs_agree_between_onnxruntime_and_cpu_reference(
 @pytest.mark.parametrize("name", ["tiny-bert-mean-norm", "tiny-mpnet-cls"])
 def test_eight_bit_fallback_weights_agree_between_onnxruntime_and_cpu_reference(
         embedrt_bin, fixtures_dir, calib_text, tmp_path, name, precision):
-    """`--fallback-weights 8bit` (the default): a fallback GEMM keeps a float input, its weight
+    """`--fallback-weights 8bit`: a fallback GEMM keeps a float input, its weight
     is stored in 8 bits per channel. The QDQ export then has a DequantizeLinear on every weight
     but QuantizeLinear on the quantized GEMMs' inputs only, and ONNX Runtime on it is the CPU
     fake-quant reference's model, which differs from float fallback weights."""
@@ -284,10 +284,11 @@ def test_eight_bit_fallback_weights_agree_between_onnxruntime_and_cpu_reference(
         path.write_text(json.dumps(t))
         tables[fw] = path
     layers = last + 1
-    # Without the flag a new table stores fallback weights in 8 bits.
+    # Without the flag a new table keeps fp16 fallback weights (until the GPU path has run on
+    # a GPU: FallbackWeights::default_for_new_tables).
     plain = calibrate(embedrt_bin, model, calib_text, tmp_path / "default.json",
                       "--precision", precision, "--no-fallback")
-    assert plain["fallback_weights"] == "8bit"
+    assert plain["fallback_weights"] == "float"
     exports = {}
     for fw, table in tables.items():
         d = export_ok(embedrt_bin, model, tmp_path / f"x-{fw}", "--precision", precision,
@@ -364,6 +365,35 @@ def test_minilm_cpu_fake_quant_stsb_drop_within_target(embedrt_bin, minilm_dir, 
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)["spearman"]
     assert FP32_SPEARMAN - got <= MAX_DROP, (precision, got, t["fallback"])
+
+
+def test_minilm_int8_with_8bit_fallback_weights_stays_within_target(embedrt_bin, minilm_dir,
+                                                                    stsb_dir, tmp_path):
+    """Real MiniLM, int8, `--fallback-weights 8bit`: the fallback search (default target) runs
+    with 8-bit fallback weights, and both the CPU fake-quant reference and ONNX Runtime on the
+    QDQ export (a DequantizeLinear on every GEMM weight) keep STS-B dev within 0.3 of fp32."""
+    table = tmp_path / "int8-8bit.json"
+    t = calibrate(embedrt_bin, minilm_dir, stsb_dir / "stsb-en-train.csv", table,
+                  "--precision", "int8", "--fallback-weights", "8bit")
+    assert t["fallback_weights"] == "8bit" and t["fallback"], t["fallback"]
+    assert t["accuracy"]["mean_cosine"] >= 0.995
+    dev = stsb_dir / "stsb-en-dev.csv"
+    proc = run(embedrt_bin, "eval", "--model", minilm_dir, "--device", "cpu", "--precision",
+               "int8", "--calibration-table", table, "--sts", dev)
+    assert proc.returncode == 0, proc.stderr
+    cpu = json.loads(proc.stdout)["spearman"]
+    assert FP32_SPEARMAN - cpu <= MAX_DROP, (cpu, t["fallback"])
+    d = export_ok(embedrt_bin, minilm_dir, tmp_path / "x", "--precision", "int8",
+                  "--calibration-table", table)
+    m = onnx.load(str(d / "model.onnx"))
+    layers = t["model"]["num_layers"]
+    weights = [i.name for i in m.graph.initializer if i.name.endswith("_quantized")]
+    assert len(weights) == 6 * layers
+    pairs = read_sts(dev)
+    texts = [s for p in pairs for s in p[:2]]
+    emb = ort_embed(session(d), tokenizer(d), texts, batch_size=64)
+    got = 100 * spearman(cosine_rows(emb[0::2], emb[1::2]), [p[2] for p in pairs])
+    assert FP32_SPEARMAN - got <= MAX_DROP, got
 
 
 def test_trt_calibration_cache_format_and_names(minilm_int8, embedrt_bin, minilm_dir):

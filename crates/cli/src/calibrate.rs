@@ -49,8 +49,9 @@ pub struct CalibrationArgs {
     /// How the GEMMs kept in float (the fallback) store their weights: 8bit
     /// (the table's format, one scale per output channel, widened to fp16
     /// where the GEMM runs: 1 byte a parameter) or float (fp16, 2 bytes)
-    /// [default: 8bit; the fallback search measures the model with them].
-    /// Recorded in the table.
+    /// [default: float; 8bit is measured on the CPU reference, not yet on a
+    /// GPU]. The fallback search measures the model with them. Recorded in
+    /// the table.
     #[arg(long)]
     pub fallback_weights: Option<String>,
 }
