@@ -119,8 +119,8 @@ impl CpuEngine {
     /// the table's fallback list gets its weight quantized-dequantized with
     /// the table's weight scaling (once, here) and its input per tensor
     /// (each call), in the table's format; a fallback GEMM's weight too
-    /// (per channel) where the table stores fallback weights in 8 bits. Check the table against the model first
-    /// (`CalibrationTable::check_model`).
+    /// (per channel) where the table stores fallback weights in 8 bits.
+    /// Check the table against the model first (`CalibrationTable::check_model`).
     pub fn with_calibration(mut self, table: &CalibrationTable) -> Result<Self> {
         if self.fake_quant.is_some() {
             return Err(Error::Backend(

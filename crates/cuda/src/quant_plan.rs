@@ -210,9 +210,10 @@ impl QuantInfo {
     /// The fallback GEMMs whose 8-bit weights the GPU widens to fp16 before
     /// their fp16 GEMM.
     pub fn eight_bit_fallbacks(&self, layers: usize) -> impl Iterator<Item = GemmSite> + '_ {
+        let eight_bit = self.fallback_weights == FallbackWeights::EightBit;
         GemmSite::all(layers)
             .into_iter()
-            .filter(|&s| self.is_fallback(s) && self.weight_is_8bit(s))
+            .filter(move |&s| eight_bit && self.is_fallback(s))
     }
 
     /// The scale of layer `layer`'s Q, K, V where attention reads them in

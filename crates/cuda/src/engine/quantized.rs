@@ -166,7 +166,14 @@ impl QuantState {
                 let site = GemmSite { layer, kind };
                 if q.is_fallback(site) {
                     if q.weight_is_8bit(site) {
-                        check_8bit_weight(plan, site, fallback_w)?;
+                        check_8bit_weight(plan, site)?;
+                        if fallback_w == 0 {
+                            return Err(Error::Backend(
+                                "a plan with 8-bit fallback weights got no buffer to widen \
+                                 them into"
+                                    .into(),
+                            ));
+                        }
                     }
                     continue;
                 }
@@ -176,16 +183,7 @@ impl QuantState {
                         site.name()
                     ))
                 })?;
-                let w = layer_tensor(layer, &format!("{}.weight", kind.name()));
-                let (n, k) = kind.dims(config.hidden_size, config.intermediate_size);
-                let entry = plan.tensor(&w)?;
-                if entry.bytes != n * k {
-                    return Err(Error::Model(format!(
-                        "plan tensor {w} holds {} bytes, a {n} x {k} 8-bit weight needs {}; rebuild the plan",
-                        entry.bytes,
-                        n * k
-                    )));
-                }
+                let w = check_8bit_weight(plan, site)?;
                 row[kind as usize] = Some(QuantGemm {
                     weight: t(&w)?,
                     w_scale: t(&format!("{w}_scale"))?,
@@ -304,32 +302,26 @@ impl QuantState {
     }
 }
 
-/// Refuses an 8-bit fallback weight the plan does not hold as `n x k` bytes
-/// with `n` scales, or a slot without the buffer it is widened into.
-fn check_8bit_weight(plan: &Plan, site: GemmSite, fallback_w: u64) -> Result<()> {
+/// Refuses an 8-bit weight (a quantized GEMM's, or an 8-bit fallback's) the
+/// plan does not hold as `n x k` bytes with `n` fp32 scales; returns the
+/// weight's tensor name.
+fn check_8bit_weight(plan: &Plan, site: GemmSite) -> Result<String> {
     let c = &plan.header.config;
     let (n, k) = site.kind.dims(c.hidden_size, c.intermediate_size);
     let w = layer_tensor(site.layer, &format!("{}.weight", site.kind.name()));
-    let sized = |name: &str, bytes: usize| -> Result<()> {
-        let e = plan.tensor(name)?;
+    for (name, bytes, what) in [
+        (w.clone(), n * k, format!("a {n} x {k} 8-bit weight")),
+        (format!("{w}_scale"), 4 * n, format!("{n} fp32 scales")),
+    ] {
+        let e = plan.tensor(&name)?;
         if e.bytes != bytes {
             return Err(Error::Model(format!(
-                "plan tensor {name} of the 8-bit fallback GEMM {} holds {} bytes, not {bytes}; \
-                 rebuild the plan",
-                site.name(),
+                "plan tensor {name} holds {} bytes, {what} needs {bytes}; rebuild the plan",
                 e.bytes
             )));
         }
-        Ok(())
-    };
-    sized(&w, n * k)?;
-    sized(&format!("{w}_scale"), 4 * n)?;
-    if fallback_w == 0 {
-        return Err(Error::Backend(
-            "a plan with 8-bit fallback weights got no buffer to widen them into".into(),
-        ));
     }
-    Ok(())
+    Ok(w)
 }
 
 fn free_all(owned: &mut Vec<u64>) {
